@@ -1,0 +1,32 @@
+# Two set-up-and-go targets: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-venv demo-data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned: a CPU wheel of this version is on disk; a bare `torch` pulls CUDA.
+	$(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pluralign demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pluralign tests benchmarks
+
+# Regenerate the committed demo population (the README shows this command).
+demo-data: $(STAMP)
+	$(BIN)/pluralign simulate --out data/demo --flavour text --types 3 --annotators 60 \
+		--per-annotator 8 --list-size 3 --seed 0
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,240 @@
+"""`ingest`: read inputs, map columns, pick presets, validate, deduplicate, report, write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pluralign import __version__
+from pluralign.data import Annotation, FieldError, check_annotation, save
+from pluralign.ingest.errors import IngestError
+from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
+from pluralign.ingest.readers import RawRow, read_source
+from pluralign.ingest.report import describe
+from pluralign.io import write_json, write_jsonl
+
+ON_ERROR = ("fail", "skip")
+EMPTY = ("keep", "reject")
+REPORT_FILE = "report.json"
+REJECTS_FILE = "rejects.jsonl"
+CANONICAL_NAMES = frozenset({
+    "annotator_id", "prompt", "responses", "ranking", "features", "item_id", "true_type",
+    "group", "split", "chosen", "rejected", "scores", "response", "rank", "score"})
+#: Column names that suggest an annotator id when `annotator_id` is absent.
+ANNOTATOR_HINTS = ("worker", "worker_id", "user", "user_id", "rater", "rater_id", "annotator",
+                   "labeler", "labeler_id", "judge", "participant", "respondent")
+
+
+@dataclass
+class IngestResult:
+    """What one ingestion produced: the accepted records, the report and the rejects."""
+
+    records: list[Annotation]
+    report: dict[str, Any]
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
+    """`["annotator_id=worker", ...]` -> {"worker": "annotator_id"} (source -> canonical)."""
+    mapping: dict[str, str] = {}
+    for pair in pairs or []:
+        canonical, sep, source = pair.partition("=")
+        if not sep or not canonical or not source:
+            raise IngestError(f"--map expects CANONICAL=SOURCE, got '{pair}'",
+                              reason="bad_option")
+        if canonical not in CANONICAL_NAMES:
+            raise IngestError(f"--map {pair}: '{canonical}' is not a canonical field; known: "
+                              f"{', '.join(sorted(CANONICAL_NAMES))}", reason="bad_option")
+        mapping[source] = canonical
+    return mapping
+
+
+def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
+           mapping: dict[str, str] | None = None, ties: str = "truncate",
+           empty_responses: str = "keep") -> IngestResult:
+    """Read and validate `inputs`; raise IngestError at the first bad row when on_error='fail'.
+
+    `empty_responses`: "keep" accepts an empty string as a real (empty) answer and lists where
+    it occurs in the report's warnings; "reject" treats it as a bad row. A null is always bad.
+    """
+    if on_error not in ON_ERROR:
+        raise IngestError(f"unknown --on-error '{on_error}'; use fail or skip",
+                          reason="bad_option")
+    if ties not in TIES:
+        raise IngestError(f"unknown --ties '{ties}'; use {' or '.join(TIES)}",
+                          reason="bad_option")
+    if empty_responses not in EMPTY:
+        raise IngestError(f"unknown --empty-responses '{empty_responses}'; use keep or reject",
+                          reason="bad_option")
+    if not inputs:
+        raise IngestError("no inputs given", reason="bad_option")
+    fixed = None if preset == "auto" else get_preset(preset)
+    run = _Run(on_error, allow_empty=empty_responses == "keep")
+    for spec in inputs:
+        try:
+            name, rows = read_source(spec)
+        except IngestError as e:
+            if on_error == "skip" and e.reason == "empty_file":
+                run.warnings.append(f"{spec}: {e.detail}; skipped")
+                run.files.append({"path": spec, "skipped": e.detail})
+                continue
+            raise
+        run.add_file(name, _apply_mapping(rows, mapping or {}, name), fixed, ties)
+    if not run.records:
+        raise IngestError("no annotation was accepted; nothing to write"
+                          + (f" ({run.rejected} rejected, see the report)" if run.rejected
+                             else ""), reason="no_data")
+    if run.empty_at:
+        shown = ", ".join(run.empty_at[:5]) + (" ..." if len(run.empty_at) > 5 else "")
+        run.warnings.append(f"{len(run.empty_at)} accepted annotation(s) hold an empty response "
+                            f"(kept as a real empty answer; --empty-responses reject refuses "
+                            f"them): {shown}")
+    options = {"preset": preset, "on_error": on_error, "ties": ties,
+               "empty_responses": empty_responses,
+               "map": {v: k for k, v in (mapping or {}).items()}}
+    return IngestResult(run.records, run.report(options), run.rejects)
+
+
+def write(result: IngestResult, out_dir: str | os.PathLike, with_rejects: bool) -> None:
+    """Write annotations, manifest, report and (with_rejects) rejects.jsonl into `out_dir`."""
+    out = Path(out_dir)
+    sources = [{k: f[k] for k in ("path", "sha256", "preset") if k in f}
+               for f in result.report["files"]]
+    save(result.records, out, {"created_by": f"pluralign {__version__} ingest",
+                               "sources": sources})
+    write_json(out / REPORT_FILE, result.report)
+    rejects = out / REJECTS_FILE
+    if with_rejects:
+        write_jsonl(rejects, result.rejects)
+    elif rejects.exists():
+        rejects.unlink()  # a stale file from an earlier run would misdescribe this one
+
+
+class _Run:
+    """Accumulates accepted records, rejects and counts across input files."""
+
+    def __init__(self, on_error: str, allow_empty: bool):
+        self.on_error = on_error
+        self.allow_empty = allow_empty
+        self.empty_at: list[str] = []
+        self.records: list[Annotation] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.by_reason: Counter[str] = Counter()
+        self.seen: dict[str, str] = {}
+        self.read = self.duplicates = self.ties_truncated = 0
+        self.duplicate_examples: list[dict[str, str]] = []
+        self.files: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.feature_dim: int | None = None
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.by_reason.values())
+
+    def add_file(self, name: str, rows: list[RawRow], fixed: Preset | None, ties: str) -> None:
+        columns = {k for r in rows if r.data for k in r.data}
+        preset = fixed or detect(columns, name)
+        synthetic = "annotator_id" not in columns
+        if synthetic:
+            hints = [c for c in sorted(columns) if c.lower() in ANNOTATOR_HINTS]
+            self.warnings.append(
+                f"{name}: NO ANNOTATOR FIELD - every annotation becomes its own annotator, so "
+                "annotator types cannot be learned from this file"
+                + (f"; did you mean --map annotator_id={hints[0]}?" if hints else ""))
+        before = (self.read, len(self.records), self.rejected, self.duplicates)
+        for unit in preset.units(rows, Context(synthetic, ties)):
+            self.read += 1
+            self._take(unit, name, preset.name)
+        self.files.append({
+            "path": name, "sha256": _sha256(name), "preset": preset.name,
+            "synthetic_annotators": synthetic, "read": self.read - before[0],
+            "accepted": len(self.records) - before[1], "rejected": self.rejected - before[2],
+            "duplicates": self.duplicates - before[3]})
+
+    def _take(self, unit: Unit, name: str, preset: str) -> None:
+        try:
+            if unit.error is not None:
+                raise unit.error
+            assert unit.build is not None
+            a = unit.build()
+            check_annotation(a, self.feature_dim, self.allow_empty)
+        except FieldError as e:
+            self._reject(unit, e)
+            return
+        key = a.content_key(with_annotator=not a.annotator_id.startswith(f"{name}:"))
+        if key in self.seen:
+            self.duplicates += 1
+            if len(self.duplicate_examples) < 10:
+                self.duplicate_examples.append({"at": str(unit.location),
+                                                "same_as": self.seen[key]})
+            return
+        self.seen[key] = str(unit.location)
+        if a.features is not None and self.feature_dim is None:
+            self.feature_dim = len(a.features[0])
+        if any(not r.strip() for r in a.responses):
+            self.empty_at.append(str(unit.location))
+        if preset in ("scored", "long") and a.L < a.m:
+            self.ties_truncated += 1
+        self.records.append(a)
+
+    def _reject(self, unit: Unit, e: FieldError) -> None:
+        location = getattr(e, "location", unit.location)
+        if self.on_error == "fail":
+            raise IngestError(e.message, location, None if e.field.startswith("(") else e.field,
+                              e.reason) from e
+        self.by_reason[e.reason] += 1
+        self.rejects.append({"source": location.file, location.unit: location.number,
+                             "field": e.field, "reason": e.reason, "message": e.message,
+                             "raw": unit.raw})
+
+    def report(self, options: dict[str, Any]) -> dict[str, Any]:
+        assert self.read == len(self.records) + self.rejected + self.duplicates
+        return {
+            "read": self.read, "accepted": len(self.records),
+            "rejected": {"total": self.rejected, "by_reason": dict(sorted(self.by_reason.items()))},
+            "duplicates": self.duplicates, "duplicate_examples": self.duplicate_examples,
+            "ties_truncated": self.ties_truncated, "feature_dim": self.feature_dim,
+            **describe(self.records),
+            "files": self.files, "warnings": self.warnings,
+            "empty_responses": len(self.empty_at), "options": options,
+        }
+
+
+def _apply_mapping(rows: list[RawRow], mapping: dict[str, str], name: str) -> list[RawRow]:
+    """Rename source columns to canonical names; a displaced column is kept as `original_X`."""
+    if not mapping:
+        return rows
+    columns = {k for r in rows if r.data for k in r.data}
+    for source, canonical in mapping.items():
+        if source not in columns:
+            raise IngestError(f"--map {canonical}={source}: there is no column '{source}' "
+                              f"(columns: {', '.join(sorted(columns))})", name,
+                              reason="bad_option")
+    for r in rows:
+        if r.data is None:
+            continue
+        renamed = {}
+        for k, v in r.data.items():
+            if k in mapping:
+                renamed[mapping[k]] = v
+            elif k in mapping.values():
+                renamed[f"original_{k}"] = v
+            else:
+                renamed.setdefault(k, v)
+        r.data = renamed
+    return rows
+
+
+def _sha256(spec: str) -> str | None:
+    p = Path(spec)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

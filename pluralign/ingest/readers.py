@@ -1,0 +1,247 @@
+"""Read preference files into raw rows, each tagged with its file and line or row number.
+
+Formats: .jsonl/.ndjson, .json, .csv/.tsv, .parquet (each optionally .gz), a folder written by
+`datasets.save_to_disk`, a folder of data files or a dataset name for `datasets.load_dataset`.
+A row that cannot be read (undecodable bytes, truncated JSON) becomes a RawRow with an error, so
+that `--on-error skip` can reject it and go on; problems with a whole file raise IngestError.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pluralign.data import FieldError
+from pluralign.ingest.errors import IngestError, Location
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+           ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class RawRow:
+    """One input row: its `data` (a dict) or the `error` that kept it from being read."""
+
+    location: Location
+    data: dict[str, Any] | None
+    raw: Any
+    error: FieldError | None = None
+    textual: bool = False  # values came from text cells (CSV): numbers may arrive as strings
+
+
+def read_source(spec: str) -> tuple[str, list[RawRow]]:
+    """Read every row of one input; returns its display name and rows."""
+    path = Path(spec)
+    if path.is_dir():
+        return spec, _read_hf_folder(path)
+    if not path.exists():
+        return spec, _read_hub(spec)
+    inner = path.name[:-3] if path.name.endswith(".gz") else path.name
+    fmt = FORMATS.get(Path(inner).suffix.lower())
+    if fmt is None:
+        raise IngestError(f"unknown file format '{Path(inner).suffix or inner}'; expected one of "
+                          f"{', '.join(sorted(FORMATS))} (optionally .gz), a dataset folder or "
+                          "a dataset name", spec, reason="unknown_format")
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise IngestError(f"not a readable gzip file ({e})", spec, reason="bad_file") from e
+    if not data.strip():
+        raise IngestError("the file is empty", spec, reason="empty_file")
+    rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "tsv": _read_tsv,
+            "parquet": _read_parquet}[fmt](data, spec)
+    if not rows:
+        raise IngestError("the file holds no rows", spec, reason="empty_file")
+    return spec, rows
+
+
+def _read_jsonl(data: bytes, name: str) -> list[RawRow]:
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        loc = Location(name, "line", number)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.append(RawRow(loc, None, line.decode("utf-8", "replace"), FieldError(
+                "(line)", f"undecodable bytes: not UTF-8 at byte {e.start}", "undecodable")))
+            continue
+        rows.append(_parse_json_row(text, loc))
+    return rows
+
+
+def _parse_json_row(text: str, loc: Location) -> RawRow:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return RawRow(loc, None, text, FieldError(
+            "(line)", f"truncated or invalid JSON ({e.msg} at column {e.colno})", "invalid_json"))
+    if not isinstance(obj, dict):
+        return RawRow(loc, None, text, FieldError(
+            "(line)", f"expected a JSON object, got {type(obj).__name__}", "invalid_json"))
+    return RawRow(loc, obj, obj)
+
+
+def _decode_whole(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise IngestError(f"undecodable bytes: not UTF-8 at byte {e.start}",
+                          Location(name, "line", line), reason="undecodable") from e
+
+
+def _read_json(data: bytes, name: str) -> list[RawRow]:
+    text = _decode_whole(data, name)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines saved under a .json name
+            return _read_jsonl(data, name)
+        raise IngestError(f"truncated or invalid JSON ({e.msg} at column {e.colno})",
+                          Location(name, "line", e.lineno), reason="invalid_json") from e
+    if isinstance(obj, dict):  # {"data": [...]} or similar: the one list of objects inside
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise IngestError("expected a list of objects, or an object holding exactly one "
+                              "such list", name, reason="invalid_json")
+        obj = lists[0]
+    if not isinstance(obj, list):
+        raise IngestError("expected a list of objects", name, reason="invalid_json")
+    rows = []
+    for number, item in enumerate(obj, start=1):
+        loc = Location(name, "row", number)
+        if isinstance(item, dict):
+            rows.append(RawRow(loc, item, item))
+        else:
+            rows.append(RawRow(loc, None, item, FieldError(
+                "(row)", f"expected an object, got {type(item).__name__}", "invalid_json")))
+    return rows
+
+
+def _read_csv(data: bytes, name: str, delimiter: str = ",") -> list[RawRow]:
+    # surrogateescape keeps undecodable bytes visible per record instead of failing the file.
+    text = data.decode("utf-8", "surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise IngestError("the file is empty", name, reason="empty_file") from None
+    if any(_has_surrogates(h) for h in header):
+        raise IngestError("undecodable bytes in the header", Location(name, "line", 1),
+                          reason="undecodable")
+    rows = []
+    start = reader.line_num + 1
+    for cells in reader:
+        loc = Location(name, "line", start)
+        start = reader.line_num + 1
+        if not any(c.strip() for c in cells):
+            continue
+        raw = dict(zip(header, cells, strict=False))
+        if any(_has_surrogates(c) for c in cells):
+            clean = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                     for k, v in raw.items()}
+            rows.append(RawRow(loc, None, clean, FieldError(
+                "(line)", "undecodable bytes: not UTF-8", "undecodable")))
+            continue
+        if len(cells) != len(header):
+            rows.append(RawRow(loc, None, raw, FieldError(
+                "(line)", f"{len(cells)} cells, the header has {len(header)}", "invalid_csv")))
+            continue
+        rows.append(RawRow(loc, {k: _csv_cell(v) for k, v in raw.items()}, raw, textual=True))
+    return rows
+
+
+def _read_tsv(data: bytes, name: str) -> list[RawRow]:
+    return _read_csv(data, name, delimiter="\t")
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _csv_cell(cell: str) -> Any:
+    """Empty cells are missing; cells holding a JSON list or object are decoded."""
+    if cell == "":
+        return None
+    stripped = cell.strip()
+    if stripped[:1] in "[{":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return cell
+    return cell
+
+
+def _read_parquet(data: bytes, name: str) -> list[RawRow]:
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise IngestError(f"not a readable parquet file ({e})", name, reason="bad_file") from e
+    return _rows_of(table.to_pylist(), name)
+
+
+def _rows_of(items: list[dict], name: str, split: str | None = None) -> list[RawRow]:
+    rows = []
+    for number, item in enumerate(items, start=1):
+        item = {k: _nan_to_none(v) for k, v in item.items()}
+        if split is not None and item.get("split") is None:
+            item["split"] = split
+        rows.append(RawRow(Location(name, "row", number), item, item))
+    return rows
+
+
+def _nan_to_none(v: Any) -> Any:
+    """Columnar formats write a missing string as null or NaN; both mean missing for scalars."""
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _dataset_rows(ds: Any, name: str) -> list[RawRow]:
+    """Rows of a datasets.Dataset or DatasetDict; the split name fills a missing `split`."""
+    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        rows: list[RawRow] = []
+        for split in ds:
+            rows.extend(_rows_of(list(ds[split]), f"{name}[{split}]", split))
+        return rows
+    return _rows_of(list(ds), name)
+
+
+def _read_hf_folder(path: Path) -> list[RawRow]:
+    import datasets
+    name = str(path)
+    saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    try:
+        ds = datasets.load_from_disk(name) if saved else datasets.load_dataset(name)
+    except Exception as e:
+        raise IngestError(f"cannot read this folder as a dataset ({type(e).__name__}: {e})",
+                          name, reason="bad_file") from e
+    rows = _dataset_rows(ds, name)
+    if not rows:
+        raise IngestError("the dataset holds no rows", name, reason="empty_file")
+    return rows
+
+
+def _read_hub(spec: str) -> list[RawRow]:
+    """`datasets.load_dataset(spec)`; works when a hub is reachable or the name is cached."""
+    import datasets
+    name, _, split = spec.partition("@")
+    try:
+        ds = datasets.load_dataset(name, split=split or None)
+    except Exception as e:
+        raise IngestError(f"not a file or folder, and datasets.load_dataset could not load it "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                          spec, reason="not_found") from e
+    rows = _dataset_rows(ds, spec if not split else spec)
+    if not rows:
+        raise IngestError("the dataset holds no rows", spec, reason="empty_file")
+    return rows

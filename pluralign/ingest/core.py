@@ -137,6 +137,13 @@ class _Run:
 
     def add_file(self, name: str, rows: list[RawRow], fixed: Preset | None, ties: str) -> None:
         columns = {k for r in rows if r.data for k in r.data}
+        if not columns and fixed is None:  # no row could be read: report the rows themselves
+            for r in rows:
+                self.read += 1
+                self._take(Unit(r.location, r.raw, None, r.error), name, "")
+            self.files.append({"path": name, "sha256": _sha256(name), "preset": None,
+                               "read": len(rows), "accepted": 0, "rejected": len(rows)})
+            return
         preset = fixed or detect(columns, name)
         synthetic = "annotator_id" not in columns
         if synthetic:
@@ -183,12 +190,12 @@ class _Run:
 
     def _reject(self, unit: Unit, e: FieldError) -> None:
         location = getattr(e, "location", unit.location)
+        field = None if e.field.startswith("(") else e.field  # "(line)": no single field
         if self.on_error == "fail":
-            raise IngestError(e.message, location, None if e.field.startswith("(") else e.field,
-                              e.reason) from e
+            raise IngestError(e.message, location, field, e.reason) from e
         self.by_reason[e.reason] += 1
         self.rejects.append({"source": location.file, location.unit: location.number,
-                             "field": e.field, "reason": e.reason, "message": e.message,
+                             "field": field, "reason": e.reason, "message": e.message,
                              "raw": unit.raw})
 
     def report(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,11 @@ def annotation(row: RawRow, ctx: Context, prompt: Any, responses: list[str],
         annotator = f"{loc.file}:{loc.unit}{loc.number}"
     else:
         annotator = F.ident(d, "annotator_id")
-    metadata = {k: v for k, v in d.items() if k not in consumed and k not in COMMON}
+    base = d.get("metadata")
+    metadata = dict(base) if isinstance(base, dict) else {}  # a canonical export's own metadata
+    metadata.update({k: v for k, v in d.items()
+                     if k not in consumed and k not in COMMON
+                     and not (k == "metadata" and isinstance(v, dict))})
     metadata.update(extra or {})
     return Annotation(
         annotator_id=annotator, prompt=prompt, responses=responses, ranking=ranking,

@@ -84,7 +84,7 @@ def _parse_json_row(text: str, loc: Location) -> RawRow:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return RawRow(loc, None, text, FieldError(
-            "(line)", f"truncated or invalid JSON ({e.msg} at column {e.colno})", "invalid_json"))
+            "(line)", f"truncated or invalid JSON ({e.msg}, column {e.colno})", "invalid_json"))
     if not isinstance(obj, dict):
         return RawRow(loc, None, text, FieldError(
             "(line)", f"expected a JSON object, got {type(obj).__name__}", "invalid_json"))
@@ -107,7 +107,7 @@ def _read_json(data: bytes, name: str) -> list[RawRow]:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved under a .json name
             return _read_jsonl(data, name)
-        raise IngestError(f"truncated or invalid JSON ({e.msg} at column {e.colno})",
+        raise IngestError(f"truncated or invalid JSON ({e.msg}, column {e.colno})",
                           Location(name, "line", e.lineno), reason="invalid_json") from e
     if isinstance(obj, dict):  # {"data": [...]} or similar: the one list of objects inside
         lists = [v for v in obj.values() if isinstance(v, list)]
@@ -208,7 +208,8 @@ def _nan_to_none(v: Any) -> Any:
 
 def _dataset_rows(ds: Any, name: str) -> list[RawRow]:
     """Rows of a datasets.Dataset or DatasetDict; the split name fills a missing `split`."""
-    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+    import datasets
+    if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
         rows: list[RawRow] = []
         for split in ds:
             rows.extend(_rows_of(list(ds[split]), f"{name}[{split}]", split))

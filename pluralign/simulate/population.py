@@ -1,0 +1,200 @@
+"""Simulated annotator populations with known types (DESIGN §8).
+
+K types each own a reward that is linear in response features (`feature` flavour) or in the
+attributes of real English responses (`text` flavour). Annotators have a type; each of their
+annotations ranks the candidates of an item by Plackett–Luce on reward / temperature.
+Misspecification: `random` annotators rank uniformly at random, `mixed` annotators draw a type
+per annotation, `noisy` annotators have their own temperature (log-normal around the global one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pluralign.data import Annotation
+from pluralign.plackett_luce import sample_ranking
+from pluralign.simulate import textbank
+from pluralign.simulate.text import ATTRIBUTES, render
+
+FLAVOURS = ("feature", "text")
+MISSPECIFY = ("random", "mixed", "noisy")
+
+#: Stock personas of the text flavour: weights on (length, formality, bullets, caution,
+#: enthusiasm). They disagree on purpose: concise and thorough oppose on length.
+PERSONAS: dict[str, tuple[float, ...]] = {
+    "concise": (-2.0, 0.0, 1.0, -1.0, -0.5),
+    "thorough": (2.0, 1.0, 0.5, 1.0, 0.0),
+    "friendly": (0.0, -1.5, -1.0, -0.5, 2.0),
+    "careful": (0.5, 1.0, 0.0, 2.0, -1.0),
+}
+
+
+@dataclass
+class SimulationConfig:
+    """What population to simulate; every field has a default but the flavour's essentials."""
+
+    flavour: str = field(default="feature", metadata={"help": "feature or text"})
+    types: int = field(default=3, metadata={"help": "number of annotator types K"})
+    annotators: int = field(default=100, metadata={"help": "number of annotators"})
+    per_annotator: int = field(default=10, metadata={"help": "annotations per annotator"})
+    list_size: tuple[int, int] = field(default=(3, 3), metadata={
+        "help": "candidates per annotation m, drawn uniformly from this inclusive range"})
+    ranking_length: int | None = field(default=None, metadata={
+        "help": "ranking length L (1 = top-1 choice); None ranks every candidate"})
+    temperature: float = field(default=1.0, metadata={"help": "PL temperature: higher = noisier"})
+    misspecify: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "fraction of annotators of each misspecified kind: random, mixed, noisy"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    items: int | None = field(default=None, metadata={
+        "help": "size of the item pool annotators draw from (items repeat across annotators)"})
+    feature_dim: int = field(default=8, metadata={"help": "feature flavour: feature width"})
+    scale: float = field(default=2.0, metadata={"help": "feature flavour: norm of each type's "
+                                                        "reward vector"})
+    prior: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "type probabilities; None = uniform"})
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, got {self.flavour!r}")
+        for name in ("types", "annotators", "per_annotator", "feature_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        lo, hi = self.list_size
+        if not 2 <= lo <= hi:
+            raise ValueError(f"list_size must satisfy 2 <= min <= max, got {self.list_size}")
+        if self.flavour == "text" and hi > 2 ** len(ATTRIBUTES):
+            raise ValueError(f"text flavour supports at most {2 ** len(ATTRIBUTES)} candidates")
+        if self.ranking_length is not None and self.ranking_length < 1:
+            raise ValueError(f"ranking_length must be >= 1, got {self.ranking_length}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        unknown = set(self.misspecify) - set(MISSPECIFY)
+        if unknown:
+            raise ValueError(f"unknown misspecification {sorted(unknown)}; known: {MISSPECIFY}")
+        if any(f < 0 for f in self.misspecify.values()) or sum(self.misspecify.values()) > 1:
+            raise ValueError("misspecification fractions must be >= 0 and sum to at most 1")
+        if self.prior is not None:
+            p = np.asarray(self.prior, dtype=float)
+            if p.size != self.types or (p < 0).any() or not np.isclose(p.sum(), 1):
+                raise ValueError(f"prior needs {self.types} non-negative values summing to 1")
+        if self.items is not None and self.items < 1:
+            raise ValueError(f"items must be >= 1, got {self.items}")
+
+    @property
+    def n_items(self) -> int:
+        """Item pool size: given, or enough for each item to be seen a few times."""
+        if self.items is not None:
+            return self.items
+        total = self.annotators * self.per_annotator
+        floor = len(textbank.prompts()) if self.flavour == "text" else 20
+        return max(floor, total // 2)
+
+
+@dataclass
+class Population:
+    """A simulated dataset and its ground truth."""
+
+    records: list[Annotation]
+    truth: dict[str, Any]
+
+
+def simulate(config: SimulationConfig) -> Population:
+    """Draw types, items, annotators and their rankings."""
+    rng = np.random.default_rng(config.seed)
+    names, weights = _types(config, rng)
+    prior = np.full(config.types, 1 / config.types) if config.prior is None \
+        else np.asarray(config.prior, dtype=float)
+    items = _items(config, rng)
+    kinds = _kinds(config, rng)
+    width = len(str(config.annotators - 1))
+    records, annotators = [], {}
+    for h in range(config.annotators):
+        aid = f"a{h:0{width}d}"
+        z = int(rng.choice(config.types, p=prior))
+        temp = config.temperature * (float(np.exp(rng.normal())) if kinds[h] == "noisy" else 1)
+        label = kinds[h] if kinds[h] in ("random", "mixed") else names[z]
+        annotators[aid] = {"type": label, "kind": kinds[h], "temperature": round(temp, 4)}
+        chosen = rng.choice(len(items), config.per_annotator,
+                            replace=config.per_annotator > len(items))
+        for i in chosen:
+            item = items[int(i)]
+            zi = int(rng.choice(config.types, p=prior)) if kinds[h] == "mixed" else z
+            rewards = (np.zeros(len(item["x"])) if kinds[h] == "random"
+                       else item["x"] @ weights[zi] / temp)
+            m = len(item["responses"])
+            ranking = sample_ranking(rewards, min(config.ranking_length or m, m), rng)
+            used = "random" if kinds[h] == "random" else names[zi]
+            records.append(_record(config, aid, item, ranking, label, used, len(records) + 1))
+    truth = {
+        "flavour": config.flavour, "config": _jsonable(asdict(config)),
+        "types": [{"name": n, "weights": w.round(6).tolist()} for n, w in zip(names, weights,
+                                                                               strict=True)],
+        "prior": prior.round(6).tolist(), "temperature": config.temperature,
+        "feature_names": list(ATTRIBUTES) if config.flavour == "text"
+        else [f"f{j}" for j in range(config.feature_dim)],
+        "annotators": annotators,
+    }
+    return Population(records, truth)
+
+
+def _types(config: SimulationConfig, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    if config.flavour == "text":
+        if config.types <= len(PERSONAS):
+            names = list(PERSONAS)[: config.types]
+            return names, np.array([PERSONAS[n] for n in names])
+        return ([f"type_{k}" for k in range(config.types)],
+                rng.normal(0, 1.5, size=(config.types, len(ATTRIBUTES))))
+    w = rng.normal(size=(config.types, config.feature_dim))
+    w *= config.scale / np.linalg.norm(w, axis=1, keepdims=True)
+    return [f"type_{k}" for k in range(config.types)], w
+
+
+def _items(config: SimulationConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
+    lo, hi = config.list_size
+    pool = textbank.prompts()
+    items = []
+    for i in range(config.n_items):
+        m = int(rng.integers(lo, hi + 1))
+        if config.flavour == "feature":
+            x = rng.normal(size=(m, config.feature_dim))
+            items.append({"id": f"item{i}", "prompt": f"Item {i}: which option is best?",
+                          "responses": [f"item {i}, option {j}" for j in range(m)], "x": x})
+            continue
+        pid, prompt, topic = pool[i % len(pool)]
+        codes = rng.choice(2 ** len(ATTRIBUTES), m, replace=False)
+        x = ((codes[:, None] >> np.arange(len(ATTRIBUTES))) & 1).astype(float)
+        subject = textbank.subject_of(pid)
+        items.append({"id": f"{pid}-{i}", "prompt": prompt, "x": x,
+                      "responses": [render(topic, subject, a, rng) for a in x]})
+    return items
+
+
+def _kinds(config: SimulationConfig, rng: np.random.Generator) -> list[str]:
+    kinds = ["typed"] * config.annotators
+    order = rng.permutation(config.annotators)
+    start = 0
+    for kind in MISSPECIFY:
+        n = int(round(config.misspecify.get(kind, 0) * config.annotators))
+        for h in order[start: start + n]:
+            kinds[int(h)] = kind
+        start += n
+    return kinds
+
+
+def _record(config: SimulationConfig, aid: str, item: dict[str, Any], ranking: list[int],
+            label: str, used: str, row: int) -> Annotation:
+    x = item["x"].round(6).tolist()
+    meta: dict[str, Any] = {"used_type": used}
+    if config.flavour == "text":
+        meta["attributes"] = [[int(v) for v in a] for a in x]
+    return Annotation(
+        annotator_id=aid, prompt=item["prompt"], responses=list(item["responses"]),
+        ranking=ranking, features=x if config.flavour == "feature" else None,
+        item_id=item["id"], true_type=label, metadata=meta, source="simulate", source_row=row)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,28 @@
+"""Write a simulated population as a canonical dataset folder plus its ground truth."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pluralign import __version__
+from pluralign.data import save
+from pluralign.ingest.report import describe
+from pluralign.io import write_json
+from pluralign.simulate.population import Population
+
+TRUTH_FILE = "truth.json"
+
+
+def write_population(pop: Population, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """annotations.parquet, manifest.json, truth.json and report.json; returns the report."""
+    out = Path(out_dir)
+    save(pop.records, out, {"created_by": f"pluralign {__version__} simulate",
+                            "sources": [{"path": "simulate", "config": pop.truth["config"]}]})
+    write_json(out / TRUTH_FILE, pop.truth)
+    n = len(pop.records)
+    report = {"read": n, "accepted": n, "rejected": {"total": 0, "by_reason": {}},
+              "duplicates": 0, **describe(pop.records), "warnings": []}
+    write_json(out / "report.json", report)
+    return report

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,8 @@ class Annotation:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, the `ranked` layout that ingestion reads back losslessly."""
-        d = asdict(self)
-        for key in ("source", "source_row"):
-            d.pop(key)
-        for key in [k for k, v in d.items() if v is None or (k == "metadata" and not v)]:
-            d.pop(key)
-        return d
+        d = {name: getattr(self, name) for name in CANONICAL_FIELDS}  # no deep copy: hot path
+        return {k: v for k, v in d.items() if v is not None and not (k == "metadata" and not v)}
 
 
 def check_annotation(a: Annotation, feature_dim: int | None = None,
@@ -290,16 +286,15 @@ def from_table(table: pa.Table) -> list[Annotation]:
 
 
 def save(records: Sequence[Annotation], out_dir: str | os.PathLike,
-         extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate and store `records` in `out_dir`; returns the manifest (written last)."""
-    dim = None
-    for i, a in enumerate(records):
+         extra_manifest: dict[str, Any] | None = None, validate: bool = True) -> dict[str, Any]:
+    """Store `records` in `out_dir`, checking each unless the caller already did (`validate`);
+    returns the manifest, which is written last."""
+    dim = next((len(a.features[0]) for a in records if a.features is not None), None)
+    for i, a in enumerate(records if validate else ()):
         try:
             check_annotation(a, dim)
         except FieldError as e:
             raise ValueError(f"record {i + 1} (annotator {a.annotator_id!r}): {e}") from e
-        if a.features is not None and dim is None:
-            dim = len(a.features[0])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = to_table(records)

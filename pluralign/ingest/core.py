@@ -105,7 +105,7 @@ def write(result: IngestResult, out_dir: str | os.PathLike, with_rejects: bool) 
     sources = [{k: f[k] for k in ("path", "sha256", "preset") if k in f}
                for f in result.report["files"]]
     save(result.records, out, {"created_by": f"pluralign {__version__} ingest",
-                               "sources": sources})
+                               "sources": sources}, validate=False)  # checked while ingesting
     write_json(out / REPORT_FILE, result.report)
     rejects = out / REJECTS_FILE
     if with_rejects:

@@ -137,32 +137,33 @@ class _Run:
 
     def add_file(self, name: str, rows: list[RawRow], fixed: Preset | None, ties: str) -> None:
         columns = {k for r in rows if r.data for k in r.data}
-        if not columns and fixed is None:  # no row could be read: report the rows themselves
-            for r in rows:
-                self.read += 1
-                self._take(Unit(r.location, r.raw, None, r.error), name, "")
-            self.files.append({"path": name, "sha256": _sha256(name), "preset": None,
-                               "read": len(rows), "accepted": 0, "rejected": len(rows)})
-            return
-        preset = fixed or detect(columns, name)
-        synthetic = "annotator_id" not in columns
-        if synthetic:
-            hints = [c for c in sorted(columns) if c.lower() in ANNOTATOR_HINTS]
-            self.warnings.append(
-                f"{name}: NO ANNOTATOR FIELD - every annotation becomes its own annotator, so "
-                "annotator types cannot be learned from this file"
-                + (f"; did you mean --map annotator_id={hints[0]}?" if hints else ""))
         before = (self.read, len(self.records), self.rejected, self.duplicates)
-        for unit in preset.units(rows, Context(synthetic, ties)):
+        preset_name, synthetic = None, False
+        if not columns and fixed is None:  # no row could be read: report the rows themselves
+            units = (Unit(r.location, r.raw, None, r.error) for r in rows)
+        else:
+            preset = fixed or detect(columns, name)
+            preset_name, synthetic = preset.name, "annotator_id" not in columns
+            if synthetic:
+                self._warn_no_annotator(name, columns)
+            units = preset.units(rows, Context(synthetic, ties))
+        for unit in units:
             self.read += 1
-            self._take(unit, name, preset.name)
+            self._take(unit, preset_name, synthetic)
         self.files.append({
-            "path": name, "sha256": _sha256(name), "preset": preset.name,
+            "path": name, "sha256": _sha256(name), "preset": preset_name,
             "synthetic_annotators": synthetic, "read": self.read - before[0],
             "accepted": len(self.records) - before[1], "rejected": self.rejected - before[2],
             "duplicates": self.duplicates - before[3]})
 
-    def _take(self, unit: Unit, name: str, preset: str) -> None:
+    def _warn_no_annotator(self, name: str, columns: set[str]) -> None:
+        hints = [c for c in sorted(columns) if c.lower() in ANNOTATOR_HINTS]
+        self.warnings.append(
+            f"{name}: NO ANNOTATOR FIELD - every annotation becomes its own annotator, so "
+            "annotator types cannot be learned from this file"
+            + (f"; did you mean --map annotator_id={hints[0]}?" if hints else ""))
+
+    def _take(self, unit: Unit, preset: str | None, synthetic: bool) -> None:
         try:
             if unit.error is not None:
                 raise unit.error
@@ -172,7 +173,8 @@ class _Run:
         except FieldError as e:
             self._reject(unit, e)
             return
-        key = a.content_key(with_annotator=not a.annotator_id.startswith(f"{name}:"))
+        # Row-made annotator ids are unique by construction: compare content without them.
+        key = a.content_key(with_annotator=not synthetic)
         if key in self.seen:
             self.duplicates += 1
             if len(self.duplicate_examples) < 10:

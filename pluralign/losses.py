@@ -1,0 +1,109 @@
+"""Preference losses on log-ratios s = log pi - log pi_ref (DESIGN §3, §4, §7).
+
+Every loss takes `logratios[n, M]` (padding ignored), `Rankings`, `beta` and optional
+per-annotation `weights`, and returns the weighted mean over annotations normalised by the sum of
+the weights, so that a type's loss scale does not depend on its size. `LOSSES` maps names to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pluralign.rankings import Rankings
+
+Loss = Callable[..., torch.Tensor]
+
+
+def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Tensor:
+    """log P(ranking | scores) per annotation for (partial) rankings; [n, M] -> [n].
+
+    At position j the denominator runs over every candidate not yet placed, so the unranked
+    candidates of a top-L ranking stay in every denominator (DESIGN §3).
+    """
+    n, m = scores.shape
+    # A large finite negative, not -inf: an empty denominator (past a short ranking's end) must
+    # give finite values, or 0 * nan would poison the gradient.
+    floor = torch.finfo(scores.dtype).min / 4
+    available = rankings.mask.clone()
+    total = scores.new_zeros(n)
+    rows = torch.arange(n)
+    for j in range(rankings.ranking.shape[1]):
+        idx = rankings.ranking[:, j]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        lse = torch.logsumexp(scores.masked_fill(~available, floor), dim=1)
+        total = total + torch.where(valid, scores[rows, safe] - lse, scores.new_zeros(()))
+        available = available.clone()
+        available[rows[valid], safe[valid]] = False
+    return total
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """sum(w * v) / sum(w); the plain mean without weights; 0 when every weight is 0."""
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values.dtype)
+    return (weights * values).sum() / weights.sum().clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def _clean(logratios: torch.Tensor, rankings: Rankings) -> torch.Tensor:
+    """Zero the padded slots (which may hold NaN) so they cannot leak into sums."""
+    return logratios.masked_fill(~rankings.mask, 0.0)
+
+
+def pl_dpo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
+                weights: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    """Plackett–Luce DPO: -log P(ranking | beta * s); for m = 2 it is DPO's sigmoid loss."""
+    nll = -plackett_luce_logprob(beta * _clean(logratios, rankings), rankings)
+    return weighted_mean(nll, weights)
+
+
+def beats(rankings: Rankings) -> torch.Tensor:
+    """beats[n, i, j]: the ranking places i above j (a ranked i beats every unranked j)."""
+    pos = rankings.positions()
+    both = rankings.mask.unsqueeze(2) & rankings.mask.unsqueeze(1)
+    ranked = pos < rankings.ranking.shape[1]
+    return (pos.unsqueeze(2) < pos.unsqueeze(1)) & ranked.unsqueeze(2) & both
+
+
+def ipo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
+             weights: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    """IPO (Azar et al.): (s_w - s_l - 1/(2 beta))^2, averaged over the pairs a ranking implies.
+
+    Sequence-level log-ratios as in the paper; TRL additionally divides by token counts.
+    """
+    s = _clean(logratios, rankings)
+    pairs = beats(rankings)
+    diff = s.unsqueeze(2) - s.unsqueeze(1)
+    sq = ((diff - 1.0 / (2.0 * beta)) ** 2) * pairs
+    per = sq.sum(dim=(1, 2)) / pairs.sum(dim=(1, 2)).clamp_min(1)
+    return weighted_mean(per, weights)
+
+
+def distill_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
+                 weights: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                 **_: object) -> torch.Tensor:
+    """Preference distillation (DESIGN §7): KL(softmax(R_hat) || softmax(beta * s)) over each
+    annotation's candidates, with `targets` = R_hat, a teacher reward. The first-choice
+    distribution of Plackett–Luce; for m = 2 it is KL(Bern(sigmoid(R_hat+ - R_hat-)) ||
+    Bern(sigmoid(beta (s+ - s-)))), the soft-label loss of Yun et al."""
+    if targets is None:
+        raise ValueError("the distill loss needs `targets`: a teacher reward per candidate")
+    floor = torch.finfo(logratios.dtype).min / 4
+    mask = rankings.mask
+    log_q = torch.log_softmax((beta * _clean(logratios, rankings)).masked_fill(~mask, floor), 1)
+    log_p = torch.log_softmax(targets.to(logratios.dtype).masked_fill(~mask, floor), 1)
+    kl = (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum(dim=1)
+    return weighted_mean(kl, weights)
+
+
+LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_loss, "ipo": ipo_loss, "distill": distill_loss}
+
+
+def get_loss(name: str) -> Loss:
+    """The loss registered as `name`."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss '{name}'; known: {', '.join(LOSSES)}")
+    return LOSSES[name]

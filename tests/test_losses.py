@@ -1,0 +1,187 @@
+"""Losses against independent oracles: enumeration of orderings, choix, TRL's DPO loss."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import choix
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from pluralign.data import Annotation
+from pluralign.losses import (
+    distill_loss,
+    get_loss,
+    ipo_loss,
+    pl_dpo_loss,
+    plackett_luce_logprob,
+)
+from pluralign.rankings import Rankings
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Oracle comparisons at 1e-10 need float64; restore the default for other modules."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def _rankings(rows: list[tuple[int, list[int]]]) -> Rankings:
+    """Rankings from (m, ranking) pairs."""
+    return Rankings.from_annotations([Annotation("h", "p", [f"r{i}" for i in range(m)], r)
+                                      for m, r in rows])
+
+
+def _full_prob(scores: np.ndarray, order: tuple[int, ...]) -> float:
+    """Probability of a full ordering as a product of successive softmax choices."""
+    p, left = 1.0, list(range(len(scores)))
+    for i in order:
+        p *= math.exp(scores[i]) / sum(math.exp(scores[j]) for j in left)
+        left.remove(i)
+    return p
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_partial_and_full_rankings_match_enumeration(m):
+    rng = np.random.default_rng(m)
+    scores = rng.normal(size=m) * 2
+    prefixes = [p for L in range(1, m + 1) for p in itertools.permutations(range(m), L)]
+    got = plackett_luce_logprob(torch.tensor(scores).expand(len(prefixes), m).contiguous(),
+                                _rankings([(m, list(p)) for p in prefixes])).exp().numpy()
+    orders = list(itertools.permutations(range(m)))
+    for prob, prefix in zip(got, prefixes, strict=True):
+        # Marginal of a top-L ranking: the sum over every full ordering that begins with it.
+        oracle = sum(_full_prob(scores, o) for o in orders if o[: len(prefix)] == prefix)
+        assert prob == pytest.approx(oracle, rel=1e-10)
+
+
+def test_padded_batch_with_mixed_m_and_L_equals_rows_alone():
+    rows = [(2, [1, 0]), (4, [3]), (3, [2, 0, 1]), (4, [1, 2])]
+    rng = np.random.default_rng(0)
+    batch = _rankings(rows)
+    scores = torch.tensor(rng.normal(size=batch.mask.shape))
+    scores[~batch.mask] = float("nan")  # padding must not matter, even as NaN
+    batch_lp = plackett_luce_logprob(scores.nan_to_num(0.0), batch)
+    for i, (m, r) in enumerate(rows):
+        alone = plackett_luce_logprob(scores[i:i + 1, :m], _rankings([(m, r)]))
+        assert batch_lp[i].item() == pytest.approx(alone.item(), abs=1e-12)
+    loss = pl_dpo_loss(scores, batch, beta=1.0)
+    assert torch.isfinite(loss)
+
+
+def test_log_likelihood_equals_choix_on_synthetic_rankings():
+    n_items = 8
+    params = choix.generate_params(n_items, interval=4.0)
+    data = choix.generate_rankings(params, 300, size=4)
+    recs = [Annotation("h", "p", [str(i) for i in r], list(range(len(r)))) for r in data]
+    scores = torch.tensor(np.array([params[list(r)] for r in data]))
+    ours = plackett_luce_logprob(scores, Rankings.from_annotations(recs)).sum().item()
+    assert ours == pytest.approx(choix.utils.log_likelihood_rankings(data, params), rel=1e-10)
+
+
+def test_minimising_pl_loss_recovers_choix_mle():
+    n_items = 6
+    rng = np.random.default_rng(1)
+    data = choix.generate_rankings(rng.normal(size=n_items), 400, size=3)
+    alpha = 0.01
+    items = torch.tensor(np.array(data))
+    rank = Rankings(torch.arange(3).expand(len(data), 3).clone(),
+                    torch.ones(len(data), 3, dtype=torch.bool))
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.tensor(theta, requires_grad=True)
+        nll = -plackett_luce_logprob(t[items], rank).sum() + alpha * (t ** 2).sum()  # choix
+        nll.backward()
+        return nll.item(), t.grad.numpy()
+
+    ours = minimize(objective, np.zeros(n_items), jac=True, method="L-BFGS-B",
+                    options={"gtol": 1e-10}).x
+    theirs = choix.opt_rankings(n_items, data, alpha=alpha, tol=1e-10)
+    assert np.allclose(ours - ours.mean(), theirs - theirs.mean(), atol=1e-4)
+
+
+def _trl_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type):
+    """TRL's DPOTrainer loss on given sequence log-probs, driven through its own code path."""
+    from trl import DPOTrainer
+    b = chosen.shape[0]
+    logps = torch.cat([chosen, rejected]).unsqueeze(1)  # one completion token per sequence
+    outputs = SimpleNamespace(log_probs=logps, entropy=torch.zeros_like(logps),
+                              mean_logits=torch.zeros_like(logps),
+                              is_top1=torch.zeros_like(logps, dtype=torch.bool))
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=True),
+        accelerator=SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x,
+                                    gather=lambda x: x),
+        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta,
+        use_weighting=False, _metrics=defaultdict(lambda: defaultdict(list)),
+        _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.ones(2 * b, 2, dtype=torch.long),
+              "attention_mask": torch.ones(2 * b, 2, dtype=torch.long),
+              "completion_mask": torch.tensor([[0, 1]] * (2 * b)),
+              "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    return DPOTrainer._compute_loss(trainer, lambda **kw: outputs, inputs, False)
+
+
+@pytest.mark.parametrize("loss_type, ours", [("sigmoid", pl_dpo_loss), ("ipo", ipo_loss)])
+def test_pairwise_value_and_gradient_equal_trl(loss_type, ours):
+    rng = np.random.default_rng(2)
+    b, beta = 16, 0.1
+    pol = torch.tensor(rng.normal(-40, 5, size=(2, b)), requires_grad=True)
+    ref = torch.tensor(rng.normal(-40, 5, size=(2, b)))
+    theirs = _trl_loss(pol[0], pol[1], ref[0], ref[1], beta, loss_type)
+    (g_theirs,) = torch.autograd.grad(theirs, pol)
+    mine = ours((pol - ref).T, _rankings([(2, [0, 1])] * b), beta)
+    (g_mine,) = torch.autograd.grad(mine, pol)
+    assert mine.item() == pytest.approx(theirs.item(), abs=1e-6)
+    assert torch.allclose(g_mine, g_theirs, atol=1e-6)
+
+
+def test_ipo_averages_the_pairs_a_ranking_implies():
+    s = torch.tensor([[0.3, -0.2, 0.5]])
+    beta = 0.5
+    loss = ipo_loss(s, _rankings([(3, [2])]), beta)  # 2 beat 0 and 1
+    expected = ((0.5 - 0.3 - 1) ** 2 + (0.5 + 0.2 - 1) ** 2) / 2
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_distill_is_bernoulli_kl_for_pairs_and_zero_at_the_target():
+    beta = 0.5
+    s = torch.tensor([[0.4, -1.0]], requires_grad=True)
+    r_hat = torch.tensor([[1.0, 0.2]])
+    p, q = torch.sigmoid(torch.tensor(0.8)), torch.sigmoid(beta * torch.tensor(1.4))
+    kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+    got = distill_loss(s, _rankings([(2, [0, 1])]), beta, targets=r_hat)
+    assert got.item() == pytest.approx(kl.item(), abs=1e-12)
+    at_target = torch.tensor([[2.0, 0.4, -1.0]], requires_grad=True)
+    loss = distill_loss(at_target, _rankings([(3, [0])]), beta, targets=beta * at_target.detach())
+    (g,) = torch.autograd.grad(loss, at_target)
+    assert loss.item() == pytest.approx(0, abs=1e-12) and g.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["pl_dpo", "ipo"])
+def test_weights_normalise_and_zero_weight_rows_cost_nothing(name):
+    loss = get_loss(name)
+    rng = np.random.default_rng(3)
+    rank = _rankings([(3, [0, 1]), (2, [1, 0]), (3, [2])])
+    s = torch.tensor(rng.normal(size=rank.mask.shape), requires_grad=True)
+    w = torch.tensor([0.5, 0.0, 2.0])
+    a = loss(s, rank, 0.7, weights=w)
+    assert a.item() == pytest.approx(loss(s, rank, 0.7, weights=3 * w).item())
+    (g,) = torch.autograd.grad(a, s)
+    assert g[1].abs().max() == 0
+    kept = loss(s[[0, 2]], rank.select([0, 2]), 0.7, weights=w[[0, 2]])
+    assert a.item() == pytest.approx(kept.item())
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="unknown loss 'kto'.*pl_dpo"):
+        get_loss("kto")

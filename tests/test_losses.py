@@ -24,7 +24,6 @@ from pluralign.losses import (
 from pluralign.rankings import Rankings
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """Oracle comparisons at 1e-10 need float64; restore the default for other modules."""

@@ -251,7 +251,16 @@ def fingerprint(records: Iterable[Annotation]) -> str:
 
 
 def _canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      default=_plain)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays as plain numbers and lists, so records built from numpy hash
+    like records built from Python numbers."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def to_table(records: Sequence[Annotation]) -> pa.Table:

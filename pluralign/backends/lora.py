@@ -1,0 +1,313 @@
+"""LoRA backend: one causal LM, K LoRA adapters (one per type), reference = adapters disabled.
+
+Reference log-probs come from one cached pass (pluralign.reference). With `top_layers: T`,
+adapters sit in the top T layers only and every policy pass starts from the cached hidden
+states entering layer N-T (pluralign.trunk). Each adapter trains with its own optimizer over
+its own parameters; scoring loops over adapters in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+
+from pluralign.backends.base import PolicyBackend, check_weights
+from pluralign.data import Annotations
+from pluralign.losses import get_loss
+from pluralign.models import load_model, model_fingerprint
+from pluralign.rankings import Rankings
+from pluralign.reference import (
+    Reference,
+    Sequences,
+    TokenSettings,
+    batches,
+    by_length,
+    compute_reference,
+    make_batch,
+    tokenize,
+)
+from pluralign.trunk import (
+    decoder_and_head,
+    full_forward,
+    response_logps,
+    supports_trunk,
+    top_forward,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+@dataclass
+class LoRAConfig:
+    """Settings of the LoRA backend."""
+
+    model: str = field(default="builtin:tiny", metadata={"help": "model spec (models.py)"})
+    types: int = field(default=2, metadata={"help": "number of type policies K"})
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature: reward = beta * s"})
+    loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={
+        "help": "module names that get adapters"})
+    top_layers: int | None = field(default=None, metadata={
+        "help": "adapters in the top T layers only (None: all layers); enables trunk caching"})
+    trunk_cache: bool = field(default=True, metadata={
+        "help": "with top_layers, start every pass from cached states (same results, less work)"})
+    trunk_dtype: str = field(default="float32", metadata={
+        "help": "dtype of cached trunk states (bfloat16 halves their memory)"})
+    max_prompt_tokens: int = field(default=256, metadata={"help": "prompt tokens kept (end)"})
+    max_response_tokens: int = field(default=128, metadata={"help": "response tokens kept"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    epochs: int = field(default=1, metadata={"help": "passes over the data per fit"})
+    batch_size: int = field(default=8, metadata={"help": "annotations per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps warming up"})
+    scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule"})
+    token_budget: int = field(default=8192, metadata={
+        "help": "padded tokens per scoring batch"})
+    cache: str | None = field(default=None, metadata={
+        "help": "reference cache folder; None: $PLURALIGN_CACHE/reference; '': no cache"})
+    seed: int = field(default=0, metadata={"help": "seed of shuffling"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "for hub models only"})
+
+    def __post_init__(self) -> None:
+        positive = ("types", "rank", "epochs", "batch_size", "grad_accum", "max_prompt_tokens",
+                    "max_response_tokens", "token_budget")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta <= 0 or self.learning_rate <= 0:
+            raise ValueError("beta and learning_rate must be > 0")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise ValueError(f"top_layers must be >= 1 or None, got {self.top_layers}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        get_loss(self.loss)
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class Prepared:
+    """A dataset ready for scoring: its token sequences and reference outputs."""
+
+    seqs: Sequences
+    ref: Reference
+    rankings: Rankings
+
+
+class LoRABackend(PolicyBackend):
+    """K LoRA adapters named type_0..type_{K-1} on one frozen base model."""
+
+    def __init__(self, config: LoRAConfig | None = None, **overrides: Any):
+        from peft import LoraConfig, get_peft_model
+        self.config = cfg = config or LoRAConfig(**overrides)
+        self.n_types, self.beta = cfg.types, cfg.beta
+        self.accelerator = Accelerator()
+        base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code)
+        self.model_id = model_fingerprint(base, cfg.model)
+        n_layers = base.config.num_hidden_layers
+        top = min(cfg.top_layers or n_layers, n_layers)
+        self.start_layer = n_layers - top
+        decoder = base.get_decoder()
+        self.trunk = cfg.trunk_cache and self.start_layer > 0 and supports_trunk(decoder)
+        if cfg.trunk_cache and self.start_layer > 0 and not self.trunk:
+            log.info("trunk caching is not supported for %s; using the plain forward",
+                     type(decoder).__name__)
+        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), bias="none",
+                          layers_to_transform=list(range(self.start_layer, n_layers))
+                          if self.start_layer else None)
+        self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
+        for k in range(1, cfg.types):
+            self.model.add_adapter(self.adapter(k), lora)
+        self.model.to(self.accelerator.device)
+        self.model.eval()
+        self.decoder, self.head = decoder_and_head(self.model)
+        self.loss_fn = get_loss(cfg.loss)
+        self.history_: dict[int, list[dict[str, Any]]] = {k: [] for k in range(cfg.types)}
+        self._prepared: dict[str, Prepared] = {}
+
+    @staticmethod
+    def adapter(k: int) -> str:
+        """Name of type k's adapter."""
+        return f"type_{k}"
+
+    # -- data -------------------------------------------------------------------------------
+    def prepare(self, data: Annotations) -> Prepared:
+        """Tokenise `data` and run (or load) its reference pass; memoised per dataset."""
+        key = Annotations(data).fingerprint()
+        if key not in self._prepared:
+            cfg = self.config
+            seqs = tokenize(data, self.tokenizer, TokenSettings(cfg.max_prompt_tokens,
+                                                                cfg.max_response_tokens))
+            ref = compute_reference(
+                self.model, self.model_id, seqs, self.tokenizer.pad_token_id,
+                trunk_layer=self.start_layer if self.trunk else None,
+                trunk_dtype=cfg.trunk_dtype, token_budget=cfg.token_budget, cache=cfg.cache,
+                progress=cfg.progress)
+            self._prepared[key] = Prepared(seqs, ref, Rankings.from_annotations(data))
+        return self._prepared[key]
+
+    def policy_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
+        """log pi(response) of sequences `ids` under the active adapter (grad if enabled)."""
+        device = self.accelerator.device
+        batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id).to(device)
+        if self.trunk:
+            dtype = next(self.model.parameters()).dtype
+            states = pad_sequence([prep.ref.trunk_states(i) for i in ids], batch_first=True)
+            hidden = top_forward(self.decoder, states.to(device, dtype), batch.attention_mask,
+                                 self.start_layer)
+        else:
+            hidden = full_forward(self.decoder, batch)[0]
+        return response_logps(self.head, hidden, batch)
+
+    # -- scoring ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def logratios(self, data: Annotations) -> np.ndarray:
+        prep = self.prepare(data)
+        n_seq = len(prep.seqs)
+        out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
+        groups = list(batches(by_length(prep.seqs), prep.seqs, self.config.token_budget))
+        self.model.eval()
+        bar = tqdm(total=len(groups) * self.n_types, disable=not self.config.progress,
+                   desc="scoring", unit="batch")
+        for k in range(self.n_types):
+            self.model.set_adapter(self.adapter(k))
+            s = torch.zeros(n_seq, dtype=torch.float64)
+            for ids in groups:
+                s[ids] = self.policy_logps(prep, ids).double().cpu()
+                bar.update()
+            s -= prep.ref.logps
+            valid = prep.seqs.index >= 0
+            out[..., k][valid.numpy()] = s[prep.seqs.index[valid]].numpy()
+        bar.close()
+        return out
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
+        cfg = self.config
+        w = check_weights(weights, len(data))
+        rows = np.flatnonzero(w > 0)
+        prep = self.prepare(data)
+        stats: dict[str, Any] = {"type": k, "annotations": int(rows.size), "steps": 0,
+                                 "tokens": 0, "loss": []}
+        if rows.size == 0:
+            return stats
+        name = self.adapter(k)
+        self.model.set_adapter(name)  # only this adapter's parameters require grad
+        params = [p for n, p in self.model.named_parameters() if f".{name}." in n]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        per_step = cfg.batch_size * cfg.grad_accum
+        total = cfg.epochs * math.ceil(rows.size / per_step)
+        from transformers import get_scheduler
+        sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+        gen = torch.Generator().manual_seed(cfg.seed + 7919 * k + len(self.history_[k]))
+        w_mean = float(w[rows].mean())
+        t0 = time.perf_counter()
+        self.model.train()
+        bar = tqdm(total=total, disable=not cfg.progress, desc=f"fit {name}", unit="step")
+        try:
+            for _ in range(cfg.epochs):
+                order = rows[torch.randperm(rows.size, generator=gen).numpy()]
+                micro = [order[i: i + cfg.batch_size] for i in range(0, order.size,
+                                                                      cfg.batch_size)]
+                for j, mb in enumerate(micro):
+                    loss, n_tok = self._micro_loss(prep, mb, w, w_mean)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{name}: loss is {loss.item()} at step {stats['steps'] + 1}; lower "
+                            "the learning_rate or beta, or check the data")
+                    self.accelerator.backward(loss / cfg.grad_accum)
+                    stats["tokens"] += n_tok
+                    stats["loss"].append(round(loss.item(), 6))
+                    if (j + 1) % cfg.grad_accum == 0 or j + 1 == len(micro):
+                        self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad(set_to_none=True)
+                        stats["steps"] += 1
+                        bar.update()
+                        bar.set_postfix(loss=f"{loss.item():.4f}")
+        finally:
+            bar.close()
+            opt.zero_grad(set_to_none=True)
+            self.model.eval()
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        self.history_[k].append({key: v for key, v in stats.items() if key != "loss"}
+                                | {"final_loss": stats["loss"][-1]})
+        return stats
+
+    def _micro_loss(self, prep: Prepared, mb: np.ndarray, w: np.ndarray,
+                    w_mean: float) -> tuple[torch.Tensor, int]:
+        """Weighted loss of annotations `mb`, scaled so that micro-batches average to the
+        weighted mean over all rows (an unbiased estimate, whatever the batch's weights)."""
+        index = prep.seqs.index[torch.as_tensor(mb)]
+        ids = torch.unique(index[index >= 0]).tolist()
+        s_seq = self.policy_logps(prep, ids) - prep.ref.logps[ids].to(self.accelerator.device,
+                                                                      torch.float32)
+        local = torch.full((len(prep.seqs),), -1, dtype=torch.long)
+        local[ids] = torch.arange(len(ids))
+        valid = index >= 0
+        s = torch.zeros(index.shape, dtype=s_seq.dtype, device=s_seq.device)
+        s[valid] = s_seq[local[index[valid]]]
+        wt = torch.as_tensor(w[mb], dtype=s.dtype, device=s.device)
+        loss = self.loss_fn(s, prep.rankings.select(mb), self.beta, weights=wt)
+        return loss * (wt.sum() / (len(mb) * w_mean)), prep.seqs.n_tokens(ids)
+
+    def loss(self, k: int, data: Annotations, weights: np.ndarray) -> float:
+        """Type k's weighted loss on `data` (no training)."""
+        s = torch.as_tensor(self.logratios(data)[..., k])
+        w = torch.as_tensor(check_weights(weights, len(data)))
+        return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w))
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Each adapter to path/type_k in the standard PEFT layout (PeftModel.from_pretrained)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for k in range(self.n_types):
+            name = self.adapter(k)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path))
+            try:
+                self.model.save_pretrained(tmp, selected_adapters=[name])
+                saved = tmp / name if (tmp / name).is_dir() else tmp
+                target = path / name
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(saved, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load adapters written by `save`, replacing the current ones."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+        for k in range(self.n_types):
+            folder = Path(path) / self.adapter(k)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder}: no saved adapter for type {k}")
+            state = load_peft_weights(str(folder), device=str(self.accelerator.device))
+            set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))

@@ -1,0 +1,214 @@
+"""The reference pass (DESIGN §4, §9): tokenise every distinct (prompt, response) once, compute
+reference log-probs with all adapters disabled, and keep what later passes reuse.
+
+Outputs are cached on disk, keyed by a fingerprint of the model, every token id (so tokenizer,
+data and length settings) and the pass settings; a second run with the same inputs loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pluralign.data import Annotation, Annotations
+from pluralign.io import write_with
+from pluralign.models import cache_dir
+from pluralign.trunk import Batch, decoder_and_head, full_forward, response_logps, response_means
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenSettings:
+    """Length limits: a prompt keeps its end, a response its start (EOS included)."""
+
+    max_prompt_tokens: int = field(default=256, metadata={"help": "prompt tokens kept (end)"})
+    max_response_tokens: int = field(default=128, metadata={"help": "response tokens kept "
+                                                                    "(start), EOS included"})
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
+            raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
+
+
+@dataclass
+class Sequences:
+    """Distinct (prompt, response) token sequences and where each annotation's candidates are."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    index: torch.Tensor            # [n_annotations, M_max] sequence id, -1 for padding
+    truncated_prompts: int = 0
+    truncated_responses: int = 0
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def token_ids(self) -> Iterator[list[int]]:
+        for p, r in zip(self.prompts, self.responses, strict=True):
+            yield p + [-1] + r
+
+    def n_tokens(self, ids: list[int] | None = None) -> int:
+        ids = range(len(self)) if ids is None else ids
+        return sum(len(self.prompts[i]) + len(self.responses[i]) for i in ids)
+
+
+def prompt_text(prompt: str | list[dict[str, str]], tokenizer) -> tuple[str, bool]:
+    """The prompt as the model sees it, and whether the chat template made it."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False), True
+    if isinstance(prompt, list):
+        return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: ", False
+    return prompt, False
+
+
+def tokenize(data: Annotations | list[Annotation], tokenizer,
+             settings: TokenSettings) -> Sequences:
+    """Token ids of each distinct (prompt, response), truncated per `settings`."""
+    prompt_ids: dict[str, list[int]] = {}
+    seq_of: dict[tuple[tuple[int, ...], str], int] = {}  # keyed on what the model sees
+    prompts, responses = [], []
+    m_max = max((a.m for a in data), default=2)
+    index = torch.full((len(data), m_max), -1, dtype=torch.long)
+    cut_p = cut_r = 0
+    for n, a in enumerate(data):
+        key = json.dumps(a.prompt, sort_keys=True)
+        if key not in prompt_ids:
+            text, templated = prompt_text(a.prompt, tokenizer)
+            ids = tokenizer(text, add_special_tokens=not templated).input_ids
+            if len(ids) > settings.max_prompt_tokens:
+                ids, cut_p = ids[-settings.max_prompt_tokens:], cut_p + 1
+            prompt_ids[key] = ids
+        tokens = tuple(prompt_ids[key])
+        for j, response in enumerate(a.responses):
+            if (tokens, response) not in seq_of:
+                ids = tokenizer(response, add_special_tokens=False).input_ids
+                ids = ids + [tokenizer.eos_token_id]
+                if len(ids) > settings.max_response_tokens:
+                    ids, cut_r = ids[: settings.max_response_tokens], cut_r + 1
+                seq_of[tokens, response] = len(prompts)
+                prompts.append(prompt_ids[key])
+                responses.append(ids)
+            index[n, j] = seq_of[tokens, response]
+    if cut_p or cut_r:
+        log.warning("truncated %d prompt(s) to their last %d tokens and %d response(s) to their "
+                    "first %d tokens", cut_p, settings.max_prompt_tokens, cut_r,
+                    settings.max_response_tokens)
+    return Sequences(prompts, responses, index, cut_p, cut_r)
+
+
+@dataclass
+class Reference:
+    """Reference outputs per sequence: log-probs, and optionally embeddings and trunk states."""
+
+    logps: torch.Tensor                      # [n_seq] float64
+    embeddings: torch.Tensor | None = None   # [n_seq, H] mean response hidden state
+    trunk: torch.Tensor | None = None        # [total_tokens, H] states entering trunk_layer
+    trunk_offsets: torch.Tensor | None = None  # [n_seq + 1] row offsets into `trunk`
+    trunk_layer: int | None = None
+    from_cache: bool = False
+
+    def trunk_states(self, seq: int) -> torch.Tensor:
+        """Cached hidden states [len, H] of sequence `seq`."""
+        assert self.trunk is not None and self.trunk_offsets is not None
+        return self.trunk[self.trunk_offsets[seq]: self.trunk_offsets[seq + 1]]
+
+
+def base_model_only(model: nn.Module):
+    """Context in which a PEFT model runs with every adapter disabled (the reference)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) and hasattr(model, "peft_config") \
+        else contextlib.nullcontext()
+
+
+def batches(order: list[int], seqs: Sequences, token_budget: int) -> Iterator[list[int]]:
+    """Consecutive groups of sequence ids whose padded size stays within `token_budget`."""
+    group: list[int] = []
+    longest = 0
+    for i in order:
+        n = len(seqs.prompts[i]) + len(seqs.responses[i])
+        if group and max(longest, n) * (len(group) + 1) > token_budget:
+            yield group
+            group, longest = [], 0
+        group.append(i)
+        longest = max(longest, n)
+    if group:
+        yield group
+
+
+def by_length(seqs: Sequences, ids: list[int] | None = None) -> list[int]:
+    """Sequence ids sorted by length, longest first (less padding per batch)."""
+    ids = list(range(len(seqs))) if ids is None else ids
+    return sorted(ids, key=lambda i: -(len(seqs.prompts[i]) + len(seqs.responses[i])))
+
+
+def make_batch(seqs: Sequences, ids: list[int], pad_id: int) -> Batch:
+    return Batch.build([seqs.prompts[i] for i in ids], [seqs.responses[i] for i in ids], pad_id)
+
+
+def fingerprint(model_id: str, seqs: Sequences, trunk_layer: int | None, trunk_dtype: str,
+                embeddings: bool) -> str:
+    """Key of a reference pass: model, every token id, and the pass settings."""
+    h = hashlib.sha256(json.dumps([model_id, trunk_layer, trunk_dtype, embeddings]).encode())
+    for ids in seqs.token_ids():
+        h.update(json.dumps(ids).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: int,
+                      trunk_layer: int | None = None, trunk_dtype: str = "float32",
+                      embeddings: bool = False, token_budget: int = 8192,
+                      cache: str | Path | None = None, progress: bool = True) -> Reference:
+    """Reference log-probs (and trunk states / embeddings) of `seqs`, from cache when possible.
+
+    `model_id` must identify the weights (see models.model_fingerprint). `cache`: a folder,
+    None for the default cache, or "" to disable caching.
+    """
+    key = fingerprint(model_id, seqs, trunk_layer, trunk_dtype, embeddings)
+    path = None if cache == "" else Path(cache or cache_dir() / "reference") / f"{key}.pt"
+    if path is not None and path.is_file():
+        state = torch.load(path, weights_only=True)
+        return Reference(**state, trunk_layer=trunk_layer, from_cache=True)
+    decoder, head = decoder_and_head(model)
+    device = next(model.parameters()).device
+    n = len(seqs)
+    logps = torch.zeros(n, dtype=torch.float64)
+    embs = None
+    trunk_parts: dict[int, torch.Tensor] = {}
+    dtype = getattr(torch, trunk_dtype)
+    with base_model_only(model):
+        for ids in tqdm(list(batches(by_length(seqs), seqs, token_budget)), disable=not progress,
+                        desc="reference pass", unit="batch"):
+            batch = make_batch(seqs, ids, pad_id).to(device)
+            hidden, captured = full_forward(decoder, batch, trunk_layer)
+            logps[ids] = response_logps(head, hidden, batch).double().cpu()
+            if embeddings:
+                e = response_means(hidden, batch).cpu()
+                embs = torch.zeros(n, e.shape[1]) if embs is None else embs
+                embs[ids] = e
+            if captured is not None:
+                for b, i in enumerate(ids):
+                    trunk_parts[i] = captured[b, : int(batch.lengths[b])].to(dtype).cpu()
+    ref = Reference(logps, embs)
+    if trunk_layer is not None:
+        sizes = torch.tensor([trunk_parts[i].shape[0] for i in range(n)])
+        ref.trunk = torch.cat([trunk_parts[i] for i in range(n)])
+        ref.trunk_offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        ref.trunk_layer = trunk_layer
+    if path is not None:
+        state = {"logps": ref.logps, "embeddings": ref.embeddings, "trunk": ref.trunk,
+                 "trunk_offsets": ref.trunk_offsets}
+        write_with(path, lambda p: torch.save(state, p))
+    return ref

@@ -1,0 +1,113 @@
+"""Forward passes that compute response log-probs with as little work as possible (DESIGN §5).
+
+- The LM head runs on response positions only (not on the prompt, not on padding).
+- Trunk caching: when adapters sit only in the top T of N layers, the hidden states entering
+  layer N-T depend on neither the type nor the EM iteration. The reference pass captures them
+  once; every later pass runs only the top T layers, the final norm and the head. Supported
+  for the Llama family (Llama, Mistral, Qwen2, SmolLM2); others use the plain forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TRUNK_ARCHITECTURES = ("LlamaModel", "MistralModel", "Qwen2Model")
+
+
+@dataclass
+class Batch:
+    """Right-padded token batch of prompt+response sequences, with where the responses are."""
+
+    input_ids: torch.Tensor       # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    rows: torch.Tensor            # [T] sequence of each response token
+    positions: torch.Tensor       # [T] position whose hidden state predicts that token
+    targets: torch.Tensor         # [T] the response token ids
+    lengths: torch.Tensor         # [B] full sequence lengths
+
+    @classmethod
+    def build(cls, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Batch:
+        """Concatenate prompt and response ids per sequence and pad on the right."""
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        ids = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        rows, positions, targets = [], [], []
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            ids[b, : lengths[b]] = torch.tensor(p + r)
+            mask[b, : lengths[b]] = 1
+            rows += [b] * len(r)
+            positions += range(len(p) - 1, len(p) + len(r) - 1)
+            targets += r
+        return cls(ids, mask, torch.tensor(rows), torch.tensor(positions),
+                   torch.tensor(targets), torch.tensor(lengths))
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.rows,
+                                               self.positions, self.targets, self.lengths)))
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (returns normed last hidden states) and the LM head."""
+    return model.get_decoder(), model.get_output_embeddings()
+
+
+def supports_trunk(decoder: nn.Module) -> bool:
+    """Whether the top layers of `decoder` can be run on their own from cached states."""
+    return type(decoder).__name__ in TRUNK_ARCHITECTURES and all(
+        hasattr(decoder, a) for a in ("layers", "norm", "rotary_emb"))
+
+
+def full_forward(decoder: nn.Module, batch: Batch,
+                 capture_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normed last hidden states [B, S, H], and the states entering `capture_layer`."""
+    captured: list[torch.Tensor] = []
+    handle = None
+    if capture_layer is not None:
+        layer = decoder.layers[capture_layer]
+        handle = layer.register_forward_pre_hook(
+            lambda _m, args, kwargs: captured.append((args[0] if args else
+                                                      kwargs["hidden_states"]).detach()),
+            with_kwargs=True)
+    try:
+        out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out.last_hidden_state, (captured[0] if captured else None)
+
+
+def top_forward(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                start_layer: int) -> torch.Tensor:
+    """Run layers[start_layer:] and the final norm on cached hidden states, as the decoder's
+    own forward would (same causal mask, positions and rotary embeddings)."""
+    from transformers.masking_utils import create_causal_mask
+    position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden,
+                              attention_mask=attention_mask, past_key_values=None,
+                              position_ids=position_ids)
+    rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
+    for layer in decoder.layers[start_layer:]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary,
+                       position_ids=position_ids)
+    return decoder.norm(hidden)
+
+
+def response_logps(head: nn.Module, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Sum of log p(response token) per sequence [B], with the head on response positions only."""
+    h = hidden[batch.rows, batch.positions]
+    logp = torch.log_softmax(head(h).float(), dim=-1)
+    token = logp.gather(1, batch.targets.unsqueeze(1)).squeeze(1)
+    return torch.zeros(hidden.shape[0], dtype=token.dtype, device=token.device).index_add(
+        0, batch.rows, token)
+
+
+def response_means(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean hidden state over each sequence's response tokens [B, H] (an embedding)."""
+    h = hidden[batch.rows, batch.positions + 1].float()
+    sums = torch.zeros(hidden.shape[0], h.shape[1], device=h.device).index_add(0, batch.rows, h)
+    counts = torch.bincount(batch.rows, minlength=hidden.shape[0]).clamp_min(1)
+    return sums / counts.unsqueeze(1)

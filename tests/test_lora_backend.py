@@ -1,0 +1,115 @@
+"""LoRA backend on builtin:tiny: trunk caching is exact, fit trains one adapter only, adapters
+round-trip through the standard PEFT layout, bad training stops with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pluralign.backends.lora import LoRABackend
+from pluralign.data import Annotations
+from pluralign.simulate import SimulationConfig, simulate
+
+SMALL = dict(max_prompt_tokens=40, max_response_tokens=40, cache="", progress=False)
+
+
+@pytest.fixture(scope="module")
+def data() -> Annotations:
+    pop = simulate(SimulationConfig(flavour="text", annotators=6, per_annotator=2,
+                                    list_size=(2, 3), ranking_length=2, seed=0))
+    return Annotations(pop.records)
+
+
+def _randomise(backend: LoRABackend, seed: int = 0) -> None:
+    """LoRA starts at B = 0 (policy = reference); give every adapter distinct weights."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in backend.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def _adapter_params(backend: LoRABackend, k: int) -> dict[str, torch.Tensor]:
+    tag = f".{backend.adapter(k)}."
+    return {n: p.detach().clone() for n, p in backend.model.named_parameters() if tag in n}
+
+
+def test_trunk_cached_and_plain_forward_agree(data):
+    cached = LoRABackend(types=2, top_layers=2, **SMALL)
+    plain = LoRABackend(types=2, top_layers=2, trunk_cache=False, **SMALL)
+    assert cached.trunk and not plain.trunk
+    _randomise(cached)
+    _randomise(plain)
+    s_cached, s_plain = cached.logratios(data), plain.logratios(data)
+    assert np.nanmax(np.abs(s_cached)) > 0.1  # adapters really change the policy
+    assert np.allclose(s_cached, s_plain, atol=1e-5, equal_nan=True)
+    grads = []
+    for b in (cached, plain):
+        b.model.set_adapter(b.adapter(1))
+        b.model.zero_grad()
+        w = np.linspace(0.1, 1.0, len(data))
+        loss, _ = b._micro_loss(b.prepare(data), np.arange(len(data)), w, float(w.mean()))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in b.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+def test_adapters_live_only_in_the_top_layers(data):
+    b = LoRABackend(types=1, top_layers=1, **SMALL)
+    layers = {int(n.split(".layers.")[1].split(".")[0])
+              for n, _ in b.model.named_parameters() if "lora_" in n}
+    assert layers == {3} and b.start_layer == 3
+
+
+def test_fit_lowers_loss_and_leaves_other_adapters_bit_for_bit(data):
+    b = LoRABackend(types=3, top_layers=2, learning_rate=2e-2, epochs=4, batch_size=4,
+                    warmup_ratio=0.0, **SMALL)
+    _randomise(b)
+    w = np.random.default_rng(0).random(len(data))
+    w[::3] = 0.0
+    before = {k: _adapter_params(b, k) for k in range(3)}
+    loss_before = b.loss(1, data, w)
+    stats = b.fit(1, data, w)
+    assert b.loss(1, data, w) < loss_before - 0.05
+    assert stats["annotations"] == int((w > 0).sum())  # zero-weight rows are skipped
+    for k in (0, 2):
+        after = _adapter_params(b, k)
+        assert all(torch.equal(before[k][n], after[n]) for n in after)
+    changed = _adapter_params(b, 1)
+    assert any(not torch.equal(before[1][n], changed[n]) for n in changed)
+
+
+def test_saved_adapter_loads_with_peft_from_pretrained(data, tmp_path):
+    from peft import PeftModel
+
+    from pluralign.models import load_model
+    b = LoRABackend(types=2, **SMALL)
+    _randomise(b, seed=3)
+    s = b.logratios(data)
+    b.save(tmp_path)
+    base, _ = load_model("builtin:tiny")
+    peft = PeftModel.from_pretrained(base, tmp_path / "type_1")
+    fresh = LoRABackend(types=2, **SMALL)
+    fresh.model.base_model.model.load_state_dict(peft.base_model.model.state_dict(),
+                                                 strict=False)
+    fresh.load(tmp_path)
+    assert np.allclose(fresh.logratios(data), s, atol=1e-6, equal_nan=True)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(data):
+    b = LoRABackend(types=2, **SMALL)
+    prep = b.prepare(data)
+    prep.ref.logps[:] = float("nan")
+    with pytest.raises(FloatingPointError, match="type_0: loss is nan at step 1"):
+        b.fit(0, data, np.ones(len(data)))
+
+
+def test_config_errors_name_the_setting():
+    with pytest.raises(ValueError, match="top_layers"):
+        LoRABackend(types=2, top_layers=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        LoRABackend(types=2, loss="kto")

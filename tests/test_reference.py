@@ -1,0 +1,79 @@
+"""Tokenisation, truncation, reference log-probs against the plain HF forward, and the cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pluralign.data import Annotation
+from pluralign.models import load_model
+from pluralign.reference import TokenSettings, compute_reference, prompt_text, tokenize
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("builtin:tiny")
+
+
+def _data() -> list[Annotation]:
+    return [Annotation("h1", "Say hi.", ["Hello there!", "Go away.", "Hi"], [0, 2]),
+            Annotation("h2", [{"role": "user", "content": "Say hi."}], ["Hi", "Yo"], [1, 0]),
+            Annotation("h3", "Say hi.", ["Hello there!", "Hi"], [1, 0])]
+
+
+def test_distinct_sequences_are_tokenised_once(tiny):
+    _, tok = tiny
+    seqs = tokenize(_data(), tok, TokenSettings())
+    # "Say hi." as text and as one user message render alike through the chat template.
+    assert len(seqs) == 4
+    assert seqs.index.tolist() == [[0, 1, 2], [2, 3, -1], [0, 2, -1]]
+    assert seqs.responses[3][-1] == tok.eos_token_id
+
+
+def test_truncation_keeps_prompt_end_and_response_start(tiny):
+    _, tok = tiny
+    long = Annotation("h", "x" * 50 + "TAIL", ["HEAD" + "y" * 50, "z"], [0])
+    full = tokenize([long], tok, TokenSettings(1000, 1000))
+    cut = tokenize([long], tok, TokenSettings(10, 6))
+    assert cut.prompts[0] == full.prompts[0][-10:]
+    assert cut.responses[0] == full.responses[0][:6]
+    assert (cut.truncated_prompts, cut.truncated_responses) == (1, 1)
+    assert prompt_text("Q", tok) == ("<|user|>Q\n<|assistant|>", True)
+
+
+def test_reference_logps_equal_the_plain_forward_over_response_tokens(tiny):
+    model, tok = tiny
+    seqs = tokenize(_data(), tok, TokenSettings())
+    ref = compute_reference(model, "tiny", seqs, tok.pad_token_id, cache="", progress=False,
+                            token_budget=40)  # small budget: several batches, padding varies
+    for i in range(len(seqs)):
+        ids = torch.tensor([seqs.prompts[i] + seqs.responses[i]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        p = len(seqs.prompts[i])
+        oracle = sum(logp[t - 1, ids[0, t]].item() for t in range(p, ids.shape[1]))
+        assert ref.logps[i].item() == pytest.approx(oracle, abs=1e-4)
+
+
+def test_cache_is_reused_without_forward_passes(tiny, tmp_path):
+    model, tok = tiny
+    seqs = tokenize(_data(), tok, TokenSettings())
+    calls = []
+    handle = model.get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        first = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=2,
+                                  embeddings=True, cache=tmp_path, progress=False)
+        n_first = len(calls)
+        second = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=2,
+                                   embeddings=True, cache=tmp_path, progress=False)
+        other = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=1,
+                                  cache=tmp_path, progress=False)
+    finally:
+        handle.remove()
+    assert n_first > 0 and not first.from_cache
+    assert second.from_cache and len(calls) - n_first > 0  # `other` differs: computed
+    assert other.from_cache is False
+    assert torch.equal(first.logps, second.logps)
+    assert torch.equal(first.trunk, second.trunk) and torch.equal(first.embeddings,
+                                                                 second.embeddings)
+    assert len(list(tmp_path.glob("*.pt"))) == 2

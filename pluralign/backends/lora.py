@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,13 +134,15 @@ class LoRABackend(PolicyBackend):
         decoder = base.get_decoder()
         self.trunk = cfg.trunk_cache and self.start_layer > 0 and supports_trunk(decoder)
         if cfg.trunk_cache and self.start_layer > 0 and not self.trunk:
-            log.info("trunk caching is not supported for %s; using the plain forward",
-                     type(decoder).__name__)
+            log.warning("trunk caching is not supported for %s; using the plain forward",
+                        type(decoder).__name__)
         lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), bias="none",
                           layers_to_transform=list(range(self.start_layer, n_layers))
                           if self.start_layer else None)
-        self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
+        with warnings.catch_warnings():  # peft calls an API transformers 5 renamed
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`")
+            self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
         for k in range(1, cfg.types):
             self.model.add_adapter(self.adapter(k), lora)
         self.model.to(self.accelerator.device)

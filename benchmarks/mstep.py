@@ -46,6 +46,15 @@ def measure(model: str, data, top_layers: int | None, cache: str, types: int) ->
             if backend.trunk else backend.model.config.num_hidden_layers}
 
 
+def random_model(config_dir: str) -> str:
+    """Save a randomly initialised model of `config_dir`'s architecture; returns its folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    out = tempfile.mkdtemp(prefix="random-model-")
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +63,13 @@ def main() -> None:
     p.add_argument("--annotations", type=int, default=16)
     p.add_argument("--top-layers", type=int, default=4)
     p.add_argument("--types", type=int, default=2)
+    p.add_argument("--random-init", metavar="DIR", default=None,
+                   help="a folder with a config.json and tokenizer files: benchmark that "
+                        "architecture with random weights (speed depends on shapes only; for "
+                        "machines the weights cannot reach)")
     args = p.parse_args()
+    if args.random_init:
+        args.model = random_model(args.random_init)
     data = load(args.data)[: args.annotations]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"model {args.model}, {len(data)} annotations, {args.types} types, device {device}, "

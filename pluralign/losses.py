@@ -28,7 +28,7 @@ def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Ten
     floor = torch.finfo(scores.dtype).min / 4
     available = rankings.mask.clone()
     total = scores.new_zeros(n)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=scores.device)
     for j in range(rankings.ranking.shape[1]):
         idx = rankings.ranking[:, j]
         valid = idx >= 0

@@ -41,12 +41,17 @@ class Rankings:
         index = torch.as_tensor(index, dtype=torch.long)
         return Rankings(self.ranking[index], self.mask[index])
 
+    def to(self, device: torch.device | str) -> Rankings:
+        """The same rankings on `device`."""
+        return Rankings(self.ranking.to(device), self.mask.to(device))
+
     def positions(self) -> torch.Tensor:
         """Position of each candidate in its ranking; L_max for unranked or padded ones."""
         n, l_max = self.ranking.shape
-        pos = torch.full(self.mask.shape, l_max, dtype=torch.long)
-        rows = torch.arange(n).unsqueeze(1).expand(n, l_max)
+        device = self.ranking.device
+        pos = torch.full(self.mask.shape, l_max, dtype=torch.long, device=device)
+        rows = torch.arange(n, device=device).unsqueeze(1).expand(n, l_max)
         valid = self.ranking >= 0
-        steps = torch.arange(l_max).expand(n, l_max)
+        steps = torch.arange(l_max, device=device).expand(n, l_max)
         pos[rows[valid], self.ranking[valid]] = steps[valid]
         return pos

@@ -271,13 +271,14 @@ class LoRABackend(PolicyBackend):
         ids = torch.unique(index[index >= 0]).tolist()
         s_seq = self.policy_logps(prep, ids) - prep.ref.logps[ids].to(self.accelerator.device,
                                                                       torch.float32)
-        local = torch.full((len(prep.seqs),), -1, dtype=torch.long)
+        local = torch.zeros(len(prep.seqs), dtype=torch.long)
         local[ids] = torch.arange(len(ids))
-        valid = index >= 0
-        s = torch.zeros(index.shape, dtype=s_seq.dtype, device=s_seq.device)
-        s[valid] = s_seq[local[index[valid]]]
-        wt = torch.as_tensor(w[mb], dtype=s.dtype, device=s.device)
-        loss = self.loss_fn(s, prep.rankings.select(mb), self.beta, weights=wt)
+        device = s_seq.device
+        valid = (index >= 0).to(device)
+        gathered = s_seq[local[index.clamp(min=0)].to(device)]  # [B, M]; padding masked next
+        s = torch.where(valid, gathered, torch.zeros((), dtype=s_seq.dtype, device=device))
+        wt = torch.as_tensor(w[mb], dtype=s.dtype, device=device)
+        loss = self.loss_fn(s, prep.rankings.select(mb).to(s.device), self.beta, weights=wt)
         return loss * (wt.sum() / (len(mb) * w_mean)), prep.seqs.n_tokens(ids)
 
     def loss(self, k: int, data: Annotations, weights: np.ndarray) -> float:

@@ -28,6 +28,14 @@ class PolicyBackend(ABC):
         returns training statistics."""
 
     @abstractmethod
+    def reset(self, k: int) -> None:
+        """Return type k's policy to the reference (for EM without warm starts)."""
+
+    def penalty(self) -> float:
+        """Log-prior of the parameters that the M-step subtracts (0 without one)."""
+        return 0.0
+
+    @abstractmethod
     def save(self, path: str | os.PathLike) -> None:
         """Write the K policies' parameters under `path`."""
 

@@ -36,7 +36,9 @@ class LinearConfig:
     types: int = field(default=2, metadata={"help": "number of type policies K"})
     beta: float = field(default=1.0, metadata={"help": "reward = beta * s"})
     features: str = field(default="given", metadata={"help": "given, onehot or embedding"})
-    l2: float = field(default=1e-3, metadata={"help": "L2 penalty on theta (per mean loss)"})
+    l2: float = field(default=1.0, metadata={
+        "help": "L2 penalty lambda: type k minimises sum_a w_a loss_a + lambda/2 |theta_k|^2 "
+                "(a fixed Gaussian prior, so EM is monotone in loglik - penalty)"})
     loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
     tol: float = field(default=1e-8, metadata={"help": "L-BFGS gradient tolerance"})
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iteration limit"})
@@ -180,6 +182,7 @@ class LinearBackend(PolicyBackend):
                      None if d.phi is None else d.phi[rows],
                      None if d.col is None else d.col[rows])
         wt = torch.as_tensor(w[rows])
+        total = float(wt.sum())
         cfg = self.config
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -187,7 +190,7 @@ class LinearBackend(PolicyBackend):
             # PL, IPO and distillation are invariant to a per-annotation constant, so the
             # normaliser log Z of the logratios is not needed while fitting.
             loss = self.loss_fn(self._z(sub, t), sub.rankings, self.beta, weights=wt)
-            loss = loss + 0.5 * cfg.l2 * (t ** 2).sum()
+            loss = loss + 0.5 * cfg.l2 / total * (t ** 2).sum()  # (sum w loss + prior) / sum w
             loss.backward()
             return loss.item(), t.grad.numpy()
 
@@ -196,6 +199,17 @@ class LinearBackend(PolicyBackend):
         self.theta_[k] = res.x
         return {"type": k, "annotations": int(rows.size), "iterations": int(res.nit),
                 "loss": float(res.fun), "converged": bool(res.success)}
+
+    def penalty(self) -> float:
+        """The log-prior term EM subtracts from the log-likelihood: lambda/2 sum_k |theta_k|^2."""
+        if self.theta_ is None:
+            return 0.0
+        return 0.5 * self.config.l2 * float((self.theta_ ** 2).sum())
+
+    def reset(self, k: int) -> None:
+        """Type k back to the reference (theta_k = 0)."""
+        if self.theta_ is not None:
+            self.theta_[k] = 0.0
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

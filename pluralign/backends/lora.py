@@ -8,6 +8,7 @@ its own parameters; scoring loops over adapters in eval mode.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pluralign.backends.base import PolicyBackend, check_weights
 from pluralign.data import Annotations
+from pluralign.io import write_json
 from pluralign.losses import get_loss
 from pluralign.models import load_model, model_fingerprint
 from pluralign.rankings import Rankings
@@ -287,6 +289,14 @@ class LoRABackend(PolicyBackend):
         w = torch.as_tensor(check_weights(weights, len(data)))
         return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w))
 
+    def reset(self, k: int) -> None:
+        """Re-initialise adapter k as peft does (B = 0: the policy equals the reference)."""
+        from peft.tuners.lora import LoraLayer
+        name = self.adapter(k)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                module.reset_lora_parameters(name, init_lora_weights=True)
+
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Each adapter to path/type_k in the standard PEFT layout (PeftModel.from_pretrained)."""
@@ -304,6 +314,8 @@ class LoRABackend(PolicyBackend):
                 os.replace(saved, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        # Shuffles are seeded by the number of earlier fits: keep it, so a resumed run repeats.
+        write_json(path / "history.json", {str(k): v for k, v in self.history_.items()})
 
     def load(self, path: str | os.PathLike) -> None:
         """Load adapters written by `save`, replacing the current ones."""
@@ -315,3 +327,7 @@ class LoRABackend(PolicyBackend):
                 raise FileNotFoundError(f"{folder}: no saved adapter for type {k}")
             state = load_peft_weights(str(folder), device=str(self.accelerator.device))
             set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))
+        history = Path(path) / "history.json"
+        if history.is_file():
+            saved = json.loads(history.read_text())
+            self.history_ = {k: saved.get(str(k), []) for k in range(self.n_types)}

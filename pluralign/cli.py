@@ -25,9 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     from pluralign.ingest import IngestError
+    from pluralign.models import ModelError
     try:
         return args.run(args)
-    except (IngestError, UsageError, ValueError, FileNotFoundError) as e:
+    except (IngestError, UsageError, ValueError, FileNotFoundError, ModelError,
+            FloatingPointError) as e:
         print(f"pluralign {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
          "simulate an annotator population with known types")
     _add(sub, "export", cmd_export, _export_args,
          "write a canonical dataset folder as JSON Lines (the `ranked` layout)")
+    _add(sub, "em", cmd_em, _em_args,
+         "discover annotator types with EM-DPO and fit one policy per type")
     return p
 
 
@@ -115,6 +119,9 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
                    help="feature flavour: feature width")
     p.add_argument("--prior", default=None, metavar="P1,P2,...",
                    help="type probabilities (default uniform)")
+    p.add_argument("--overlapping-types", action="store_true",
+                   help="feature flavour: draw type directions independently (two may nearly "
+                        "coincide) instead of mutually orthogonal")
     p.add_argument("--seed", type=int, default=0, metavar="S")
 
 
@@ -126,7 +133,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         per_annotator=args.per_annotator, list_size=_range(args.list_size, "--list-size"),
         ranking_length=args.ranking_length, temperature=args.temperature,
         misspecify=_fractions(args.misspecify), seed=args.seed, items=args.items,
-        feature_dim=args.feature_dim,
+        feature_dim=args.feature_dim, separate_types=not args.overlapping_types,
         prior=tuple(_floats(args.prior, "--prior")) if args.prior else None)
     report = write_population(simulate(config), args.out)
     print(format_report(report))
@@ -145,6 +152,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     data = load(args.data)
     data.to_jsonl(args.out)
     print(f"wrote {len(data)} annotations to {args.out}")
+    return 0
+
+
+def _em_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="a canonical dataset folder")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="where posteriors.csv, em.json and the policies go; re-running with the "
+                        "same DIR resumes an interrupted run from its checkpoints")
+    p.add_argument("--backend", choices=["linear", "lora"], default=None,
+                   help="policy backend (default linear)")
+    p.add_argument("--types", default=None, metavar="K|auto",
+                   help="number of types, or auto (default 3)")
+    p.add_argument("--max-types", type=int, default=None, metavar="N",
+                   help="with --types auto: try K = 1..N (default 4)")
+    p.add_argument("--features", choices=["given", "onehot", "embedding"], default=None,
+                   help="linear backend features (default given)")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="LM for the lora backend or embedding features "
+                        "(default builtin:smollm2-135m)")
+    p.add_argument("--selection", choices=["heldout", "bic"], default=None,
+                   help="how --types auto chooses K (default heldout)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="random_state")
+    p.add_argument("--force", action="store_true",
+                   help="fit even when the data cannot identify types (DESIGN §2)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML with sections em (EMDPO parameters), linear and lora "
+                        "(backend settings); flags override it")
+
+
+def cmd_em(args: argparse.Namespace) -> int:
+    from pluralign.data import load
+    from pluralign.em_run import EMSettings, run_em
+    settings = EMSettings.from_sources(args.config, args)
+    data = load(args.data)
+    summary = run_em(data, settings, Path(args.out))
+    print(summary)
     return 0
 
 

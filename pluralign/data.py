@@ -199,11 +199,15 @@ def _check_features(features: Any, m: int, dim: int | None) -> None:
 
 
 class Annotations(Sequence[Annotation]):
-    """A canonical dataset: a list of annotations plus the manifest it was stored with."""
+    """A canonical dataset: a list of annotations plus the manifest it was stored with.
+
+    Treat it as immutable: its fingerprint, the key under which backends memoise their work,
+    is computed once."""
 
     def __init__(self, records: Iterable[Annotation], manifest: dict[str, Any] | None = None):
         self.records = list(records)
         self.manifest = manifest or {}
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -233,12 +237,19 @@ class Annotations(Sequence[Annotation]):
 
     def fingerprint(self) -> str:
         """Content hash of every record (stable across storage formats and library versions)."""
-        return fingerprint(self.records)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.records)
+        return self._fingerprint
 
     def to_jsonl(self, path: str | os.PathLike) -> None:
         """Export in the `ranked` JSONL layout that `pluralign ingest` reads back losslessly."""
         from pluralign.io import write_jsonl
         write_jsonl(path, [a.to_dict() for a in self.records])
+
+
+def as_annotations(data: Annotations | Sequence[Annotation]) -> Annotations:
+    """`data` itself when it is an Annotations (keeping its memoised fingerprint), else wrapped."""
+    return data if isinstance(data, Annotations) else Annotations(data)
 
 
 def fingerprint(records: Iterable[Annotation]) -> str:

@@ -20,24 +20,18 @@ def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Ten
     """log P(ranking | scores) per annotation for (partial) rankings; [n, M] -> [n].
 
     At position j the denominator runs over every candidate not yet placed, so the unranked
-    candidates of a top-L ranking stay in every denominator (DESIGN §3).
+    candidates of a top-L ranking stay in every denominator (DESIGN §3). With the candidates in
+    ranking order (unranked after, padding last), all denominators are one reverse cumulative
+    log-sum-exp.
     """
-    n, m = scores.shape
-    # A large finite negative, not -inf: an empty denominator (past a short ranking's end) must
-    # give finite values, or 0 * nan would poison the gradient.
+    # A large finite negative, not -inf, for padding: finite values keep gradients NaN-free.
     floor = torch.finfo(scores.dtype).min / 4
-    available = rankings.mask.clone()
-    total = scores.new_zeros(n)
-    rows = torch.arange(n, device=scores.device)
-    for j in range(rankings.ranking.shape[1]):
-        idx = rankings.ranking[:, j]
-        valid = idx >= 0
-        safe = idx.clamp(min=0)
-        lse = torch.logsumexp(scores.masked_fill(~available, floor), dim=1)
-        total = total + torch.where(valid, scores[rows, safe] - lse, scores.new_zeros(()))
-        available = available.clone()
-        available[rows[valid], safe[valid]] = False
-    return total
+    ordered = scores.masked_fill(~rankings.mask, floor).gather(1, rankings.order())
+    denominators = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)
+    length = (rankings.ranking >= 0).sum(dim=1, keepdim=True)
+    placed = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < length
+    terms = (ordered - denominators).masked_fill(~placed, 0.0)
+    return terms.sum(dim=1)
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

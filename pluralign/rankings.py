@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,7 @@ class Rankings:
 
     ranking: torch.Tensor
     mask: torch.Tensor
+    _order: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_annotations(cls, records: Sequence[Annotation]) -> Rankings:
@@ -39,11 +40,28 @@ class Rankings:
     def select(self, index: torch.Tensor | Sequence[int]) -> Rankings:
         """The rows at `index`."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return Rankings(self.ranking[index], self.mask[index])
+        order = None if self._order is None else self._order[index.to(self._order.device)]
+        return Rankings(self.ranking[index], self.mask[index], order)
+
+    def order(self) -> torch.Tensor:
+        """Each row's candidates as a permutation: ranked ones best first, then the unranked,
+        then padding. Suffix sums over it are Plackett–Luce's 'not yet placed' sets.
+        Computed once: losses call it at every evaluation."""
+        if self._order is None:
+            self._order = self._make_order()
+        return self._order
+
+    def _make_order(self) -> torch.Tensor:
+        m = self.mask.shape[1]
+        col = torch.arange(m, device=self.mask.device).expand_as(self.mask)
+        key = torch.where(self.mask, self.positions() * (m + 1) + col,
+                          torch.full_like(col, (m + 1) ** 2) + col)
+        return torch.argsort(key, dim=1, stable=True)
 
     def to(self, device: torch.device | str) -> Rankings:
         """The same rankings on `device`."""
-        return Rankings(self.ranking.to(device), self.mask.to(device))
+        order = None if self._order is None else self._order.to(device)
+        return Rankings(self.ranking.to(device), self.mask.to(device), order)
 
     def positions(self) -> torch.Tensor:
         """Position of each candidate in its ranking; L_max for unranked or padded ones."""

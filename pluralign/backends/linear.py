@@ -21,7 +21,7 @@ import torch
 from scipy.optimize import minimize
 
 from pluralign.backends.base import PolicyBackend, check_weights
-from pluralign.data import Annotations
+from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json, write_with
 from pluralign.losses import get_loss
 from pluralign.rankings import Rankings
@@ -92,7 +92,7 @@ class LinearBackend(PolicyBackend):
     # -- features ---------------------------------------------------------------------------
     def design(self, data: Annotations) -> Design:
         """Features of `data`, memoised per dataset."""
-        key = Annotations(data).fingerprint()
+        key = as_annotations(data).fingerprint()
         if key not in self._designs:
             maker = {"given": self._given, "onehot": self._onehot,
                      "embedding": self._embedding}[self.config.features]

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from pluralign.backends.base import PolicyBackend, check_weights
-from pluralign.data import Annotations
+from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
 from pluralign.losses import get_loss
 from pluralign.models import load_model, model_fingerprint
@@ -162,7 +162,7 @@ class LoRABackend(PolicyBackend):
     # -- data -------------------------------------------------------------------------------
     def prepare(self, data: Annotations) -> Prepared:
         """Tokenise `data` and run (or load) its reference pass; memoised per dataset."""
-        key = Annotations(data).fingerprint()
+        key = as_annotations(data).fingerprint()
         if key not in self._prepared:
             cfg = self.config
             seqs = tokenize(data, self.tokenizer, TokenSettings(cfg.max_prompt_tokens,

@@ -55,6 +55,10 @@ class SimulationConfig:
                                                         "reward vector"})
     prior: tuple[float, ...] | None = field(default=None, metadata={
         "help": "type probabilities; None = uniform"})
+    separate_types: bool = field(default=True, metadata={
+        "help": "feature flavour: type reward directions mutually orthogonal (when K <= "
+                "feature_dim), so that K types are K distinct tastes; False draws them "
+                "independently, and two types may nearly coincide"})
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -148,6 +152,9 @@ def _types(config: SimulationConfig, rng: np.random.Generator) -> tuple[list[str
         return ([f"type_{k}" for k in range(config.types)],
                 rng.normal(0, 1.5, size=(config.types, len(ATTRIBUTES))))
     w = rng.normal(size=(config.types, config.feature_dim))
+    if config.separate_types and config.types <= config.feature_dim:
+        q, r = np.linalg.qr(w.T)  # a uniformly random orthonormal frame
+        w = (q * np.sign(np.diag(r))).T
     w *= config.scale / np.linalg.norm(w, axis=1, keepdims=True)
     return [f"type_{k}" for k in range(config.types)], w
 

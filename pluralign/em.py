@@ -1,0 +1,423 @@
+"""EM-DPO (DESIGN §4): latent annotator types and one policy per type.
+
+Each annotator h has a type z_h ~ eta. Under type k the likelihood of h's annotations is
+L_hk = prod_a P_k(tau_a | x_a), Plackett–Luce on rewards beta * s_k.
+- E-step: log gamma_hk = log eta_k + log L_hk, normalised over k (log-sum-exp).
+- M-step: eta_k = mean_h gamma_hk; policy k = weighted PL-DPO fit with weights gamma_{h(a)k}.
+- Monitor: the observed log-likelihood sum_h log sum_k eta_k L_hk, minus the backend's
+  log-prior penalty; with exact M-steps (the linear backend) it never decreases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from pluralign import identifiability
+from pluralign.backends.base import PolicyBackend
+from pluralign.data import Annotations, as_annotations
+from pluralign.io import write_json
+from pluralign.losses import plackett_luce_logprob
+from pluralign.rankings import Rankings
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[int], PolicyBackend]
+SELECTIONS = ("heldout", "bic")
+INITS = ("auto", "kmeans", "linear", "random")
+
+
+class IdentifiabilityError(ValueError):
+    """The data cannot identify a mixture of types (DESIGN §2)."""
+
+
+class MonotonicityWarning(UserWarning):
+    """The EM objective decreased: an under-trained M-step or a bug."""
+
+
+# -- the E-step -----------------------------------------------------------------------------
+def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
+    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]."""
+    s = torch.as_tensor(np.nan_to_num(logratios, nan=0.0), dtype=torch.float64)
+    return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
+                     for k in range(s.shape[-1])], axis=1)
+
+
+def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
+                     n_annotators: int) -> np.ndarray:
+    """log L_hk: the sum over each annotator's annotations, [n, K] -> [H, K]."""
+    out = np.zeros((n_annotators, per_annotation.shape[1]))
+    np.add.at(out, codes, per_annotation)
+    return out
+
+
+def e_step(log_lik: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, float]:
+    """Posteriors gamma [H, K] and the observed log-likelihood sum_h log sum_k eta_k L_hk."""
+    with np.errstate(divide="ignore"):
+        joint = log_lik + np.log(priors)
+    top = joint.max(axis=1, keepdims=True)
+    lse = top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True))
+    return np.exp(joint - lse), float(lse.sum())
+
+
+# -- initialisation -------------------------------------------------------------------------
+def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
+                     col: torch.Tensor | None = None, width: int = 0) -> np.ndarray:
+    """Per-annotator preference statistics: the gradient of each annotator's PL log-likelihood
+    with respect to a linear reward's weights at zero, averaged over their annotations.
+    Annotators of one type share its expected direction, which k-means++ can find."""
+    rank = Rankings.from_annotations(data)
+    z = torch.zeros(rank.mask.shape, dtype=torch.float64, requires_grad=True)
+    plackett_luce_logprob(z, rank).sum().backward()
+    g = z.grad.masked_fill(~rank.mask, 0.0)
+    codes, ids = as_annotations(data).annotator_codes()
+    if phi is not None:
+        per = torch.einsum("nm,nmd->nd", g, phi).numpy()
+    else:
+        per = np.zeros((len(data), width))
+        rows = np.repeat(np.arange(len(data)), rank.mask.shape[1])
+        flat_col, flat_g = col.reshape(-1).numpy(), g.reshape(-1).numpy()
+        keep = flat_col >= 0
+        np.add.at(per, (rows[keep], flat_col[keep]), flat_g[keep])
+    out = np.zeros((len(ids), per.shape[1]))
+    np.add.at(out, codes, per)
+    return out / np.bincount(codes, minlength=len(ids))[:, None]
+
+
+def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0.1) -> np.ndarray:
+    """Soft posteriors from a k-means++ clustering: (1 - smooth) on the cluster, the rest spread."""
+    if k == 1:
+        return np.ones((features.shape[0], 1))
+    labels = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit_predict(
+        features)
+    gamma = np.full((features.shape[0], k), smooth / k)
+    gamma[np.arange(len(labels)), labels] += 1.0 - smooth
+    return gamma
+
+
+# -- one EM run -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    """The outcome of EM for one K from one initialisation."""
+
+    k: int
+    posteriors: np.ndarray
+    priors: np.ndarray
+    history: list[float]
+    backend: PolicyBackend
+    n_iter: int
+    converged: bool
+    warnings: list[str] = field(default_factory=list)
+    skipped_share: float = 0.0
+
+    @property
+    def objective(self) -> float:
+        return self.history[-1] if self.history else -np.inf
+
+
+class EMDPO:
+    """EM-DPO in scikit-learn style: parameters in __init__, `fit(data)` returns self.
+
+    backend: "linear", "lora", or a callable K -> PolicyBackend; `backend_options` go to the
+    backend's config. n_types: an int, or "auto" to choose among 1..max_types by held-out
+    annotator log-likelihood (annotators split, not annotations) or BIC. tol: EM stops when the
+    objective changes by less than tol per annotator (scikit-learn's GaussianMixture
+    convention), or after max_iter iterations.
+    """
+
+    def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
+                 max_types: int = 4, backend_options: dict[str, Any] | None = None,
+                 init: str | np.ndarray = "auto", n_init: int = 3, max_iter: int = 100,
+                 tol: float = 1e-3, selection: str = "heldout", heldout_fraction: float = 0.25,
+                 sparse_threshold: float = 0.0, warm_start: bool = True, force: bool = False,
+                 checkpoint_dir: str | Path | None = None, random_state: int = 0,
+                 callback: Callable[[int, int, float], None] | None = None):
+        self.backend = backend
+        self.n_types = n_types
+        self.max_types = max_types
+        self.backend_options = backend_options
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.selection = selection
+        self.heldout_fraction = heldout_fraction
+        self.sparse_threshold = sparse_threshold
+        self.warm_start = warm_start
+        self.force = force
+        self.checkpoint_dir = checkpoint_dir
+        self.random_state = random_state
+        self.callback = callback
+
+    # -- public API -------------------------------------------------------------------------
+    def fit(self, data: Annotations) -> EMDPO:
+        """Discover types in `data` and fit one policy per type."""
+        self._validate()
+        data = as_annotations(data)
+        t0 = time.perf_counter()
+        self.identifiability_ = identifiability.assess(data)
+        if self.identifiability_["verdict"] == identifiability.NOT_IDENTIFIABLE and not self.force:
+            raise IdentifiabilityError(
+                f"not-identifiable data: {self.identifiability_['explanation']} Types found "
+                "from it would be arbitrary; pass force=True (CLI: --force) to fit anyway.")
+        self.annotator_ids_ = data.annotator_ids
+        self.selection_: list[dict[str, Any]] = []
+        k = self._select(data) if self.n_types == "auto" else int(self.n_types)
+        best = self._fit_k(data, k, "final")
+        baseline = best if k == 1 else self._fit_k(data, 1, "baseline")
+        self._adopt(best, baseline)
+        self.timings_ = {"fit_seconds": round(time.perf_counter() - t0, 3)}
+        return self
+
+    def predict_proba(self, data: Annotations) -> tuple[np.ndarray, list[str]]:
+        """Type posteriors of the annotators in `data` under the fitted policies and priors."""
+        data = as_annotations(data)
+        codes, ids = data.annotator_codes()
+        per = annotation_loglik(self.backend_.logratios(data), Rankings.from_annotations(data),
+                                self.backend_.beta)
+        gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), self.priors_)
+        return gamma, ids
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain JSON (for em.json)."""
+        return {
+            "n_types": self.n_types_, "priors": self.priors_.round(6).tolist(),
+            "loglik_history": self.loglik_history_, "n_iter": self.n_iter_,
+            "converged": self.converged_, "selection": self.selection_,
+            "heterogeneity": self.heterogeneity_, "identifiability": self.identifiability_,
+            "sparse_skipped_share": self.sparse_skipped_share_, "warnings": self.warnings_,
+            "timings": self.timings_,
+        }
+
+    # -- internals --------------------------------------------------------------------------
+    def _validate(self) -> None:
+        if self.n_types != "auto" and (not isinstance(self.n_types, int) or self.n_types < 1):
+            raise ValueError(f"n_types must be a positive int or 'auto', got {self.n_types!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if isinstance(self.init, str) and self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS} or an array, got {self.init!r}")
+        if self.max_types < 1 or self.n_init < 1 or self.max_iter < 1:
+            raise ValueError("max_types, n_init and max_iter must be >= 1")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError("heldout_fraction must be in (0, 1)")
+
+    def _make_backend(self, k: int) -> PolicyBackend:
+        opts = dict(self.backend_options or {})
+        if callable(self.backend):
+            return self.backend(k)
+        if self.backend == "linear":
+            from pluralign.backends.linear import LinearBackend, LinearConfig
+            return LinearBackend(LinearConfig(types=k, **opts))
+        if self.backend == "lora":
+            from pluralign.backends.lora import LoRABackend, LoRAConfig
+            return LoRABackend(LoRAConfig(types=k, **opts))
+        raise ValueError(f"backend must be 'linear', 'lora' or a callable, got {self.backend!r}")
+
+    def _adopt(self, best: Run, baseline: Run) -> None:
+        self.n_types_ = best.k
+        self.posteriors_ = best.posteriors
+        self.priors_ = best.priors
+        self.loglik_history_ = best.history
+        self.n_iter_ = best.n_iter
+        self.converged_ = best.converged
+        self.backend_ = best.backend
+        self.baseline_ = baseline
+        self.warnings_ = best.warnings
+        self.sparse_skipped_share_ = best.skipped_share
+        gain = best.objective - baseline.objective
+        self.heterogeneity_ = {
+            "k1_loglik": baseline.objective, "chosen_loglik": best.objective,
+            "gain": gain, "lr_statistic": 2 * gain,
+            "gain_per_annotator": gain / max(1, len(self.annotator_ids_))}
+
+    def _initial_posteriors(self, data: Annotations, k: int, restart: int) -> np.ndarray:
+        n_annot = len(data.annotator_ids)
+        seed = self.random_state + 1000 * restart + k
+        if k == 1:  # also the K=1 baseline of a run given initial posteriors
+            return np.ones((n_annot, 1))
+        if isinstance(self.init, np.ndarray):
+            if self.init.shape != (n_annot, k):
+                raise ValueError(f"init posteriors must have shape ({n_annot}, {k}), got "
+                                 f"{self.init.shape}")
+            return self.init / self.init.sum(axis=1, keepdims=True)
+        mode = self.init
+        if mode == "auto":
+            mode = "linear" if self.backend == "lora" else "kmeans"
+        if mode == "random":
+            return np.random.default_rng(seed).dirichlet(np.ones(k), size=n_annot)
+        if mode == "linear":
+            return self._linear_posteriors(data, k)
+        return kmeans_posteriors(self._init_features(data), k, seed)
+
+    def _init_features(self, data: Annotations) -> np.ndarray:
+        backend = self._make_backend(1)
+        design = getattr(backend, "design", None)
+        if design is None:
+            raise ValueError("init='kmeans' needs a backend with linear features; use "
+                             "init='linear' with the LoRA backend")
+        d = design(data)
+        return score_statistics(data, d.phi, d.col, len(getattr(backend, "vocab_", {})))
+
+    def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
+        """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
+        opts = dict(self.backend_options or {})
+        keep = ("model", "max_prompt_tokens", "max_response_tokens", "token_budget", "cache",
+                "progress")
+        linear = EMDPO("linear", n_types=k, backend_options={
+            "features": "embedding", **{o: opts[o] for o in keep if o in opts}},
+            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, force=True,
+            random_state=self.random_state)
+        return linear.fit(data).posteriors_
+
+    def _fit_k(self, data: Annotations, k: int, tag: str) -> Run:
+        """Best of n_init EM runs for K = k (one run when the init is given or linear)."""
+        single = k == 1 or not isinstance(self.init, str) or self.init == "linear" or (
+            self.init == "auto" and self.backend == "lora")
+        best: Run | None = None
+        for restart in range(1 if single else self.n_init):
+            ckpt = None if self.checkpoint_dir is None else \
+                Path(self.checkpoint_dir) / f"{tag}-K{k}" / f"init{restart}"
+            run = self._run(data, k, restart, ckpt)
+            if best is None or run.objective > best.objective:
+                best = run
+        assert best is not None
+        return best
+
+    def _run(self, data: Annotations, k: int, restart: int, ckpt: Path | None) -> Run:
+        """EM iterations from one initialisation, checkpointed after every iteration."""
+        backend = self._make_backend(k)
+        codes, ids = data.annotator_codes()
+        rank = Rankings.from_annotations(data)
+        state = _load_checkpoint(ckpt, backend)
+        if state is None:
+            gamma = self._initial_posteriors(data, k, restart)
+            history, warns, start, skipped = [], [], 0, []
+        else:
+            gamma, history, warns = state["gamma"], state["history"], state["warnings"]
+            start, skipped = state["iteration"] + 1, state["skipped"]
+            if state["done"]:
+                return Run(k, gamma, gamma.mean(0), history, backend, start, state["converged"],
+                           warns, float(np.mean(skipped)) if skipped else 0.0)
+        converged = False
+        it = start - 1
+        for it in range(start, self.max_iter):
+            priors = gamma.mean(axis=0)
+            weights = gamma[codes]
+            skipped.append(float((weights < self.sparse_threshold).mean())
+                           if self.sparse_threshold > 0 else 0.0)
+            for j in range(k):
+                w = np.where(weights[:, j] < self.sparse_threshold, 0.0, weights[:, j])
+                if not self.warm_start:
+                    backend.reset(j)
+                backend.fit(j, data, w)
+            per = annotation_loglik(backend.logratios(data), rank, backend.beta)
+            gamma, loglik = e_step(annotator_loglik(per, codes, len(ids)), priors)
+            objective = loglik - backend.penalty()
+            if history and objective < history[-1] - 1e-6 * abs(history[-1]):
+                msg = (f"K={k}: the EM objective decreased at iteration {it + 1} "
+                       f"({history[-1]:.6f} -> {objective:.6f})")
+                warns.append(msg)
+                warnings.warn(msg, MonotonicityWarning, stacklevel=2)
+            converged = bool(history) and abs(objective - history[-1]) <= self.tol * len(ids)
+            history.append(objective)
+            done = converged or it + 1 == self.max_iter
+            _save_checkpoint(ckpt, backend, it, gamma, history, warns, skipped, done, converged)
+            if self.callback is not None:
+                self.callback(k, it, objective)
+            if converged:
+                break
+        return Run(k, gamma, gamma.mean(0), history, backend, it + 1, converged, warns,
+                   float(np.mean(skipped)) if skipped else 0.0)
+
+    def _select(self, data: Annotations) -> int:
+        """Choose K in 1..max_types (the table lands in selection_)."""
+        ids = data.annotator_ids
+        if self.selection == "bic":
+            for k in range(1, self.max_types + 1):
+                run = self._fit_k(data, k, "select")
+                n_params = _n_params(run.backend) + k - 1
+                bic = -2 * run.objective + n_params * np.log(len(ids))
+                self.selection_.append({"k": k, "loglik": run.objective, "params": n_params,
+                                        "bic": bic})
+            return min(self.selection_, key=lambda r: r["bic"])["k"]
+        rng = np.random.default_rng(self.random_state)
+        held = set(rng.choice(ids, max(1, int(round(self.heldout_fraction * len(ids)))),
+                              replace=False).tolist())
+        train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
+        test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
+        per_annotator = {}
+        for k in range(1, self.max_types + 1):
+            run = self._fit_k(train, k, "select")
+            codes, test_ids = test.annotator_codes()
+            per = annotation_loglik(run.backend.logratios(test), Rankings.from_annotations(test),
+                                    run.backend.beta)
+            lik = annotator_loglik(per, codes, len(test_ids))
+            joint = lik + np.log(run.priors)
+            top = joint.max(axis=1, keepdims=True)
+            per_annotator[k] = (top + np.log(np.exp(joint - top).sum(1, keepdims=True)))[:, 0]
+            self.selection_.append({"k": k, "train_loglik": run.objective,
+                                    "heldout_loglik": float(per_annotator[k].sum()),
+                                    "heldout_annotators": len(test_ids)})
+        return _one_standard_error(per_annotator, self.selection_)
+
+
+def _one_standard_error(per_annotator: dict[int, np.ndarray], table: list[dict]) -> int:
+    """The smallest K whose held-out log-likelihood is within one standard error (of the paired
+    per-annotator differences) of the best K's: more types must earn their keep."""
+    best = max(per_annotator, key=lambda k: per_annotator[k].sum())
+    for row in table:
+        diff = per_annotator[best] - per_annotator[row["k"]]
+        row["se_of_gap"] = float(diff.std(ddof=1) * np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        row["gap_to_best"] = float(diff.sum())
+    return min(r["k"] for r in table if r["gap_to_best"] <= r["se_of_gap"])
+
+
+def _n_params(backend: PolicyBackend) -> int:
+    theta = getattr(backend, "theta_", None)
+    if theta is not None:
+        return int(theta.size)
+    model = getattr(backend, "model", None)
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) if model else 0
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, it: int, gamma: np.ndarray,
+                     history: list[float], warns: list[str], skipped: list[float], done: bool,
+                     converged: bool) -> None:
+    """Write the policies to backend-<it>/, then state.json naming it (the commit point), then
+    remove older policy folders: a kill at any moment leaves a consistent last iteration."""
+    if ckpt is None:
+        return
+    ckpt.mkdir(parents=True, exist_ok=True)
+    folder = ckpt / f"backend-{it}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    backend.save(folder)
+    write_json(ckpt / "state.json", {
+        "iteration": it, "backend": folder.name, "posteriors": gamma.tolist(),
+        "history": history, "warnings": warns, "skipped": skipped, "done": done,
+        "converged": converged})
+    for old in ckpt.glob("backend-*"):
+        if old.name != folder.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend) -> dict[str, Any] | None:
+    if ckpt is None or not (ckpt / "state.json").is_file():
+        return None
+    state = json.loads((ckpt / "state.json").read_text())
+    backend.load(ckpt / state["backend"])
+    log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)
+    return {**state, "gamma": np.asarray(state["posteriors"])}

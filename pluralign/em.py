@@ -10,6 +10,7 @@ L_hk = prod_a P_k(tau_a | x_a), Plackett–Luce on rewards beta * s_k.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -300,7 +301,8 @@ class EMDPO:
         backend = self._make_backend(k)
         codes, ids = data.annotator_codes()
         rank = Rankings.from_annotations(data)
-        state = _load_checkpoint(ckpt, backend)
+        key = self._run_key(data, k, restart)
+        state = _load_checkpoint(ckpt, backend, key)
         if state is None:
             gamma = self._initial_posteriors(data, k, restart)
             history, warns, start, skipped = [], [], 0, []
@@ -333,13 +335,26 @@ class EMDPO:
             converged = bool(history) and abs(objective - history[-1]) <= self.tol * len(ids)
             history.append(objective)
             done = converged or it + 1 == self.max_iter
-            _save_checkpoint(ckpt, backend, it, gamma, history, warns, skipped, done, converged)
+            _save_checkpoint(ckpt, backend, key, it, gamma, history, warns, skipped, done,
+                             converged)
             if self.callback is not None:
                 self.callback(k, it, objective)
             if converged:
                 break
         return Run(k, gamma, gamma.mean(0), history, backend, it + 1, converged, warns,
                    float(np.mean(skipped)) if skipped else 0.0)
+
+    def _run_key(self, data: Annotations, k: int, restart: int) -> str:
+        """What a checkpoint must match to be resumed: the data and every setting that shapes
+        the run (a checkpoint of other data or settings is discarded, never resumed)."""
+        init = self.init if isinstance(self.init, str) else hashlib.sha256(
+            np.ascontiguousarray(self.init).tobytes()).hexdigest()
+        backend = self.backend if isinstance(self.backend, str) else repr(self.backend)
+        parts = [data.fingerprint(), k, restart, backend, self.backend_options or {}, init,
+                 self.max_iter, self.tol, self.sparse_threshold, self.warm_start,
+                 self.random_state]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
+                              ).hexdigest()
 
     def _select(self, data: Annotations) -> int:
         """Choose K in 1..max_types (the table lands in selection_)."""
@@ -393,9 +408,9 @@ def _n_params(backend: PolicyBackend) -> int:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, it: int, gamma: np.ndarray,
-                     history: list[float], warns: list[str], skipped: list[float], done: bool,
-                     converged: bool) -> None:
+def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, key: str, it: int,
+                     gamma: np.ndarray, history: list[float], warns: list[str],
+                     skipped: list[float], done: bool, converged: bool) -> None:
     """Write the policies to backend-<it>/, then state.json naming it (the commit point), then
     remove older policy folders: a kill at any moment leaves a consistent last iteration."""
     if ckpt is None:
@@ -406,7 +421,7 @@ def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, it: int, gamma: 
         shutil.rmtree(folder)
     backend.save(folder)
     write_json(ckpt / "state.json", {
-        "iteration": it, "backend": folder.name, "posteriors": gamma.tolist(),
+        "key": key, "iteration": it, "backend": folder.name, "posteriors": gamma.tolist(),
         "history": history, "warnings": warns, "skipped": skipped, "done": done,
         "converged": converged})
     for old in ckpt.glob("backend-*"):
@@ -414,10 +429,15 @@ def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, it: int, gamma: 
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend) -> dict[str, Any] | None:
+def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend,
+                     key: str) -> dict[str, Any] | None:
     if ckpt is None or not (ckpt / "state.json").is_file():
         return None
     state = json.loads((ckpt / "state.json").read_text())
+    if state.get("key") != key:
+        log.warning("%s holds a run of other data or settings; starting afresh", ckpt)
+        shutil.rmtree(ckpt)
+        return None
     backend.load(ckpt / state["backend"])
     log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)
     return {**state, "gamma": np.asarray(state["posteriors"])}

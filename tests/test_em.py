@@ -108,6 +108,17 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(three_types, tmp_
     assert resumed.loglik_history_ == pytest.approx(plain.loglik_history_, abs=1e-8)
 
 
+def test_checkpoints_of_other_settings_are_not_resumed(three_types, tmp_path):
+    _, data = three_types
+    EMDPO("linear", n_types=2, n_init=1, checkpoint_dir=tmp_path).fit(data)
+    calls = []
+    other = EMDPO("linear", n_types=2, n_init=1, sparse_threshold=0.01, checkpoint_dir=tmp_path,
+                  callback=lambda k, it, o: calls.append((k, it))).fit(data)
+    assert calls[0] == (2, 0)  # started afresh instead of reusing the finished run
+    fresh = EMDPO("linear", n_types=2, n_init=1, sparse_threshold=0.01).fit(data)
+    assert np.allclose(other.posteriors_, fresh.posteriors_)
+
+
 def test_one_pair_per_annotator_is_refused_and_forcing_finds_nothing():
     pop = simulate(SimulationConfig(types=3, annotators=300, per_annotator=1, list_size=(2, 2),
                                     seed=0))

@@ -42,21 +42,23 @@ def main() -> None:
         init = EMDPO("lora", n_types=args.types, backend_options=opts)._linear_posteriors(
             data, args.types)
         t1 = time.perf_counter()
-        ticks = []
+        truth = {a.annotator_id: a.true_type for a in data}
+        labels = [truth[h] for h in data.annotator_ids]
+        print(f"{len(data)} annotations, {len(labels)} annotators, model {args.model}, "
+              f"top_layers {args.top_layers}", flush=True)
+        print(f"linear init (embedding features): ARI "
+              f"{adjusted_rand_score(labels, init.argmax(1)):.3f}  ({t1 - t0:.0f} s)", flush=True)
+
+        def tick(k: int, it: int, objective: float) -> None:
+            print(f"  K={k} iteration {it + 1}: objective {objective:.2f}  "
+                  f"(at {time.perf_counter() - t1:.0f} s)", flush=True)
+
         em = EMDPO("lora", n_types=args.types, backend_options=opts, init=init,
-                   max_iter=args.max_iter, sparse_threshold=0.05, random_state=0,
-                   callback=lambda k, it, o: ticks.append((k, it, o, time.perf_counter())))
+                   max_iter=args.max_iter, sparse_threshold=0.05, random_state=0, callback=tick)
         em.fit(data)
         t2 = time.perf_counter()
-    truth = {a.annotator_id: a.true_type for a in data}
     labels = [truth[h] for h in em.annotator_ids_]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{len(data)} annotations, {len(em.annotator_ids_)} annotators, model {args.model}, "
-          f"top_layers {args.top_layers}")
-    print(f"linear init (embedding features): ARI {adjusted_rand_score(labels, init.argmax(1)):.3f}"
-          f"  ({t1 - t0:.0f} s)")
-    for k, it, objective, t in ticks:
-        print(f"  K={k} iteration {it + 1}: objective {objective:.2f}  (at {t - t1:.0f} s)")
     print(f"LoRA EM: ARI {adjusted_rand_score(labels, em.posteriors_.argmax(1)):.3f}, "
           f"{em.n_iter_} iterations, sparse M-step skipped {em.sparse_skipped_share_:.0%} of "
           f"(annotation, type) pairs  ({t2 - t1:.0f} s, K=1 baseline included)")

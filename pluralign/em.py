@@ -133,14 +133,14 @@ class EMDPO:
     backend: "linear", "lora", or a callable K -> PolicyBackend; `backend_options` go to the
     backend's config. n_types: an int, or "auto" to choose among 1..max_types by held-out
     annotator log-likelihood (annotators split, not annotations) or BIC. tol: EM stops when the
-    objective changes by less than tol per annotator (scikit-learn's GaussianMixture
-    convention), or after max_iter iterations.
+    objective's relative change |delta| / |objective| falls below tol, or after max_iter
+    iterations.
     """
 
     def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
                  max_types: int = 4, backend_options: dict[str, Any] | None = None,
                  init: str | np.ndarray = "auto", n_init: int = 3, max_iter: int = 100,
-                 tol: float = 1e-3, selection: str = "heldout", heldout_fraction: float = 0.25,
+                 tol: float = 1e-4, selection: str = "heldout", heldout_fraction: float = 0.25,
                  sparse_threshold: float = 0.0, warm_start: bool = True, force: bool = False,
                  checkpoint_dir: str | Path | None = None, random_state: int = 0,
                  callback: Callable[[int, int, float], None] | None = None):
@@ -332,7 +332,8 @@ class EMDPO:
                        f"({history[-1]:.6f} -> {objective:.6f})")
                 warns.append(msg)
                 warnings.warn(msg, MonotonicityWarning, stacklevel=2)
-            converged = bool(history) and abs(objective - history[-1]) <= self.tol * len(ids)
+            converged = bool(history) and abs(objective - history[-1]) <= self.tol * max(
+                abs(history[-1]), 1e-12)
             history.append(objective)
             done = converged or it + 1 == self.max_iter
             _save_checkpoint(ckpt, backend, key, it, gamma, history, warns, skipped, done,

@@ -1,0 +1,111 @@
+"""MMRA against scipy's linprog and a brute-force simplex grid; never worse than a baseline;
+the candidates regret estimator against a plain loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.optimize import linprog
+
+from pluralign.aggregate import MinMaxRegretAggregator, baselines, candidate_regret
+
+
+def _linprog_optimum(r: np.ndarray) -> float:
+    """min t s.t. R p - t <= 0, sum p = 1, p >= 0, as scipy states it (variables p, t)."""
+    k, j = r.shape
+    res = linprog(c=np.r_[np.zeros(j), 1.0], A_ub=np.c_[r, -np.ones(k)], b_ub=np.zeros(k),
+                  A_eq=np.r_[np.ones(j), 0.0][None], b_eq=[1.0],
+                  bounds=[(0, None)] * j + [(None, None)], method="highs")
+    return float(res.fun)
+
+
+def _grid_optimum(r: np.ndarray, steps: int) -> float:
+    """min over the simplex grid {p = c / steps} of max_i (R p)_i."""
+    j = r.shape[1]
+    best = np.inf
+    for cut in itertools.combinations(range(steps + j - 1), j - 1):  # stars and bars
+        parts = np.diff([-1, *cut, steps + j - 1]) - 1
+        best = min(best, float((r @ (parts / steps)).max()))
+    return best
+
+
+@pytest.mark.parametrize("k, steps", [(2, 400), (3, 60), (4, 24)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lp_optimum_equals_linprog_and_the_grid(k, steps, seed):
+    r = np.random.default_rng(seed).uniform(0, 3, size=(k, k))
+    np.fill_diagonal(r, 0.0)
+    agg = MinMaxRegretAggregator().fit(r)
+    assert agg.max_regret_ == pytest.approx(_linprog_optimum(r), abs=1e-6)
+    grid = _grid_optimum(r, steps)
+    assert agg.max_regret_ <= grid + 1e-7                  # the LP is never beaten by the grid
+    assert grid - agg.max_regret_ <= np.abs(r).max() * k / steps  # and the grid approaches it
+    assert agg.weights_.sum() == pytest.approx(1) and (agg.weights_ >= 0).all()
+    assert np.allclose(agg.regrets_[agg.binding_], agg.max_regret_, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(2, 4), st.integers(2, 5)),
+              elements=st.floats(-5, 5, allow_nan=False)),
+       st.lists(st.floats(0.05, 1.0), min_size=5, max_size=5))
+def test_mmra_is_never_worse_than_a_baseline(r, prior):
+    k = r.shape[0]
+    if r.shape[1] < k:
+        return  # every type needs its own policy column
+    eta = np.array(prior[:k]) / sum(prior[:k])
+    agg = MinMaxRegretAggregator().fit(r)
+    for name, b in baselines(r, eta).items():
+        assert agg.max_regret_ <= b["max_regret"] + 1e-6, name
+
+
+def test_type_weights_scale_rows():
+    r = np.array([[0.0, 2.0], [1.0, 0.0]])
+    plain = MinMaxRegretAggregator().fit(r)  # regrets: type 0 2 p2, type 1 p1; equal at p1 = 2 p2
+    assert plain.weights_ == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
+    heavy = MinMaxRegretAggregator(type_weights=[1.0, 4.0]).fit(r)  # now 2 p2 = 4 p1
+    assert heavy.weights_ == pytest.approx([1 / 3, 2 / 3], abs=1e-6)
+    assert heavy.binding_.all()
+    with pytest.raises(ValueError, match="type_weights needs 2"):
+        MinMaxRegretAggregator(type_weights=[1.0]).fit(r)
+
+
+def test_solver_fallback_and_failure():
+    r = np.array([[0.0, 1.0], [1.0, 0.0]])
+    agg = MinMaxRegretAggregator(solvers=("NO_SUCH_SOLVER", "HIGHS")).fit(r)
+    assert agg.solver_ == "HIGHS" and agg.max_regret_ == pytest.approx(0.5, abs=1e-7)
+    with pytest.raises(RuntimeError, match="no solver"):
+        MinMaxRegretAggregator(solvers=("NO_SUCH_SOLVER",)).fit(r)
+
+
+def test_utilitarian_baseline_minimises_prior_weighted_regret():
+    r = np.array([[0.0, 1.0, 3.0], [2.0, 0.0, 0.5], [4.0, 1.0, 0.0]])
+    out = baselines(r, [0.2, 0.5, 0.3])
+    mean = [np.dot([0.2, 0.5, 0.3], r[:, j]) for j in range(3)]
+    assert out["utilitarian"]["weights"] == list(np.eye(3)[int(np.argmin(mean))])
+    assert out["uniform"]["max_regret"] == pytest.approx((r @ np.full(3, 1 / 3)).max())
+
+
+def test_candidate_regret_equals_a_plain_loop():
+    rng = np.random.default_rng(4)
+    n, m, k, beta = 5, 4, 3, 0.5
+    s = rng.normal(size=(n, m, k))
+    sizes = [4, 3, 2, 4, 3]
+    for a, size in enumerate(sizes):
+        s[a, size:] = np.nan
+    log_ref = rng.normal(size=(n, m))
+    extra = rng.normal(size=(n, m, 1))                       # e.g. a pooled policy's log-probs
+    log_pol = np.concatenate([log_ref[..., None] + s, extra], axis=2)
+    got = candidate_regret(beta * s, log_pol)
+    assert got.shape == (3, 4)
+    value = np.zeros((k, k + 1))
+    for a, size in enumerate(sizes):
+        for j in range(k + 1):
+            q = np.exp(log_pol[a, :size, j]) / np.exp(log_pol[a, :size, j]).sum()
+            for i in range(k):
+                value[i, j] += (q * beta * s[a, :size, i]).sum() / n
+    assert np.allclose(got, np.diag(value)[:, None] - value)
+    assert np.allclose(np.diag(got), 0.0)

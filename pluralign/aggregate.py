@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.backends.base import PolicyBackend
+from pluralign.data import Annotations
+
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 
 
@@ -100,6 +103,19 @@ def candidate_regret(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarra
     value = np.einsum("nmk,nmj->kj", r, np.nan_to_num(q)) / rewards.shape[0]  # V_i(pi_j)
     k = rewards.shape[2]
     return np.diag(value)[:k, None] - value
+
+
+def estimate_regret(backend: PolicyBackend, data: Annotations,
+                    extra: dict[str, PolicyBackend] | None = None) -> tuple[np.ndarray, list[str]]:
+    """The candidates estimate of R on the prompts of `data`: one row per type, one column per
+    type policy, then one per extra single policy (e.g. the pooled K=1 fit)."""
+    s = backend.logratios(data)
+    columns = [backend.reference_logps(data)[..., None] + s]
+    names = [f"type_{k}" for k in range(s.shape[2])]
+    for name, other in (extra or {}).items():
+        columns.append(other.reference_logps(data)[..., None] + other.logratios(data))
+        names += [name] if other.n_types == 1 else [f"{name}_{j}" for j in range(other.n_types)]
+    return candidate_regret(backend.beta * s, np.concatenate(columns, axis=2)), names
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

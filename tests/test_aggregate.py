@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.optimize import linprog
 
 from pluralign.aggregate import MinMaxRegretAggregator, baselines, candidate_regret
+from pluralign.data import Annotations
 
 
 def _linprog_optimum(r: np.ndarray) -> float:
@@ -109,3 +110,24 @@ def test_candidate_regret_equals_a_plain_loop():
                 value[i, j] += (q * beta * s[a, :size, i]).sum() / n
     assert np.allclose(got, np.diag(value)[:, None] - value)
     assert np.allclose(np.diag(got), 0.0)
+
+
+def test_pooled_policy_serves_the_worst_type_worse_than_mmra():
+    """On a population with known, disagreeing types, plain DPO (K=1) leaves some type with
+    more regret than the min-max mixture of the type policies (DESIGN §3 misspecification)."""
+    from pluralign.aggregate import estimate_regret
+    from pluralign.em import EMDPO
+    from pluralign.simulate import SimulationConfig, simulate
+    pop = simulate(SimulationConfig(types=3, annotators=250, per_annotator=10, seed=3,
+                                    prior=(0.6, 0.25, 0.15)))
+    data = Annotations(pop.records)
+    held = set(data.annotator_ids[200:])
+    train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
+    test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
+    em = EMDPO("linear", n_types=3, random_state=0).fit(train)
+    r, names = estimate_regret(em.backend_, test, {"pooled": em.baseline_.backend})
+    assert names == ["type_0", "type_1", "type_2", "pooled"]
+    assert np.allclose(np.diag(r), 0.0) and (r[:, :3] >= -1e-9).all()
+    mmra = MinMaxRegretAggregator().fit(r[:, :3])
+    pooled = r[:, 3].max()
+    assert pooled > mmra.max_regret_ + 0.05

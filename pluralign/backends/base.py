@@ -28,6 +28,11 @@ class PolicyBackend(ABC):
         returns training statistics."""
 
     @abstractmethod
+    def reference_logps(self, data: Annotations) -> np.ndarray:
+        """log pi_ref(y|x) of every candidate [n, M] (NaN past a row's m): with logratios, the
+        policies' own log-probabilities, for aggregation and evaluation."""
+
+    @abstractmethod
     def reset(self, k: int) -> None:
         """Return type k's policy to the reference (for EM without warm starts)."""
 

@@ -172,6 +172,10 @@ class LinearBackend(PolicyBackend):
         s = (z - log_z.unsqueeze(1)).masked_fill(~mask, torch.nan)
         return s.numpy()
 
+    def reference_logps(self, data: Annotations) -> np.ndarray:
+        d = self.design(data)
+        return d.log_ref.masked_fill(~d.rankings.mask, torch.nan).numpy()
+
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
         w = check_weights(weights, len(data))
         rows = np.flatnonzero(w > 0)

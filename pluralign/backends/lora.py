@@ -210,6 +210,13 @@ class LoRABackend(PolicyBackend):
         bar.close()
         return out
 
+    def reference_logps(self, data: Annotations) -> np.ndarray:
+        prep = self.prepare(data)
+        out = np.full(prep.seqs.index.shape, np.nan)
+        valid = (prep.seqs.index >= 0).numpy()
+        out[valid] = prep.ref.logps[prep.seqs.index[prep.seqs.index >= 0]].numpy()
+        return out
+
     # -- training ---------------------------------------------------------------------------
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
         cfg = self.config

@@ -35,7 +35,7 @@ class MinMaxRegretAggregator:
     def fit(self, regret: np.ndarray) -> MinMaxRegretAggregator:
         """Solve the MMRA LP for a regret matrix [types, policies]."""
         import cvxpy as cp
-        r = self._weighted(regret)
+        r = weighted_regret(regret, self.type_weights)
         p = cp.Variable(r.shape[1], nonneg=True)
         t = cp.Variable()
         problem = cp.Problem(cp.Minimize(t), [r @ p <= t, cp.sum(p) == 1])
@@ -62,16 +62,17 @@ class MinMaxRegretAggregator:
             self.max_regret_))
         return self
 
-    def _weighted(self, regret: np.ndarray) -> np.ndarray:
-        r = np.asarray(regret, dtype=np.float64)
-        if r.ndim != 2 or r.size == 0 or not np.isfinite(r).all():
-            raise ValueError(f"the regret matrix must be a finite 2-D array, got shape {r.shape}")
-        if self.type_weights is None:
-            return r
-        w = np.asarray(self.type_weights, dtype=np.float64)
-        if w.shape != (r.shape[0],) or (w < 0).any():
-            raise ValueError(f"type_weights needs {r.shape[0]} non-negative values")
-        return r * w[:, None]
+def weighted_regret(regret: np.ndarray, type_weights: Sequence[float] | None) -> np.ndarray:
+    """R as a float matrix, its rows scaled by the types' importance weights (if any)."""
+    r = np.asarray(regret, dtype=np.float64)
+    if r.ndim != 2 or r.size == 0 or not np.isfinite(r).all():
+        raise ValueError(f"the regret matrix must be a finite 2-D array, got shape {r.shape}")
+    if type_weights is None:
+        return r
+    w = np.asarray(type_weights, dtype=np.float64)
+    if w.shape != (r.shape[0],) or (w < 0).any():
+        raise ValueError(f"type_weights needs {r.shape[0]} non-negative values")
+    return r * w[:, None]
 
 
 def baselines(regret: np.ndarray, priors: Sequence[float],
@@ -79,7 +80,7 @@ def baselines(regret: np.ndarray, priors: Sequence[float],
     """The mixtures every report compares with, on the same (weighted) matrix: uniform,
     utilitarian (maximises the prior-weighted mean value, i.e. minimises the prior-weighted
     mean regret) and each pure type policy. Values: weights, each type's regret, the max."""
-    r = MinMaxRegretAggregator(type_weights)._weighted(regret)
+    r = weighted_regret(regret, type_weights)
     k = r.shape[1]
     eta = np.asarray(priors, dtype=np.float64)
     mixes = {"uniform": np.full(k, 1.0 / k),

@@ -215,9 +215,9 @@ class EMDPO:
             raise ValueError("heldout_fraction must be in (0, 1)")
 
     def _make_backend(self, k: int) -> PolicyBackend:
-        opts = dict(self.backend_options or {})
         if callable(self.backend):
             return self.backend(k)
+        opts = dict(self.backend_options or {})
         if self.backend == "linear":
             from pluralign.backends.linear import LinearBackend, LinearConfig
             return LinearBackend(LinearConfig(types=k, **opts))
@@ -253,14 +253,20 @@ class EMDPO:
                 raise ValueError(f"init posteriors must have shape ({n_annot}, {k}), got "
                                  f"{self.init.shape}")
             return self.init / self.init.sum(axis=1, keepdims=True)
-        mode = self.init
-        if mode == "auto":
-            mode = "linear" if self.backend == "lora" else "kmeans"
+        mode = self._init_mode()
         if mode == "random":
             return np.random.default_rng(seed).dirichlet(np.ones(k), size=n_annot)
         if mode == "linear":
             return self._linear_posteriors(data, k)
         return kmeans_posteriors(self._init_features(data), k, seed)
+
+    def _init_mode(self) -> str:
+        """The initialisation in use: "given" for an array, "auto" resolved per backend."""
+        if not isinstance(self.init, str):
+            return "given"
+        if self.init == "auto":
+            return "linear" if self.backend == "lora" else "kmeans"
+        return self.init
 
     def _init_features(self, data: Annotations) -> np.ndarray:
         backend = self._make_backend(1)
@@ -278,14 +284,13 @@ class EMDPO:
                 "progress")
         linear = EMDPO("linear", n_types=k, backend_options={
             "features": "embedding", **{o: opts[o] for o in keep if o in opts}},
-            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, force=True,
+            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
             random_state=self.random_state)
-        return linear.fit(data).posteriors_
+        return linear._fit_k(data, k, "linear-init").posteriors  # no K=1 baseline needed
 
     def _fit_k(self, data: Annotations, k: int, tag: str) -> Run:
         """Best of n_init EM runs for K = k (one run when the init is given or linear)."""
-        single = k == 1 or not isinstance(self.init, str) or self.init == "linear" or (
-            self.init == "auto" and self.backend == "lora")
+        single = k == 1 or self._init_mode() in ("given", "linear")
         best: Run | None = None
         for restart in range(1 if single else self.n_init):
             ckpt = None if self.checkpoint_dir is None else \

@@ -57,6 +57,14 @@ class Sequences:
         for p, r in zip(self.prompts, self.responses, strict=True):
             yield p + [-1] + r
 
+    def per_candidate(self, values: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
+        """Per-sequence values laid out per annotation candidate: [n_seq, ...] -> [n, M, ...],
+        `fill` where an annotation has fewer than M candidates."""
+        out = torch.full((*self.index.shape, *values.shape[1:]), fill, dtype=values.dtype)
+        valid = self.index >= 0
+        out[valid] = values[self.index[valid]]
+        return out
+
     def n_tokens(self, ids: list[int] | None = None) -> int:
         ids = range(len(self)) if ids is None else ids
         return sum(len(self.prompts[i]) + len(self.responses[i]) for i in ids)

@@ -27,6 +27,8 @@ from pluralign.losses import get_loss
 from pluralign.rankings import Rankings
 
 FEATURES = ("given", "onehot", "embedding")
+#: LMs loaded for embedding features, by spec: EM builds a backend per run, the LM is the same.
+_LMS: dict[str, tuple[Any, Any, str]] = {}
 
 
 @dataclass
@@ -87,7 +89,6 @@ class LinearBackend(PolicyBackend):
         self.vocab_: dict[str, int] = {}
         self.scale_: tuple[np.ndarray, np.ndarray] | None = None
         self._designs: dict[str, Design] = {}
-        self._lm: Any = None
 
     # -- features ---------------------------------------------------------------------------
     def design(self, data: Annotations) -> Design:
@@ -123,10 +124,10 @@ class LinearBackend(PolicyBackend):
         from pluralign.models import load_model, model_fingerprint
         from pluralign.reference import TokenSettings, compute_reference, tokenize
         cfg = self.config
-        if self._lm is None:
+        if cfg.model not in _LMS:  # read-only here: every linear backend can share one copy
             model, tok = load_model(cfg.model)
-            self._lm = (model, tok, model_fingerprint(model, cfg.model))
-        model, tok, model_id = self._lm
+            _LMS[cfg.model] = (model, tok, model_fingerprint(model, cfg.model))
+        model, tok, model_id = _LMS[cfg.model]
         seqs = tokenize(data, tok, TokenSettings(cfg.max_prompt_tokens, cfg.max_response_tokens))
         ref = compute_reference(model, model_id, seqs, tok.pad_token_id, embeddings=True,
                                 token_budget=cfg.token_budget, cache=cfg.cache,
@@ -135,12 +136,8 @@ class LinearBackend(PolicyBackend):
         if self.scale_ is None:  # standardise with the first dataset's statistics
             self.scale_ = (emb.mean(0), emb.std(0) + 1e-6)
         emb = (emb - self.scale_[0]) / self.scale_[1]
-        valid = seqs.index >= 0
-        phi = torch.zeros(*rank.mask.shape, emb.shape[1], dtype=torch.float64)
-        phi[valid] = torch.as_tensor(emb)[seqs.index[valid]]
-        log_ref = torch.zeros(rank.mask.shape, dtype=torch.float64)
-        log_ref[valid] = ref.logps[seqs.index[valid]]
-        log_ref = torch.log_softmax(log_ref.masked_fill(~rank.mask, -torch.inf), dim=1)
+        phi = seqs.per_candidate(torch.as_tensor(emb), fill=0.0)
+        log_ref = torch.log_softmax(seqs.per_candidate(ref.logps, fill=-torch.inf), dim=1)
         return Design(rank, log_ref.masked_fill(~rank.mask, 0.0), phi=phi)
 
     def _dim(self, d: Design) -> int:

@@ -204,18 +204,13 @@ class LoRABackend(PolicyBackend):
             for ids in groups:
                 s[ids] = self.policy_logps(prep, ids).double().cpu()
                 bar.update()
-            s -= prep.ref.logps
-            valid = prep.seqs.index >= 0
-            out[..., k][valid.numpy()] = s[prep.seqs.index[valid]].numpy()
+            out[..., k] = prep.seqs.per_candidate(s - prep.ref.logps).numpy()
         bar.close()
         return out
 
     def reference_logps(self, data: Annotations) -> np.ndarray:
         prep = self.prepare(data)
-        out = np.full(prep.seqs.index.shape, np.nan)
-        valid = (prep.seqs.index >= 0).numpy()
-        out[valid] = prep.ref.logps[prep.seqs.index[prep.seqs.index >= 0]].numpy()
-        return out
+        return prep.seqs.per_candidate(prep.ref.logps).numpy()
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:

@@ -53,7 +53,6 @@ class Preset:
     name = ""
     signature: tuple[frozenset[str], ...] = ()  # any one of these column sets identifies it
     consumed: frozenset[str] = frozenset()
-    example = ""
 
     def matches(self, columns: set[str]) -> bool:
         """Whether `columns` hold one of this layout's identifying column sets."""
@@ -121,8 +120,6 @@ class Pairwise(Preset):
     name = "pairwise"
     signature = (frozenset({"chosen", "rejected"}),)
     consumed = frozenset({"prompt", "chosen", "rejected"})
-    example = ('{"annotator_id": "w1", "prompt": "Name a colour.", "chosen": "Blue.", '
-               '"rejected": "Seven."}')
 
     def parse(self, row: RawRow, ctx: Context) -> Annotation:
         d = row.data or {}
@@ -154,8 +151,6 @@ class Ranked(Preset):
     name = "ranked"
     signature = (frozenset({"responses", "ranking"}),)
     consumed = frozenset({"prompt", "responses", "ranking"})
-    example = ('{"annotator_id": "w1", "prompt": "Greet me.", "responses": ["Hi!", "Hello.", '
-               '"Yo"], "ranking": [1, 0]}')
 
     def parse(self, row: RawRow, ctx: Context) -> Annotation:
         d = row.data or {}
@@ -167,8 +162,6 @@ class Scored(Preset):
     name = "scored"
     signature = (frozenset({"responses", "scores"}),)
     consumed = frozenset({"prompt", "responses", "scores"})
-    example = ('{"annotator_id": "w1", "prompt": "Greet me.", "responses": ["Hi!", "Hello.", '
-               '"Yo"], "scores": [4, 5, 1]}')
 
     def parse(self, row: RawRow, ctx: Context) -> Annotation:
         d = row.data or {}
@@ -186,8 +179,6 @@ class Long(Preset):
     name = "long"
     signature = (frozenset({"response", "rank"}), frozenset({"response", "score"}))
     consumed = frozenset({"prompt", "response", "rank", "score"})
-    example = ('{"annotator_id": "w1", "item_id": "q7", "prompt": "Greet me.", '
-               '"response": "Hello.", "rank": 1}')
 
     def units(self, rows: list[RawRow], ctx: Context) -> Iterator[Unit]:
         groups: dict[tuple, list[RawRow]] = {}

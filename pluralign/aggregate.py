@@ -12,14 +12,16 @@ exactly, with cvxpy. Type importance weights scale the rows of R.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pluralign.backends.base import PolicyBackend
-from pluralign.data import Annotations
+from pluralign.backends.base import PolicyBackend, sample_row
+from pluralign.data import Annotation, Annotations
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
+ESTIMATORS = ("candidates", "sampled")
 
 
 class MinMaxRegretAggregator:
@@ -61,6 +63,7 @@ class MinMaxRegretAggregator:
         self.binding_ = self.regrets_ >= self.max_regret_ - max(self.tol, 1e-6 * abs(
             self.max_regret_))
         return self
+
 
 def weighted_regret(regret: np.ndarray, type_weights: Sequence[float] | None) -> np.ndarray:
     """R as a float matrix, its rows scaled by the types' importance weights (if any)."""
@@ -106,17 +109,164 @@ def candidate_regret(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarra
     return np.diag(value)[:k, None] - value
 
 
-def estimate_regret(backend: PolicyBackend, data: Annotations,
-                    extra: dict[str, PolicyBackend] | None = None) -> tuple[np.ndarray, list[str]]:
-    """The candidates estimate of R on the prompts of `data`: one row per type, one column per
-    type policy, then one per extra single policy (e.g. the pooled K=1 fit)."""
-    s = backend.logratios(data)
-    columns = [backend.reference_logps(data)[..., None] + s]
-    names = [f"type_{k}" for k in range(s.shape[2])]
+@dataclass
+class Policy:
+    """One column of R: policy `index` of `owner` (None: the owner's reference, the base model)."""
+
+    name: str
+    owner: PolicyBackend
+    index: int | None
+
+
+def policies_of(backend: PolicyBackend, extra: dict[str, PolicyBackend] | None = None,
+                base: bool = False) -> list[Policy]:
+    """The type policies type_0..type_{K-1}, then each extra backend's policies (a K=1 backend
+    gives one column named as its key), then the base model if asked."""
+    out = [Policy(f"type_{k}", backend, k) for k in range(backend.n_types)]
     for name, other in (extra or {}).items():
-        columns.append(other.reference_logps(data)[..., None] + other.logratios(data))
-        names += [name] if other.n_types == 1 else [f"{name}_{j}" for j in range(other.n_types)]
-    return candidate_regret(backend.beta * s, np.concatenate(columns, axis=2)), names
+        out += [Policy(name if other.n_types == 1 else f"{name}_{j}", other, j)
+                for j in range(other.n_types)]
+    return out + ([Policy("base", backend, None)] if base else [])
+
+
+@dataclass
+class RegretEstimate:
+    """R [types, policies] with its column names; `stderr` (sampled) is the Monte Carlo
+    standard error of each entry over prompts."""
+
+    matrix: np.ndarray
+    names: list[str]
+    estimator: str
+    stderr: np.ndarray | None = None
+
+
+def policy_logps(policies: list[Policy], data: Annotations,
+                 known: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """log pi_j(y|x) of every candidate for each policy: [n, M, J] (NaN padding). `known`
+    maps id(backend) to its logratios on `data` where already computed."""
+    ratios = dict(known or {})
+    columns = []
+    for p in policies:
+        col = p.owner.reference_logps(data)
+        if p.index is not None:
+            if id(p.owner) not in ratios:
+                ratios[id(p.owner)] = p.owner.logratios(data)
+            col = col + ratios[id(p.owner)][..., p.index]
+        columns.append(col)
+    return np.stack(columns, axis=2)
+
+
+class RegretEstimator:
+    """Columns of R for the K types of `backend` (rewards beta * s_i) on the prompts of `data`.
+
+    `candidates`: each policy restricted to each row's candidates, exact expectations, no
+    generation. `sampled`: n_samples responses per distinct prompt from each policy, all of a
+    prompt's samples scored together (a per-row constant in s_i then cancels in differences).
+    Work is reused across calls: a column added later (a merged policy) needs only its own
+    scoring (candidates) or generation (sampled)."""
+
+    def __init__(self, backend: PolicyBackend, data: Annotations, estimator: str = "candidates",
+                 n_samples: int = 8, random_state: int = 0):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.backend, self.data, self.estimator = backend, data, estimator
+        self.n_samples, self.random_state = n_samples, random_state
+        self._s: np.ndarray | None = None
+        self._logps: dict[str, np.ndarray] = {}
+        self._drawn: dict[str, list[Annotation]] = {}
+        self._items = _distinct_items(data) if estimator == "sampled" else None
+
+    def estimate(self, policies: list[Policy]) -> RegretEstimate:
+        """R [K, len(policies)]; the first K policies must be the type policies (policies_of)."""
+        k = self.backend.n_types
+        if [p.name for p in policies[:k]] != [f"type_{i}" for i in range(k)]:
+            raise ValueError("the first policies must be the K type policies (see policies_of)")
+        if self.estimator == "sampled":
+            return self._sampled(policies)
+        if self._s is None:
+            self._s = self.backend.logratios(self.data)
+        todo = [p for p in policies if p.name not in self._logps]
+        if todo:
+            logps = policy_logps(todo, self.data, {id(self.backend): self._s})
+            self._logps.update({p.name: logps[..., j] for j, p in enumerate(todo)})
+        columns = np.stack([self._logps[p.name] for p in policies], axis=2)
+        return RegretEstimate(candidate_regret(self.backend.beta * self._s, columns),
+                              [p.name for p in policies], "candidates")
+
+    def _sampled(self, policies: list[Policy]) -> RegretEstimate:
+        items, n, k = self._items, self.n_samples, self.backend.n_types
+        for p in policies:
+            if p.name not in self._drawn:
+                seed = self.random_state + 7919 * len(self._drawn)
+                self._drawn[p.name] = p.owner.sample(items, p.index, n, seed)
+        drawn = [self._drawn[p.name] for p in policies]
+        joint = Annotations([sample_row(
+            a, [r for d in drawn for r in d[i].responses],
+            None if a.features is None else [f for d in drawn for f in d[i].features])
+            for i, a in enumerate(items)])
+        r = self.backend.beta * self.backend.logratios(joint)            # [items, J*n, K]
+        v = r.reshape(len(items), len(policies), n, k).mean(axis=2)        # [items, J, K]
+        per_item = np.einsum("nii->ni", v[:, :k, :])[:, :, None] - v.transpose(0, 2, 1)
+        stderr = per_item.std(axis=0, ddof=1) / np.sqrt(len(items)) if len(items) > 1 else None
+        return RegretEstimate(per_item.mean(axis=0), [p.name for p in policies], "sampled",
+                              stderr)
+
+
+def _distinct_items(data: Annotations) -> Annotations:
+    """One row per distinct (prompt, candidates): the unit the estimators average over."""
+    seen: dict[str, Annotation] = {}
+    for a in data:
+        seen.setdefault(a.content_key(with_annotator=False), a)
+    return Annotations(list(seen.values()))
+
+
+def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float],
+              pooled: PolicyBackend | None = None, estimator: str = "candidates",
+              type_weights: Sequence[float] | None = None, n_samples: int = 8,
+              random_state: int = 0, merge: bool = True) -> tuple[dict[str, Any],
+                                                                   PolicyBackend | None]:
+    """The whole of DESIGN §6 on one dataset: R for the type policies, the pooled policy and the
+    base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret.
+    Returns (the aggregate.json content, the merged policy or None)."""
+    extra = {"pooled": pooled} if pooled is not None else {}
+    policies = policies_of(backend, extra, base=True)
+    estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state)
+    est = estimator_.estimate(policies)
+    k = backend.n_types
+    mmra = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
+    merged = None
+    if merge:
+        try:
+            merged = backend.merge(mmra.weights_)
+        except NotImplementedError:
+            merged = None
+        if merged is not None:
+            est = estimator_.estimate([*policies, Policy("merged", merged, 0)])
+    r = weighted_regret(est.matrix, type_weights)
+    singles = {name: {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
+               for j, name in enumerate(est.names) if j >= k}
+    out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
+           "random_state": random_state, "annotations": len(data),
+           "data_fingerprint": data.fingerprint(), "types": [f"type_{i}" for i in range(k)],
+           "policies": est.names, "regret_matrix": est.matrix.tolist(),
+           "regret_stderr": None if est.stderr is None else est.stderr.tolist(),
+           "type_weights": None if type_weights is None else list(map(float, type_weights)),
+           "weights": mmra.weights_.tolist(), "max_regret": mmra.max_regret_,
+           "regrets": mmra.regrets_.tolist(), "binding": mmra.binding_.tolist(),
+           "solver": mmra.solver_,
+           "baselines": {**baselines(est.matrix[:, :k], priors, type_weights), **singles}}
+    return out, merged
+
+
+def mixture_logps(log_policies: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """log of the mixture sum_j p_j q_j of the candidate-restricted policies: [n, M]."""
+    mask = ~np.isnan(log_policies[..., 0])
+    q = _softmax(np.where(mask[..., None], log_policies, -np.inf))
+    with np.errstate(divide="ignore"):
+        out = np.log(np.nan_to_num(q) @ np.asarray(weights, dtype=np.float64))
+    return np.where(mask, out, np.nan)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -186,7 +186,7 @@ def cmd_em(args: argparse.Namespace) -> int:
     from pluralign.em_run import EMSettings, run_em
     settings = EMSettings.from_sources(args.config, args)
     data = load(args.data)
-    summary = run_em(data, settings, Path(args.out))
+    summary = run_em(data, settings, Path(args.out), data_path=args.data)
     print(summary)
     return 0
 

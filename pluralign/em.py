@@ -107,6 +107,30 @@ def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0
     return gamma
 
 
+def type_posteriors(backend: PolicyBackend, priors: np.ndarray,
+                    data: Annotations) -> tuple[np.ndarray, list[str]]:
+    """One E-step with fixed policies: each annotator's type posterior given all of their
+    annotations in `data` (for annotators never seen in training too). Returns (gamma, ids)."""
+    data = as_annotations(data)
+    codes, ids = data.annotator_codes()
+    per = annotation_loglik(backend.logratios(data), Rankings.from_annotations(data),
+                            backend.beta)
+    gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), np.asarray(priors))
+    return gamma, ids
+
+
+def make_backend(name: str, k: int, options: dict[str, Any] | None = None) -> PolicyBackend:
+    """A fresh backend by name ("linear" or "lora") with K = k policies and config options."""
+    opts = dict(options or {})
+    if name == "linear":
+        from pluralign.backends.linear import LinearBackend, LinearConfig
+        return LinearBackend(LinearConfig(types=k, **opts))
+    if name == "lora":
+        from pluralign.backends.lora import LoRABackend, LoRAConfig
+        return LoRABackend(LoRAConfig(types=k, **opts))
+    raise ValueError(f"backend must be 'linear', 'lora' or a callable, got {name!r}")
+
+
 # -- one EM run -----------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -183,12 +207,7 @@ class EMDPO:
 
     def predict_proba(self, data: Annotations) -> tuple[np.ndarray, list[str]]:
         """Type posteriors of the annotators in `data` under the fitted policies and priors."""
-        data = as_annotations(data)
-        codes, ids = data.annotator_codes()
-        per = annotation_loglik(self.backend_.logratios(data), Rankings.from_annotations(data),
-                                self.backend_.beta)
-        gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), self.priors_)
-        return gamma, ids
+        return type_posteriors(self.backend_, self.priors_, data)
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as plain JSON (for em.json)."""
@@ -217,14 +236,7 @@ class EMDPO:
     def _make_backend(self, k: int) -> PolicyBackend:
         if callable(self.backend):
             return self.backend(k)
-        opts = dict(self.backend_options or {})
-        if self.backend == "linear":
-            from pluralign.backends.linear import LinearBackend, LinearConfig
-            return LinearBackend(LinearConfig(types=k, **opts))
-        if self.backend == "lora":
-            from pluralign.backends.lora import LoRABackend, LoRAConfig
-            return LoRABackend(LoRAConfig(types=k, **opts))
-        raise ValueError(f"backend must be 'linear', 'lora' or a callable, got {self.backend!r}")
+        return make_backend(self.backend, k, self.backend_options)
 
     def _adopt(self, best: Run, baseline: Run) -> None:
         self.n_types_ = best.k

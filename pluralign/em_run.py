@@ -4,6 +4,8 @@ em.json, the type policies). Checkpoints live in OUT/checkpoints, so re-running 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
+from pluralign.backends.base import PolicyBackend
 from pluralign.backends.linear import LinearConfig
 from pluralign.backends.lora import LoRAConfig
 from pluralign.data import Annotations
-from pluralign.em import EMDPO
+from pluralign.em import EMDPO, make_backend
 from pluralign.io import write_json, write_text
 
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
@@ -79,7 +82,8 @@ def _types(text: str | None) -> int | str | None:
         raise C.ConfigError(f"--types expects an integer or auto, got '{text}'") from None
 
 
-def run_em(data: Annotations, settings: EMSettings, out: Path) -> str:
+def run_em(data: Annotations, settings: EMSettings, out: Path,
+           data_path: str | Path | None = None) -> str:
     """Fit, write the outputs into `out`, and return a summary for a person."""
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {k: v for k, v in settings.em.items() if k != "backend"}
@@ -92,10 +96,59 @@ def run_em(data: Annotations, settings: EMSettings, out: Path) -> str:
     report = {**em.to_dict(), "backend": settings.backend,
               "backend_options": settings.backend_options, "em_options": kwargs,
               "config": settings.source, "data_fingerprint": data.fingerprint(),
+              "data": None if data_path is None else str(Path(data_path).resolve()),
               "annotations": len(data), "annotators": len(em.annotator_ids_),
               "policies": policies.name, "audit": audit(data, em)}
     write_json(out / "em.json", report)
     return summarise(report, out)
+
+
+@dataclass
+class FittedRun:
+    """A finished `pluralign em` folder, loaded: em.json, the posteriors and both policies."""
+
+    path: Path
+    info: dict[str, Any]
+    backend: PolicyBackend
+    baseline: PolicyBackend
+    annotator_ids: list[str]
+    posteriors: np.ndarray
+
+    @property
+    def priors(self) -> np.ndarray:
+        return np.asarray(self.info["priors"], dtype=np.float64)
+
+    def data(self, override: str | Path | None = None) -> Annotations:
+        """The dataset named by `override`, else the one EM was fitted on."""
+        from pluralign.data import load
+        path = override or self.info.get("data")
+        if not path:
+            raise FileNotFoundError(f"{self.path / 'em.json'} names no dataset; pass --data DIR")
+        return load(path)
+
+
+def load_run(path: str | Path) -> FittedRun:
+    """Read what run_em wrote into `path` (the type policies and the pooled K=1 policy)."""
+    path = Path(path)
+    info_file = path / "em.json"
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{path}: not a run folder (no em.json; run `pluralign em` "
+                                "first)")
+    info = json.loads(info_file.read_text())
+    options = dict(info.get("backend_options") or {})
+    backend = make_backend(info["backend"], info["n_types"], options)
+    backend.load(path / info["policies"])
+    baseline = make_backend(info["backend"], 1, options)
+    baseline.load(path / "baseline")
+    ids, gamma = read_posteriors(path / "posteriors.csv")
+    return FittedRun(path, info, backend, baseline, ids, gamma)
+
+
+def read_posteriors(path: Path) -> tuple[list[str], np.ndarray]:
+    """The inverse of write_posteriors."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return [r[0] for r in rows[1:]], np.array([[float(x) for x in r[1:]] for r in rows[1:]])
 
 
 def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:

@@ -81,10 +81,18 @@ def prompt_text(prompt: str | list[dict[str, str]], tokenizer) -> tuple[str, boo
     return prompt, False
 
 
+def prompt_ids(prompt: str | list[dict[str, str]], tokenizer,
+               max_tokens: int | None) -> list[int]:
+    """Token ids of the prompt as the model sees it, keeping the last `max_tokens`."""
+    text, templated = prompt_text(prompt, tokenizer)
+    ids = tokenizer(text, add_special_tokens=not templated).input_ids
+    return ids if max_tokens is None else ids[-max_tokens:]
+
+
 def tokenize(data: Annotations | list[Annotation], tokenizer,
              settings: TokenSettings) -> Sequences:
     """Token ids of each distinct (prompt, response), truncated per `settings`."""
-    prompt_ids: dict[str, list[int]] = {}
+    ids_of: dict[str, list[int]] = {}
     seq_of: dict[tuple[tuple[int, ...], str], int] = {}  # keyed on what the model sees
     prompts, responses = [], []
     m_max = max((a.m for a in data), default=2)
@@ -92,13 +100,12 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
     cut_p = cut_r = 0
     for n, a in enumerate(data):
         key = json.dumps(a.prompt, sort_keys=True)
-        if key not in prompt_ids:
-            text, templated = prompt_text(a.prompt, tokenizer)
-            ids = tokenizer(text, add_special_tokens=not templated).input_ids
+        if key not in ids_of:
+            ids = prompt_ids(a.prompt, tokenizer, None)
             if len(ids) > settings.max_prompt_tokens:
                 ids, cut_p = ids[-settings.max_prompt_tokens:], cut_p + 1
-            prompt_ids[key] = ids
-        tokens = tuple(prompt_ids[key])
+            ids_of[key] = ids
+        tokens = tuple(ids_of[key])
         for j, response in enumerate(a.responses):
             if (tokens, response) not in seq_of:
                 ids = tokenizer(response, add_special_tokens=False).input_ids
@@ -106,7 +113,7 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
                 if len(ids) > settings.max_response_tokens:
                     ids, cut_r = ids[: settings.max_response_tokens], cut_r + 1
                 seq_of[tokens, response] = len(prompts)
-                prompts.append(prompt_ids[key])
+                prompts.append(ids_of[key])
                 responses.append(ids)
             index[n, j] = seq_of[tokens, response]
     if cut_p or cut_r:

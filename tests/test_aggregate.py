@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import linprog
 
-from pluralign.aggregate import MinMaxRegretAggregator, baselines, candidate_regret
+from pluralign.aggregate import (
+    MinMaxRegretAggregator,
+    Policy,
+    RegretEstimator,
+    aggregate,
+    baselines,
+    candidate_regret,
+    mixture_logps,
+    policies_of,
+    policy_logps,
+)
 from pluralign.data import Annotations
 
 
@@ -112,10 +122,9 @@ def test_candidate_regret_equals_a_plain_loop():
     assert np.allclose(np.diag(got), 0.0)
 
 
-def test_pooled_policy_serves_the_worst_type_worse_than_mmra():
-    """On a population with known, disagreeing types, plain DPO (K=1) leaves some type with
-    more regret than the min-max mixture of the type policies (DESIGN §3 misspecification)."""
-    from pluralign.aggregate import estimate_regret
+@pytest.fixture(scope="module")
+def fitted():
+    """A simulated 3-type population (unequal priors), EM on 200 annotators, 50 held out."""
     from pluralign.em import EMDPO
     from pluralign.simulate import SimulationConfig, simulate
     pop = simulate(SimulationConfig(types=3, annotators=250, per_annotator=10, seed=3,
@@ -124,10 +133,59 @@ def test_pooled_policy_serves_the_worst_type_worse_than_mmra():
     held = set(data.annotator_ids[200:])
     train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
     test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
-    em = EMDPO("linear", n_types=3, random_state=0).fit(train)
-    r, names = estimate_regret(em.backend_, test, {"pooled": em.baseline_.backend})
-    assert names == ["type_0", "type_1", "type_2", "pooled"]
+    return EMDPO("linear", n_types=3, random_state=0).fit(train), test
+
+
+def test_pooled_policy_serves_the_worst_type_worse_than_mmra(fitted):
+    """On a population with known, disagreeing types, plain DPO (K=1) leaves some type with
+    more regret than the min-max mixture of the type policies (DESIGN §3 misspecification)."""
+    em, test = fitted
+    policies = policies_of(em.backend_, {"pooled": em.baseline_.backend}, base=True)
+    est = RegretEstimator(em.backend_, test).estimate(policies)
+    r = est.matrix
+    assert est.names == ["type_0", "type_1", "type_2", "pooled", "base"]
     assert np.allclose(np.diag(r), 0.0) and (r[:, :3] >= -1e-9).all()
     mmra = MinMaxRegretAggregator().fit(r[:, :3])
-    pooled = r[:, 3].max()
-    assert pooled > mmra.max_regret_ + 0.05
+    assert r[:, 3].max() > mmra.max_regret_ + 0.05
+
+
+def test_sampled_estimator_converges_to_the_candidates_one(fitted):
+    """Linear policies live on the candidates, so sampling them is a Monte Carlo version of the
+    exact candidates estimate: they agree within a few standard errors."""
+    em, test = fitted
+    policies = policies_of(em.backend_, {"pooled": em.baseline_.backend}, base=True)
+    exact = RegretEstimator(em.backend_, test).estimate(policies).matrix
+    mc = RegretEstimator(em.backend_, test, "sampled", n_samples=64,
+                         random_state=1).estimate(policies)
+    assert mc.names == [p.name for p in policies] and np.allclose(np.diag(mc.matrix), 0.0)
+    z = np.abs(mc.matrix - exact) / np.maximum(mc.stderr, 1e-12)
+    off = ~np.eye(*exact.shape, dtype=bool)
+    assert z[off].max() < 4.5, z
+    assert np.abs(mc.matrix - exact).max() < 0.1 * np.abs(exact).max()
+
+
+def test_a_mixture_column_has_regret_r_p(fitted):
+    """Regret is linear in the mixture: the mixture's own column equals R p."""
+    em, test = fitted
+    policies = policies_of(em.backend_)
+    logps = policy_logps(policies, test)
+    p = np.array([0.5, 0.2, 0.3])
+    r = candidate_regret(em.backend_.beta * em.backend_.logratios(test),
+                         np.concatenate([logps, mixture_logps(logps, p)[..., None]], axis=2))
+    assert np.allclose(r[:, 3], r[:, :3] @ p)
+
+
+def test_aggregate_reports_mmra_baselines_and_a_measured_merge(fitted):
+    em, test = fitted
+    out, merged = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend)
+    assert out["policies"] == ["type_0", "type_1", "type_2", "pooled", "base", "merged"]
+    assert np.allclose(merged.theta_[0], np.asarray(out["weights"]) @ em.backend_.theta_)
+    r = np.asarray(out["regret_matrix"])
+    assert out["max_regret"] == pytest.approx((r[:, :3] @ out["weights"]).max(), abs=1e-6)
+    for name in ("uniform", "utilitarian", "type_0", "type_1", "type_2"):  # all in the simplex
+        assert out["max_regret"] <= out["baselines"][name]["max_regret"] + 1e-6, name
+    assert set(out["baselines"]) >= {"pooled", "base", "merged"}
+    # the merged policy's regret is measured: its column, not the mixture's R p
+    own = RegretEstimator(em.backend_, test).estimate(
+        [*policies_of(em.backend_), Policy("merged", merged, 0)]).matrix[:, 3]
+    assert out["baselines"]["merged"]["regrets"] == pytest.approx(own.tolist())

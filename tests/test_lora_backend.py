@@ -113,3 +113,35 @@ def test_config_errors_name_the_setting():
         LoRABackend(types=2, top_layers=0)
     with pytest.raises(ValueError, match="unknown loss"):
         LoRABackend(types=2, loss="kto")
+
+
+def test_merged_adapter_is_the_weighted_sum_of_the_deltas(data):
+    from peft.tuners.lora import LoraLayer
+    b = LoRABackend(types=3, top_layers=2, **SMALL)
+    _randomise(b, seed=3)
+    p = np.array([0.2, 0.5, 0.3])
+    merged = b.merge(p)
+    layers = [m for m in b.model.modules() if isinstance(m, LoraLayer) and "merged" in m.lora_A]
+    assert layers
+    for m in layers:  # the oracle: sum_k p_k B_k A_k * scaling_k, layer by layer
+        want = sum(pk * m.get_delta_weight(f"type_{k}") for k, pk in enumerate(p))
+        assert torch.allclose(m.get_delta_weight("merged"), want, atol=1e-6)
+    assert merged.n_types == 1 and merged.logratios(data).shape[2] == 1
+    one_hot = b.merge(np.array([0.0, 1.0, 0.0]))  # replaces "merged": now type 1 itself
+    assert np.allclose(one_hot.logratios(data)[..., 0], b.logratios(data)[..., 1],
+                       atol=1e-4, equal_nan=True)  # float32 sums over 40 tokens
+    with pytest.raises(ValueError, match="summing to 1"):
+        b.merge(np.array([0.5, 0.5, 0.5]))
+
+
+def test_sampling_is_seeded_and_scored_by_every_type(data):
+    from pluralign.aggregate import RegretEstimator, policies_of
+    b = LoRABackend(types=2, top_layers=2, **{**SMALL, "max_response_tokens": 8})
+    _randomise(b, seed=4)
+    first = b.sample(data, 1, 3, seed=5)
+    assert len(first) == len(data) and all(len(a.responses) == 3 for a in first)
+    assert [a.responses for a in first] == [a.responses for a in b.sample(data, 1, 3, seed=5)]
+    assert [a.responses for a in first] != [a.responses for a in b.sample(data, 0, 3, seed=5)]
+    est = RegretEstimator(b, data, "sampled", n_samples=2).estimate(policies_of(b, base=True))
+    assert est.names == ["type_0", "type_1", "base"] and est.matrix.shape == (2, 3)
+    assert np.allclose(np.diag(est.matrix), 0.0) and np.isfinite(est.stderr).all()

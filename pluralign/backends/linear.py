@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from pluralign.backends.base import PolicyBackend, check_weights
-from pluralign.data import Annotations, as_annotations
+from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
+from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json, write_with
 from pluralign.losses import get_loss
 from pluralign.rankings import Rankings
@@ -200,6 +200,29 @@ class LinearBackend(PolicyBackend):
         self.theta_[k] = res.x
         return {"type": k, "annotations": int(rows.size), "iterations": int(res.nit),
                 "loss": float(res.fun), "converged": bool(res.success)}
+
+    def sample(self, data: Annotations, k: int | None, n: int, seed: int) -> list[Annotation]:
+        """Draw n candidates (with replacement) from policy k (None: the reference) restricted
+        to each row's candidates: the linear policy exists only over given candidates."""
+        rng = np.random.default_rng(seed)
+        logq = self.reference_logps(data)
+        if k is not None:
+            logq = logq + self.logratios(data)[..., k]
+        out = []
+        for a, row in zip(data, logq, strict=True):
+            q = np.exp(row[: a.m] - row[: a.m].max())
+            pick = rng.choice(a.m, size=n, p=q / q.sum())
+            out.append(sample_row(a, [a.responses[j] for j in pick],
+                                  None if a.features is None else [a.features[j] for j in pick]))
+        return out
+
+    def merge(self, weights: np.ndarray) -> LinearBackend:
+        """theta = sum_k p_k theta_k: the reward soup of the type rewards (K=1)."""
+        p = check_mixture(weights, self.n_types)
+        merged = LinearBackend(replace(self.config, types=1))
+        merged.theta_ = (p @ self.theta_)[None, :]
+        merged.vocab_, merged.scale_ = dict(self.vocab_), self.scale_
+        return merged
 
     def penalty(self) -> float:
         """The log-prior term EM subtracts from the log-likelihood: lambda/2 sum_k |theta_k|^2."""

@@ -8,6 +8,7 @@ its own parameters; scoring loops over adapters in eval mode.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -26,8 +27,8 @@ from accelerate import Accelerator
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from pluralign.backends.base import PolicyBackend, check_weights
-from pluralign.data import Annotations, as_annotations
+from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
+from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json
 from pluralign.losses import get_loss
 from pluralign.models import load_model, model_fingerprint
@@ -40,6 +41,7 @@ from pluralign.reference import (
     by_length,
     compute_reference,
     make_batch,
+    prompt_ids,
     tokenize,
 )
 from pluralign.trunk import (
@@ -51,6 +53,15 @@ from pluralign.trunk import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _decode(tokens: torch.Tensor, tokenizer) -> str:
+    """Generated ids up to the first end-of-sequence, as text."""
+    ids = tokens.tolist()
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode([t for t in ids if t != tokenizer.pad_token_id],
+                            skip_special_tokens=True)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -154,10 +165,10 @@ class LoRABackend(PolicyBackend):
         self.history_: dict[int, list[dict[str, Any]]] = {k: [] for k in range(cfg.types)}
         self._prepared: dict[str, Prepared] = {}
 
-    @staticmethod
-    def adapter(k: int) -> str:
-        """Name of type k's adapter."""
-        return f"type_{k}"
+    def adapter(self, k: int) -> str:
+        """Name of policy k's adapter: type_k, or the merged adapter's name in a merged view."""
+        names = getattr(self, "_names", None)
+        return names[k] if names else f"type_{k}"
 
     # -- data -------------------------------------------------------------------------------
     def prepare(self, data: Annotations) -> Prepared:
@@ -290,6 +301,58 @@ class LoRABackend(PolicyBackend):
         s = torch.as_tensor(self.logratios(data)[..., k])
         w = torch.as_tensor(check_weights(weights, len(data)))
         return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w))
+
+    # -- sampling and merging ---------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, data: Annotations, k: int | None, n: int, seed: int,
+               prompts_per_batch: int = 8) -> list[Annotation]:
+        """Generate n responses per row from policy k (None: the base model) at temperature 1,
+        at most max_response_tokens new tokens, prompts left-padded in batches; seeded."""
+        cfg, tok = self.config, self.tokenizer
+        keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
+        unique = {key: a for key, a in zip(keys, data, strict=True)}
+        texts: dict[str, list[str]] = {}
+        self.model.eval()
+        items = list(unique.items())
+        for b in range(0, len(items), prompts_per_batch):
+            chunk = items[b: b + prompts_per_batch]
+            ids = [prompt_ids(a.prompt, tok, cfg.max_prompt_tokens) for _, a in chunk]
+            width = max(map(len, ids))
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+            torch.manual_seed(seed + b)
+            out = self._generate(
+                k,
+                input_ids=input_ids.to(self.accelerator.device),
+                attention_mask=mask.to(self.accelerator.device), do_sample=True,
+                temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
+                max_new_tokens=cfg.max_response_tokens, pad_token_id=pad,
+                eos_token_id=tok.eos_token_id)[:, width:].cpu()
+            for i, (key, _) in enumerate(chunk):
+                texts[key] = [_decode(row, tok) for row in out[i * n: (i + 1) * n]]
+        return [sample_row(a, texts[key]) for key, a in zip(keys, data, strict=True)]
+
+    def _generate(self, k: int | None, **kwargs: Any) -> torch.Tensor:
+        if k is None:
+            with self.model.disable_adapter():
+                return self.model.generate(**kwargs)
+        self.model.set_adapter(self.adapter(k))
+        return self.model.generate(**kwargs)
+
+    def merge(self, weights: np.ndarray, name: str = "merged") -> LoRABackend:
+        """Add adapter `name` = sum_k p_k (B_k A_k) (peft add_weighted_adapter, "cat": exact
+        for the weight deltas) and return a K=1 view of it sharing this model and its caches.
+        The merged policy is not the mixture policy; measure its regret."""
+        p = check_mixture(weights, self.n_types)
+        if name in self.model.peft_config:
+            self.model.delete_adapter(name)
+        self.model.add_weighted_adapter([self.adapter(k) for k in range(self.n_types)],
+                                        p.tolist(), name, combination_type="cat")
+        view = copy.copy(self)
+        view.n_types, view._names = 1, [name]
+        view.history_ = {0: []}
+        return view
 
     def reset(self, k: int) -> None:
         """Re-initialise adapter k as peft does (B = 0: the policy equals the reference)."""

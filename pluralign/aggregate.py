@@ -273,3 +273,16 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     top = np.max(x, axis=1, keepdims=True)
     e = np.exp(x - top)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def format_aggregate(out: dict[str, Any]) -> str:
+    """aggregate.json for a person: the mixture, its worst-type regret, and every baseline's."""
+    lines = [f"regret estimator: {out['estimator']} on {out['annotations']} annotations",
+             "MMRA weights: " + ", ".join(f"{t} {w:.3f}" for t, w in
+                                           zip(out["types"], out["weights"], strict=True)),
+             f"MMRA max regret: {out['max_regret']:.4f} (binding: " + ", ".join(
+                 t for t, b in zip(out["types"], out["binding"], strict=True) if b) + ")",
+             "max regret of the alternatives:"]
+    for name, b in sorted(out["baselines"].items(), key=lambda kv: kv[1]["max_regret"]):
+        lines.append(f"  {name:<12} {b['max_regret']:.4f}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The `pluralign` command: ingest, simulate, export."""
+"""The `pluralign` command: ingest, simulate, export, em, aggregate, evaluate, report."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
+    if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_BAD_INPUT
     from pluralign.ingest import IngestError
     from pluralign.models import ModelError
     try:
-        return args.run(args)
+        return args.handler(args)
     except (IngestError, UsageError, ValueError, FileNotFoundError, ModelError,
             FloatingPointError) as e:
         print(f"pluralign {args.command}: error: {e}", file=sys.stderr)
@@ -50,13 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
          "write a canonical dataset folder as JSON Lines (the `ranked` layout)")
     _add(sub, "em", cmd_em, _em_args,
          "discover annotator types with EM-DPO and fit one policy per type")
+    _add(sub, "aggregate", cmd_aggregate, _aggregate_args,
+         "turn a run's type policies into one fair policy (min-max regret mixture)")
+    _add(sub, "evaluate", cmd_evaluate, _evaluate_args,
+         "evaluate every policy of a run against every type")
+    _add(sub, "report", cmd_report, _report_args,
+         "write the fairness audit report (report.json, report.md, report.html)")
     return p
 
 
 def _add(sub, name: str, run: Callable, configure: Callable, help_text: str) -> None:
     sp = sub.add_parser(name, help=help_text, description=help_text)
     configure(sp)
-    sp.set_defaults(run=run)
+    sp.set_defaults(handler=run)
 
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
@@ -188,6 +194,90 @@ def cmd_em(args: argparse.Namespace) -> int:
     data = load(args.data)
     summary = run_em(data, settings, Path(args.out), data_path=args.data)
     print(summary)
+    return 0
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="a run folder: what `pluralign em --out DIR` wrote")
+
+
+def _aggregate_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="prompts to estimate regret on (default: the run's own data); "
+                        "held-out prompts are better")
+    p.add_argument("--estimator", choices=["candidates", "sampled"], default="candidates",
+                   help="candidates: exact expectations over each prompt's candidate responses "
+                        "(default); sampled: generate from each policy and score the samples")
+    p.add_argument("--type-weights", default=None, metavar="W1,W2,...",
+                   help="importance of each type: scales the rows of the regret matrix")
+    p.add_argument("--samples", type=int, default=8, metavar="N",
+                   help="sampled: responses per prompt and policy (default 8)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampled: random seed")
+    p.add_argument("--no-merge", action="store_true",
+                   help="do not build the merged single adapter")
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from pluralign.aggregate import aggregate, format_aggregate
+    from pluralign.em_run import load_run
+    from pluralign.io import write_json
+    run = load_run(args.run)
+    weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
+    if weights is not None and len(weights) != run.backend.n_types:
+        raise UsageError(f"--type-weights needs {run.backend.n_types} values (one per type), "
+                         f"got {len(weights)}")
+    data = run.data(args.data)
+    out, merged = aggregate(run.backend, data, run.priors, pooled=run.baseline,
+                            estimator=args.estimator, type_weights=weights,
+                            n_samples=args.samples, random_state=args.seed,
+                            merge=not args.no_merge)
+    out["data"] = str(Path(args.data).resolve()) if args.data else run.info.get("data")
+    if merged is not None:
+        merged.save(run.path / "merged")
+        out["merged_path"] = "merged"
+    write_json(run.path / "aggregate.json", out)
+    print(format_aggregate(out))
+    print(f"wrote {run.path / 'aggregate.json'}" + (f", {run.path / 'merged'}/" if merged
+                                                    else ""))
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--data", default=None, metavar="HELDOUT_DIR",
+                   help="a dataset folder of held-out annotations (default: the run's own "
+                        "data, an in-sample evaluation)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pluralign.em_run import load_run
+    from pluralign.evaluate import evaluate_run, format_evaluation
+    from pluralign.io import write_json
+    run = load_run(args.run)
+    agg_file = run.path / "aggregate.json"
+    aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None
+    if aggregated is None:
+        print("note: no aggregate.json in the run; using the candidates estimate on this data "
+              "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
+    out = evaluate_run(run, run.data(args.data), aggregated)
+    out["data"] = str(Path(args.data).resolve()) if args.data else run.info.get("data")
+    out["in_sample"] = args.data is None
+    write_json(run.path / "evaluation.json", out)
+    print(format_evaluation(out))
+    print(f"wrote {run.path / 'evaluation.json'}")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pluralign.report import write_report
+    paths = write_report(Path(args.run))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -163,20 +163,27 @@ def _csv(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
-def audit(data: Annotations, em: EMDPO) -> dict[str, Any] | None:
-    """Discovery quality against known labels (true_type, else group), when the data has them.
-    Labels are used here only, never for fitting."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+def annotator_labels(data: Annotations) -> dict[str, str]:
+    """Each annotator's known label (true_type, else group; the most frequent one), for the
+    annotators that have one."""
     labels: dict[str, Counter] = {}
     for a in data:
         label = a.true_type if a.true_type is not None else a.group
         if label is not None:
-            labels.setdefault(a.annotator_id, Counter())[label] += 1
+            labels.setdefault(a.annotator_id, Counter())[str(label)] += 1
+    return {h: c.most_common(1)[0][0] for h, c in labels.items()}
+
+
+def audit(data: Annotations, em: EMDPO) -> dict[str, Any] | None:
+    """Discovery quality against known labels (true_type, else group), when the data has them.
+    Labels are used here only, never for fitting."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    labels = annotator_labels(data)
     if not labels:
         return None
     ids = [h for h in em.annotator_ids_ if h in labels]
     index = {h: i for i, h in enumerate(em.annotator_ids_)}
-    truth = [labels[h].most_common(1)[0][0] for h in ids]
+    truth = [labels[h] for h in ids]
     pred = [int(em.posteriors_[index[h]].argmax()) for h in ids]
     return {"annotators": len(ids), "ari": adjusted_rand_score(truth, pred),
             "nmi": normalized_mutual_info_score(truth, pred)}

@@ -40,7 +40,9 @@ def test_partial_rankings_and_ties():
     got = ranking_metrics(np.array([[0.0, 1.0, 1.0]]), _rank([(3, [2])]))
     assert got["pairwise"][0] == pytest.approx((1 + 0.5) / 2)
     assert got["kendall_tau"][0] == pytest.approx(0.5)
-    assert got["top1"][0] == 0.0  # argmax breaks the tie toward candidate 1
+    assert got["top1"][0] == pytest.approx(0.5)  # tied with candidate 1 at the top
+    flat = ranking_metrics(np.zeros((1, 4)), _rank([(4, [3, 1])]))  # a constant score: chance
+    assert flat["top1"][0] == pytest.approx(0.25) and flat["pairwise"][0] == 0.5
 
 
 def test_each_types_own_reward_predicts_it_best():

@@ -113,3 +113,31 @@ def test_personalization_curve_equals_a_plain_loop():
             hits.append(gamma[0].argmax() == target[h])
             who += 1
         assert point["annotators"] == who and point["accuracy"] == pytest.approx(np.mean(hits))
+
+
+def test_lora_run_through_sampled_aggregation_and_report(tmp_path, cli):
+    """The same commands on a LoRA run (builtin:tiny): the sampled estimator generates from
+    every policy, the merged adapter is saved in the PEFT layout, the report is written."""
+    assert cli("simulate", "--out", tmp_path / "data", "--flavour", "text", "--types", "2",
+               "--annotators", "6", "--per-annotator", "3", "--seed", "1")[0] == 0
+    (tmp_path / "em.yaml").write_text(
+        "em:\n  backend: lora\n  max_iter: 2\nlora:\n  model: builtin:tiny\n  top_layers: 2\n"
+        f"  max_prompt_tokens: 32\n  max_response_tokens: 16\n  cache: {tmp_path / 'cache'}\n"
+        "  progress: false\n  batch_size: 4\n")
+    run = tmp_path / "run"
+    rc, _, err = cli("em", "--data", tmp_path / "data", "--out", run, "--types", "2",
+                     "--config", tmp_path / "em.yaml")
+    assert rc == 0, err
+    rc, out, err = cli("aggregate", "--run", run, "--estimator", "sampled", "--samples", "2")
+    assert rc == 0, err
+    agg = json.loads((run / "aggregate.json").read_text())
+    assert agg["estimator"] == "sampled" and agg["n_samples"] == 2
+    assert agg["policies"] == ["type_0", "type_1", "pooled", "base", "merged"]
+    assert np.isfinite(agg["regret_matrix"]).all() and agg["regret_stderr"] is not None
+    assert (run / "merged" / "merged" / "adapter_config.json").is_file()
+    for step in ("evaluate", "report"):
+        rc, _, err = cli(step, "--run", run)
+        assert rc == 0, err
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["in_sample"] and "mmra" in ev["policies"]
+    assert (run / "report.html").is_file()

@@ -172,13 +172,20 @@ def make_batch(seqs: Sequences, ids: list[int], pad_id: int) -> Batch:
     return Batch.build([seqs.prompts[i] for i in ids], [seqs.responses[i] for i in ids], pad_id)
 
 
-def fingerprint(model_id: str, seqs: Sequences, trunk_layer: int | None, trunk_dtype: str,
-                embeddings: bool) -> str:
-    """Key of a reference pass: model, every token id, and the pass settings."""
-    h = hashlib.sha256(json.dumps([model_id, trunk_layer, trunk_dtype, embeddings]).encode())
+def fingerprint(model_id: str, seqs: Sequences, trunk_dtype: str) -> str:
+    """Key of a reference pass: model and every token id. Which parts a cached pass holds
+    (embeddings, trunk states at which layer) is stored inside it, so one pass that computed
+    everything serves every later request for a part of it."""
+    h = hashlib.sha256(json.dumps([model_id, trunk_dtype]).encode())
     for ids in seqs.token_ids():
         h.update(json.dumps(ids).encode())
     return h.hexdigest()
+
+
+def _covers(state: dict, trunk_layer: int | None, embeddings: bool) -> bool:
+    """Whether a cached pass holds every part asked for."""
+    return (not embeddings or state.get("embeddings") is not None) and (
+        trunk_layer is None or state.get("trunk_layer") == trunk_layer)
 
 
 @torch.no_grad()
@@ -191,11 +198,15 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     `model_id` must identify the weights (see models.model_fingerprint). `cache`: a folder,
     None for the default cache, or "" to disable caching.
     """
-    key = fingerprint(model_id, seqs, trunk_layer, trunk_dtype, embeddings)
+    key = fingerprint(model_id, seqs, trunk_dtype)
     path = None if cache == "" else Path(cache or cache_dir() / "reference") / f"{key}.pt"
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
-        return Reference(**state, trunk_layer=trunk_layer, from_cache=True)
+        if _covers(state, trunk_layer, embeddings):
+            return Reference(**state, from_cache=True)
+        # compute the union, so the new file still serves what the old one did
+        embeddings = embeddings or state.get("embeddings") is not None
+        trunk_layer = trunk_layer if trunk_layer is not None else state.get("trunk_layer")
     decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     n = len(seqs)
@@ -224,6 +235,6 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
         ref.trunk_layer = trunk_layer
     if path is not None:
         state = {"logps": ref.logps, "embeddings": ref.embeddings, "trunk": ref.trunk,
-                 "trunk_offsets": ref.trunk_offsets}
+                 "trunk_offsets": ref.trunk_offsets, "trunk_layer": ref.trunk_layer}
         write_with(path, lambda p: torch.save(state, p))
     return ref

@@ -60,20 +60,26 @@ def test_cache_is_reused_without_forward_passes(tiny, tmp_path):
     seqs = tokenize(_data(), tok, TokenSettings())
     calls = []
     handle = model.get_decoder().register_forward_hook(lambda *a: calls.append(1))
+
+    def ref(**kw):
+        before = len(calls)
+        out = compute_reference(model, "tiny", seqs, tok.pad_token_id, cache=tmp_path,
+                                progress=False, **kw)
+        return out, len(calls) - before
+
     try:
-        first = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=2,
-                                  embeddings=True, cache=tmp_path, progress=False)
-        n_first = len(calls)
-        second = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=2,
-                                   embeddings=True, cache=tmp_path, progress=False)
-        other = compute_reference(model, "tiny", seqs, tok.pad_token_id, trunk_layer=1,
-                                  cache=tmp_path, progress=False)
+        first, n_first = ref(trunk_layer=2, embeddings=True)
+        second, n_second = ref(trunk_layer=2, embeddings=True)
+        part, n_part = ref(embeddings=True)          # a part of what is cached: no pass
+        other, n_other = ref(trunk_layer=1)           # another layer: a pass, union kept
+        after, n_after = ref(trunk_layer=1, embeddings=True)
     finally:
         handle.remove()
     assert n_first > 0 and not first.from_cache
-    assert second.from_cache and len(calls) - n_first > 0  # `other` differs: computed
-    assert other.from_cache is False
-    assert torch.equal(first.logps, second.logps)
+    assert second.from_cache and n_second == 0 and part.from_cache and n_part == 0
+    assert not other.from_cache and n_other > 0
+    assert after.from_cache and n_after == 0 and after.embeddings is not None
+    assert torch.equal(first.logps, second.logps) and torch.equal(first.logps, other.logps)
     assert torch.equal(first.trunk, second.trunk) and torch.equal(first.embeddings,
                                                                  second.embeddings)
-    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert len(list(tmp_path.glob("*.pt"))) == 1

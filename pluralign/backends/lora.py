@@ -171,18 +171,21 @@ class LoRABackend(PolicyBackend):
         return names[k] if names else f"type_{k}"
 
     # -- data -------------------------------------------------------------------------------
-    def prepare(self, data: Annotations) -> Prepared:
-        """Tokenise `data` and run (or load) its reference pass; memoised per dataset."""
+    def prepare(self, data: Annotations, embeddings: bool = False) -> Prepared:
+        """Tokenise `data` and run (or load) its reference pass; memoised per dataset.
+        `embeddings` also computes the mean response states that the linear backend's
+        embedding features use, in the same pass (the cache then serves both)."""
         key = as_annotations(data).fingerprint()
-        if key not in self._prepared:
+        if key not in self._prepared or (embeddings and
+                                         self._prepared[key].ref.embeddings is None):
             cfg = self.config
             seqs = tokenize(data, self.tokenizer, TokenSettings(cfg.max_prompt_tokens,
                                                                 cfg.max_response_tokens))
             ref = compute_reference(
                 self.model, self.model_id, seqs, self.tokenizer.pad_token_id,
                 trunk_layer=self.start_layer if self.trunk else None,
-                trunk_dtype=cfg.trunk_dtype, token_budget=cfg.token_budget, cache=cfg.cache,
-                progress=cfg.progress)
+                trunk_dtype=cfg.trunk_dtype, embeddings=embeddings, token_budget=cfg.token_budget,
+                cache=cfg.cache, progress=cfg.progress)
             self._prepared[key] = Prepared(seqs, ref, Rankings.from_annotations(data))
         return self._prepared[key]
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
+from pluralign.io import write_json
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
@@ -258,6 +260,28 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "solver": mmra.solver_,
            "baselines": {**baselines(est.matrix[:, :k], priors, type_weights), **singles}}
     return out, merged
+
+
+def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
+                  estimator: str = "candidates", type_weights: Sequence[float] | None = None,
+                  n_samples: int = 8, random_state: int = 0, merge: bool = True
+                  ) -> dict[str, Any]:
+    """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
+    run's own data); writes aggregate.json and merged/ into the run folder."""
+    from pluralign.em_run import load_run
+    run = load_run(run_dir)
+    if type_weights is not None and len(type_weights) != run.backend.n_types:
+        raise ValueError(f"--type-weights needs {run.backend.n_types} values (one per type), "
+                         f"got {len(type_weights)}")
+    out, merged = aggregate(run.backend, run.data(data_dir), run.priors, pooled=run.baseline,
+                            estimator=estimator, type_weights=type_weights,
+                            n_samples=n_samples, random_state=random_state, merge=merge)
+    out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
+    if merged is not None:
+        merged.save(run.path / "merged")
+        out["merged_path"] = "merged"
+    write_json(run.path / "aggregate.json", out)
+    return out
 
 
 def mixture_logps(log_policies: np.ndarray, weights: np.ndarray) -> np.ndarray:

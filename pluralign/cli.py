@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
          "write a canonical dataset folder as JSON Lines (the `ranked` layout)")
     _add(sub, "em", cmd_em, _em_args,
          "discover annotator types with EM-DPO and fit one policy per type")
+    _add(sub, "run", cmd_run, _run_args,
+         "run the staged pipeline (ingest, reference, em, aggregate, evaluate, report) from "
+         "one YAML file, skipping stages already done")
     _add(sub, "aggregate", cmd_aggregate, _aggregate_args,
          "turn a run's type policies into one fair policy (min-max regret mixture)")
     _add(sub, "evaluate", cmd_evaluate, _evaluate_args,
@@ -197,6 +200,22 @@ def cmd_em(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG.yaml",
+                   help="sections run, ingest, em, linear, lora, aggregate, evaluate "
+                        "(see pipelines/)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run folder (default: run.out in the YAML)")
+    p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
+                   help="redo this stage and every later one: ingest, reference, em, "
+                        "aggregate, evaluate or report")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pluralign.pipeline import main_run
+    return main_run(args)
+
+
 def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR",
                    help="a run folder: what `pluralign em --out DIR` wrote")
@@ -220,27 +239,14 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from pluralign.aggregate import aggregate, format_aggregate
-    from pluralign.em_run import load_run
-    from pluralign.io import write_json
-    run = load_run(args.run)
+    from pluralign.aggregate import format_aggregate, run_aggregate
     weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
-    if weights is not None and len(weights) != run.backend.n_types:
-        raise UsageError(f"--type-weights needs {run.backend.n_types} values (one per type), "
-                         f"got {len(weights)}")
-    data = run.data(args.data)
-    out, merged = aggregate(run.backend, data, run.priors, pooled=run.baseline,
-                            estimator=args.estimator, type_weights=weights,
-                            n_samples=args.samples, random_state=args.seed,
-                            merge=not args.no_merge)
-    out["data"] = str(Path(args.data).resolve()) if args.data else run.info.get("data")
-    if merged is not None:
-        merged.save(run.path / "merged")
-        out["merged_path"] = "merged"
-    write_json(run.path / "aggregate.json", out)
+    out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
+                        type_weights=weights, n_samples=args.samples, random_state=args.seed,
+                        merge=not args.no_merge)
     print(format_aggregate(out))
-    print(f"wrote {run.path / 'aggregate.json'}" + (f", {run.path / 'merged'}/" if merged
-                                                    else ""))
+    print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
+        f", {Path(args.run) / 'merged'}/" if out.get("merged_path") else ""))
     return 0
 
 
@@ -252,21 +258,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pluralign.em_run import load_run
-    from pluralign.evaluate import evaluate_run, format_evaluation
-    from pluralign.io import write_json
-    run = load_run(args.run)
-    agg_file = run.path / "aggregate.json"
-    aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None
-    if aggregated is None:
-        print("note: no aggregate.json in the run; using the candidates estimate on this data "
-              "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
-    out = evaluate_run(run, run.data(args.data), aggregated)
-    out["data"] = str(Path(args.data).resolve()) if args.data else run.info.get("data")
-    out["in_sample"] = args.data is None
-    write_json(run.path / "evaluation.json", out)
+    from pluralign.evaluate import format_evaluation, run_evaluate
+    out = run_evaluate(Path(args.run), args.data)
     print(format_evaluation(out))
-    print(f"wrote {run.path / 'evaluation.json'}")
+    print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0
 
 

@@ -46,24 +46,35 @@ class EMSettings:
         raw = C.load_yaml(config_path) if config_path else {}
         source = config_path or "command line"
         C.check_sections(raw, ("em", *BACKEND_CONFIGS), source)
+        return cls.from_raw(raw, source, args)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], source: str,
+                 args: argparse.Namespace | None = None) -> EMSettings:
+        """Sections em, linear and lora of a parsed YAML (other sections are the caller's),
+        with flags from `args` on top; every key checked before any work."""
         em_fields = C.signature_fields(EMDPO.__init__)
         em = C.section(raw, "em", {k: em_fields[k] for k in EM_KEYS}, source)
-        _override(em, "backend", args.backend)
-        _override(em, "n_types", _types(args.types))
-        _override(em, "max_types", args.max_types)
-        _override(em, "selection", args.selection)
-        _override(em, "random_state", args.seed)
-        if args.force:
-            em["force"] = True
+        if args is not None:
+            _override(em, "backend", args.backend)
+            _override(em, "n_types", _types(args.types))
+            _override(em, "max_types", args.max_types)
+            _override(em, "selection", args.selection)
+            _override(em, "random_state", args.seed)
+            if args.force:
+                em["force"] = True
         backend = em.get("backend", "linear")
         if backend not in BACKEND_CONFIGS:
             raise C.ConfigError(f"{source}: em.backend must be linear or lora, got {backend!r}")
-        fields = {k: v for k, v in C.dataclass_fields(BACKEND_CONFIGS[backend]).items()
-                  if k != "types"}
-        opts = C.section(raw, backend, fields, source)
-        _override(opts, "model", args.model)
-        if backend == "linear":
-            _override(opts, "features", args.features)
+        sections = {}
+        for name, kind in BACKEND_CONFIGS.items():  # check both, use the chosen one
+            fields = {k: v for k, v in C.dataclass_fields(kind).items() if k != "types"}
+            sections[name] = C.section(raw, name, fields, source)
+        opts = sections[backend]
+        if args is not None:
+            _override(opts, "model", args.model)
+            if backend == "linear":
+                _override(opts, "features", args.features)
         C.build(BACKEND_CONFIGS[backend], {"types": 1, **opts}, source, backend)  # check now
         return cls(em, opts, source)
 
@@ -96,7 +107,7 @@ def run_em(data: Annotations, settings: EMSettings, out: Path,
     report = {**em.to_dict(), "backend": settings.backend,
               "backend_options": settings.backend_options, "em_options": kwargs,
               "config": settings.source, "data_fingerprint": data.fingerprint(),
-              "data": None if data_path is None else str(Path(data_path).resolve()),
+              "data": None if data_path is None else _relative(Path(data_path), out),
               "annotations": len(data), "annotators": len(em.annotator_ids_),
               "policies": policies.name, "audit": audit(data, em)}
     write_json(out / "em.json", report)
@@ -121,10 +132,19 @@ class FittedRun:
     def data(self, override: str | Path | None = None) -> Annotations:
         """The dataset named by `override`, else the one EM was fitted on."""
         from pluralign.data import load
-        path = override or self.info.get("data")
+        if override:
+            return load(override)
+        path = self.info.get("data")
         if not path:
             raise FileNotFoundError(f"{self.path / 'em.json'} names no dataset; pass --data DIR")
-        return load(path)
+        return load(self.path / path)  # a relative path is inside the run folder
+
+
+def _relative(data: Path, out: Path) -> str:
+    """The data's path relative to the run folder when inside it (the run can move), else
+    absolute."""
+    data, out = data.resolve(), out.resolve()
+    return str(data.relative_to(out)) if data.is_relative_to(out) else str(data)
 
 
 def load_run(path: str | Path) -> FittedRun:

@@ -9,6 +9,7 @@ its Plackett–Luce likelihood uses the implied reward beta * (log pi_j - log pi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -210,6 +211,27 @@ def evaluate_run(run: FittedRun, data: Annotations,
     out["personalization"] = {
         "target": "matched true types" if labelled else "assignment from all annotations",
         "curve": personalization_curve(per, codes, run.priors, target)}
+    return out
+
+
+def run_evaluate(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
+    in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
+    import json
+    import sys
+
+    from pluralign.em_run import load_run
+    from pluralign.io import write_json
+    run = load_run(run_dir)
+    agg_file = run.path / "aggregate.json"
+    aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None
+    if aggregated is None:
+        print("note: no aggregate.json in the run; using the candidates estimate on this data "
+              "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
+    out = evaluate_run(run, run.data(data_dir), aggregated)
+    out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
+    out["in_sample"] = data_dir is None
+    write_json(run.path / "evaluation.json", out)
     return out
 
 

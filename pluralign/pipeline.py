@@ -1,0 +1,340 @@
+"""`pluralign run CONFIG.yaml`: the staged pipeline (DESIGN §9) in one run folder.
+
+    ingest -> reference -> em -> aggregate -> evaluate -> report
+
+Each stage writes its artifacts, then `manifests/<stage>.json` (its config section, the key of
+its inputs, package versions, seed, wall time, peak memory) as its commit point. A stage whose
+key (its config and everything upstream) matches its manifest is skipped; `--from STAGE` forces
+it and every later one. A run killed at any moment re-runs from the first unfinished stage, EM
+from its last finished iteration (checkpoints/), and every file is written atomically.
+
+The run folder is also a `pluralign em` folder: `pluralign aggregate/evaluate/report --run`
+work on it. Paths in the YAML are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pluralign import config as C
+from pluralign.data import Annotations, load, save
+from pluralign.em_run import BACKEND_CONFIGS, EMSettings
+from pluralign.io import write_json
+
+STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
+SECTIONS = ("run", "ingest", "em", *BACKEND_CONFIGS, "aggregate", "evaluate")
+PACKAGES = ("pluralign", "torch", "transformers", "peft", "accelerate", "cvxpy", "numpy",
+            "scikit-learn")
+
+
+@dataclass
+class RunSection:
+    """Where the run goes and its seed."""
+
+    out: str = field(default="runs/run", metadata={"help": "run folder (--out overrides)"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the held-out split, EM (unless em.random_state is set) and sampling"})
+
+
+@dataclass
+class IngestSection:
+    """What to read, and how many annotators to keep out of EM for evaluation."""
+
+    inputs: list[str] = field(default_factory=list, metadata={
+        "help": "files to ingest, or one canonical dataset folder (required)"})
+    preset: str = field(default="auto", metadata={"help": "input layout (pluralign ingest)"})
+    on_error: str = field(default="fail", metadata={"help": "fail or skip bad rows"})
+    heldout_fraction: float = field(default=0.0, metadata={
+        "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("inputs is required (files or a dataset folder)")
+        if self.on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be fail or skip, got {self.on_error!r}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class AggregateSection:
+    """How the regret matrix is estimated and the mixture found (pluralign aggregate)."""
+
+    estimator: str = field(default="candidates", metadata={"help": "candidates or sampled"})
+    type_weights: list[float] | None = field(default=None, metadata={
+        "help": "importance of each type (scales the regret matrix's rows)"})
+    n_samples: int = field(default=8, metadata={"help": "sampled: responses per prompt"})
+    merge: bool = field(default=True, metadata={"help": "build the merged single adapter"})
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("candidates", "sampled"):
+            raise ValueError(f"estimator must be candidates or sampled, got {self.estimator!r}")
+        if self.n_samples < 1:
+            raise ValueError("n_samples must be >= 1")
+
+
+@dataclass
+class EvaluateSection:
+    """Which annotations to evaluate on."""
+
+    data: str | None = field(default=None, metadata={
+        "help": "a held-out dataset folder; default: the ingest stage's held-out split, else "
+                "the training data (in-sample)"})
+
+
+@dataclass
+class PipelineConfig:
+    """A whole `pluralign run` YAML, validated."""
+
+    run: RunSection
+    ingest: IngestSection
+    em: EMSettings
+    aggregate: AggregateSection
+    evaluate: EvaluateSection
+    source: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        """Read and check every section before any work; errors name the key and the file."""
+        raw = C.load_yaml(path)
+        source = str(path)
+        C.check_sections(raw, SECTIONS, source)
+        if "ingest" not in raw:
+            raise C.ConfigError(f"{source}: section 'ingest' is required (ingest.inputs)")
+
+        def typed(name: str, kind: type) -> Any:
+            return C.build(kind, C.section(raw, name, C.dataclass_fields(kind), source),
+                           source, name)
+
+        run = typed("run", RunSection)
+        em = EMSettings.from_raw(raw, source)
+        if "random_state" not in em.em:
+            em.em["random_state"] = run.seed
+        return cls(run, typed("ingest", IngestSection), em, typed("aggregate", AggregateSection),
+                   typed("evaluate", EvaluateSection), source)
+
+    def section_of(self, stage: str) -> dict[str, Any]:
+        """The settings a stage depends on (part of its key and its manifest)."""
+        em = {"em": self.em.em, "backend": self.em.backend_options}
+        reference = {"backend": self.em.backend, "options": self.em.backend_options,
+                     "embeddings": needs_embeddings(self.em)}
+        return {"ingest": {"ingest": asdict(self.ingest), "seed": self.run.seed},
+                "reference": reference, "em": em,
+                "aggregate": {**asdict(self.aggregate), "seed": self.run.seed},
+                "evaluate": asdict(self.evaluate), "report": {}}[stage]
+
+
+# -- the stages -------------------------------------------------------------------------------
+def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    """Read the inputs into data/ (and heldout/ when a share of annotators is held out)."""
+    inputs = cfg.ingest.inputs
+    if len(inputs) == 1 and (Path(inputs[0]) / "manifest.json").is_file():
+        data = load(inputs[0])
+        report: dict[str, Any] = {"read": len(data), "accepted": len(data)}
+    else:
+        from pluralign.ingest import ingest
+        result = ingest(inputs, preset=cfg.ingest.preset, on_error=cfg.ingest.on_error)
+        data, report = Annotations(result.records), result.report
+    train, held = split_annotators(data, cfg.ingest.heldout_fraction, cfg.run.seed)
+    save(list(train), out / "data", {"source": inputs})
+    if held is not None:
+        save(list(held), out / "heldout", {"source": inputs})
+    return {"annotations": len(data), "train": len(train),
+            "heldout": 0 if held is None else len(held),
+            "annotators": len(data.annotator_ids), "ingest_report": {
+                k: report[k] for k in ("read", "accepted", "rejected", "duplicates")
+                if k in report}}
+
+
+def split_annotators(data: Annotations, fraction: float,
+                     seed: int) -> tuple[Annotations, Annotations | None]:
+    """Hold out a share of annotators (all of their annotations), seeded."""
+    if fraction <= 0:
+        return data, None
+    ids = data.annotator_ids
+    n_held = max(1, int(round(fraction * len(ids))))
+    held = set(np.random.default_rng(seed).choice(ids, n_held, replace=False).tolist())
+    return (data.subset(i for i, a in enumerate(data) if a.annotator_id not in held),
+            data.subset(i for i, a in enumerate(data) if a.annotator_id in held))
+
+
+def stage_reference(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    """One reference pass per dataset with every part later stages need (log-probs, trunk
+    states, embeddings for the linear initialisation), into the reference cache."""
+    sets = [load(out / name) for name in ("data", "heldout") if (out / name).is_dir()]
+    opts = cfg.em.backend_options
+    if cfg.em.backend == "lora":
+        from pluralign.backends.lora import LoRABackend, LoRAConfig
+        backend = LoRABackend(LoRAConfig(types=1, **opts))
+        embeddings = needs_embeddings(cfg.em)
+        passes = [backend.prepare(d, embeddings=embeddings) for d in sets]
+        return {"sequences": [len(p.seqs) for p in passes],
+                "from_cache": [p.ref.from_cache for p in passes],
+                "trunk_layer": backend.start_layer if backend.trunk else None,
+                "embeddings": embeddings}
+    if opts.get("features") == "embedding":
+        from pluralign.backends.linear import LinearBackend, LinearConfig
+        backend = LinearBackend(LinearConfig(types=1, **opts))
+        for d in sets:
+            backend.design(d)
+        return {"embeddings": True, "datasets": len(sets)}
+    return {"skipped": "the backend needs no language model"}
+
+
+def needs_embeddings(em: EMSettings) -> bool:
+    """Whether a LoRA run starts from the linear backend on LM embeddings (init auto/linear)."""
+    return em.backend == "lora" and em.em.get("init", "auto") in ("auto", "linear") and \
+        em.em.get("n_types", 3) != 1
+
+
+def stage_em(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    """EM-DPO on data/, checkpointed in checkpoints/ (a re-run resumes)."""
+    from pluralign.em_run import run_em
+    summary = run_em(load(out / "data"), cfg.em, out, data_path=out / "data")
+    print(summary)
+    info = json.loads((out / "em.json").read_text())
+    return {"n_types": info["n_types"], "n_iter": info["n_iter"], "audit": info["audit"]}
+
+
+def _eval_data(cfg: PipelineConfig, out: Path) -> str | None:
+    if cfg.evaluate.data:
+        return cfg.evaluate.data
+    return str(out / "heldout") if (out / "heldout").is_dir() else None
+
+
+def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    from pluralign.aggregate import format_aggregate, run_aggregate
+    a = cfg.aggregate
+    held = str(out / "heldout") if (out / "heldout").is_dir() else None
+    result = run_aggregate(out, held, estimator=a.estimator, type_weights=a.type_weights,
+                           n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge)
+    print(format_aggregate(result))
+    return {"max_regret": result["max_regret"], "weights": result["weights"]}
+
+
+def stage_evaluate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    from pluralign.evaluate import format_evaluation, run_evaluate
+    result = run_evaluate(out, _eval_data(cfg, out))
+    print(format_evaluation(result))
+    return {"annotations": result["annotations"], "in_sample": result["in_sample"]}
+
+
+def stage_report(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    from pluralign.report import write_report
+    return {"files": [str(p.relative_to(out)) for p in write_report(out)]}
+
+
+RUNNERS: dict[str, Callable[[PipelineConfig, Path], dict[str, Any]]] = {
+    "ingest": stage_ingest, "reference": stage_reference, "em": stage_em,
+    "aggregate": stage_aggregate, "evaluate": stage_evaluate, "report": stage_report}
+
+
+# -- running and skipping -----------------------------------------------------------------
+def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
+    """What the ingest stage reads, by content: a dataset folder's fingerprint, else each
+    file's SHA-256 (plus the evaluation data's, which later stages read)."""
+    out = {}
+    for spec in [*cfg.ingest.inputs, *([cfg.evaluate.data] if cfg.evaluate.data else [])]:
+        path = Path(spec)
+        if (path / "manifest.json").is_file():
+            out[spec] = json.loads((path / "manifest.json").read_text()).get("fingerprint")
+        elif path.is_file():
+            out[spec] = _sha256(path)
+        else:
+            out[spec] = None if not path.exists() else _sha256_tree(path)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_tree(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode() + _sha256(p).encode())
+    return h.hexdigest()
+
+
+def stage_key(stage: str, cfg: PipelineConfig, upstream: str, inputs: dict[str, Any]) -> str:
+    """Hash of the stage's settings, its upstream key and (for ingest) the inputs' content."""
+    parts = [stage, cfg.section_of(stage), upstream, inputs if stage == "ingest" else None]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
+                 from_stage: str | None = None) -> Path:
+    """Run every stage not already done with the same key; returns the run folder."""
+    if from_stage is not None and from_stage not in STAGES:
+        raise C.ConfigError(f"--from must be one of {', '.join(STAGES)}, got {from_stage!r}")
+    out = Path(out or cfg.run.out)
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    inputs = input_fingerprint(cfg)
+    upstream, forced = "", False
+    for stage in STAGES:
+        forced = forced or stage == from_stage
+        key = stage_key(stage, cfg, upstream, inputs)
+        manifest_file = out / "manifests" / f"{stage}.json"
+        done = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+        if not forced and done is not None and done.get("key") == key:
+            print(f"[{stage}] up to date, skipped")
+        else:
+            manifest_file.unlink(missing_ok=True)  # this stage and all later are redone
+            for later in STAGES[STAGES.index(stage) + 1:]:
+                (out / "manifests" / f"{later}.json").unlink(missing_ok=True)
+            print(f"[{stage}] running")
+            _seed(cfg.run.seed)
+            t0 = time.perf_counter()
+            result = RUNNERS[stage](cfg, out)
+            write_json(manifest_file, {
+                "stage": stage, "key": key, "upstream": upstream, "config_file": cfg.source,
+                "config": cfg.section_of(stage), "inputs": inputs if stage == "ingest" else
+                {"upstream_key": upstream}, "seed": cfg.run.seed, "versions": versions(),
+                "wall_seconds": round(time.perf_counter() - t0, 3),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                      1), "result": result})
+            print(f"[{stage}] done in {time.perf_counter() - t0:.1f} s")
+        upstream = key
+    return out
+
+
+def _seed(seed: int) -> None:
+    """Seed every global generator a stage might touch."""
+    import torch
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """`pluralign run`: load and check the YAML, run, print where the report is."""
+    cfg = PipelineConfig.load(args.config)
+    out = run_pipeline(cfg, Path(args.out) if args.out else None, args.from_stage)
+    print(f"report: {out / 'report.html'}")
+    return 0

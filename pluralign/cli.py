@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
          "evaluate every policy of a run against every type")
     _add(sub, "report", cmd_report, _report_args,
          "write the fairness audit report (report.json, report.md, report.html)")
+    _add(sub, "assign", cmd_assign, _assign_args,
+         "type posteriors for new annotators from a run's policies (no training)")
+    _add(sub, "generate", cmd_generate, _generate_args,
+         "generate with a type's policy, an annotator's type, or the MMRA mixture")
+    _add(sub, "suggest", cmd_suggest, _suggest_args,
+         "rank candidate queries by how much an annotator's answer would tell about their type")
     return p
 
 
@@ -273,6 +279,86 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pluralign.report import write_report
     paths = write_report(Path(args.run))
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _assign_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--data", required=True, metavar="NEW_DATA",
+                   help="a dataset folder with the new annotators' annotations")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the posteriors as CSV here (default: print them)")
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from pluralign.data import load
+    from pluralign.em_run import load_run, write_posteriors
+    from pluralign.personalize import assign
+    run = load_run(args.run)
+    gamma, ids = assign(run, load(args.data))
+    if args.out:
+        write_posteriors(Path(args.out), ids, gamma)
+        print(f"wrote {len(ids)} annotators' type posteriors to {args.out}")
+    else:
+        print("annotator_id,type,confidence," + ",".join(
+            f"type_{k}" for k in range(gamma.shape[1])))
+        for h, row in zip(ids, gamma, strict=True):
+            print(f"{h},type_{row.argmax()},{row.max():.4f}," + ",".join(f"{p:.4f}" for p in row))
+    return 0
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--type", type=int, dest="type_k", metavar="K", help="type K's policy")
+    who.add_argument("--annotator", metavar="ID", help="the annotator's most likely type")
+    who.add_argument("--policy", choices=["mmra"],
+                     help="mmra: draw a type policy by the mixture weights")
+    p.add_argument("--samples", type=int, default=1, metavar="N")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pluralign.em_run import load_run
+    from pluralign.personalize import choose_policy, generate
+    run = load_run(args.run)
+    k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed)
+    print(f"policy: {why}", file=sys.stderr)
+    for text in generate(run, args.prompt, k, args.samples, args.seed):
+        print(text)
+    return 0
+
+
+def _suggest_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--annotator", required=True, metavar="ID")
+    p.add_argument("--candidates", required=True, metavar="FILE",
+                   help="candidate queries (a prompt with 3+ responses each): a dataset folder "
+                        "or a file `pluralign ingest` reads (rankings may be placeholders)")
+    p.add_argument("--answers", default=None, metavar="DIR",
+                   help="the annotator's annotations so far (default: the run's posterior)")
+    p.add_argument("--ranking-length", type=int, default=None, metavar="L",
+                   help="how many places the annotator will rank (default: all)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="queries to show")
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from pluralign.data import Annotations, load
+    from pluralign.em_run import load_run
+    from pluralign.personalize import annotator_posterior, rank_queries
+    run = load_run(args.run)
+    if (Path(args.candidates) / "manifest.json").is_file():
+        queries = load(args.candidates)
+    else:
+        from pluralign.ingest import ingest
+        queries = Annotations(ingest([args.candidates]).records)
+    answers = load(args.answers) if args.answers else None
+    post = annotator_posterior(run, args.annotator, answers)
+    print("current posterior: " + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
+    for r in rank_queries(run, queries, post, args.ranking_length)[: args.top]:
+        prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
+        print(f"{r['information_gain']:.4f} nats  #{r['index']}  {prompt[:70]}")
     return 0
 
 

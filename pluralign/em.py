@@ -289,16 +289,19 @@ class EMDPO:
         d = design(data)
         return score_statistics(data, d.phi, d.col, len(getattr(backend, "vocab_", {})))
 
-    def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
-        """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
+    def _linear_em(self, k: int | str) -> EMDPO:
+        """The linear backend on LM embeddings, with this run's LM and token settings."""
         opts = dict(self.backend_options or {})
         keep = ("model", "max_prompt_tokens", "max_response_tokens", "token_budget", "cache",
                 "progress")
-        linear = EMDPO("linear", n_types=k, backend_options={
+        return EMDPO("linear", n_types=k, max_types=self.max_types, backend_options={
             "features": "embedding", **{o: opts[o] for o in keep if o in opts}},
-            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
-            random_state=self.random_state)
-        return linear._fit_k(data, k, "linear-init").posteriors  # no K=1 baseline needed
+            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, selection=self.selection,
+            heldout_fraction=self.heldout_fraction, random_state=self.random_state)
+
+    def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
+        """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
+        return self._linear_em(k)._fit_k(data, k, "linear-init").posteriors  # no K=1 baseline
 
     def _fit_k(self, data: Annotations, k: int, tag: str) -> Run:
         """Best of n_init EM runs for K = k (one run when the init is given or linear)."""
@@ -375,7 +378,16 @@ class EMDPO:
                               ).hexdigest()
 
     def _select(self, data: Annotations) -> int:
-        """Choose K in 1..max_types (the table lands in selection_)."""
+        """Choose K in 1..max_types (the table lands in selection_). A LoRA run initialised
+        from the linear backend chooses K with it too: one LoRA fit per candidate K would cost
+        max_types times the run, and the linear fits are exact."""
+        if self.backend == "lora" and self._init_mode() == "linear":
+            linear = self._linear_em("auto")
+            linear.selection_ = []
+            k = linear._select(data)
+            self.selection_ = [{**row, "backend": "linear (embedding)"}
+                               for row in linear.selection_]
+            return k
         ids = data.annotator_ids
         if self.selection == "bic":
             for k in range(1, self.max_types + 1):

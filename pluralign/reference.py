@@ -203,10 +203,16 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
         if _covers(state, trunk_layer, embeddings):
-            return Reference(**state, from_cache=True)
+            ref = Reference(**state, from_cache=True)
+            _remember(model_id, seqs, ref)
+            return ref
         # compute the union, so the new file still serves what the old one did
         embeddings = embeddings or state.get("embeddings") is not None
         trunk_layer = trunk_layer if trunk_layer is not None else state.get("trunk_layer")
+    if trunk_layer is None:  # log-probs (and embeddings) may all be known from other sets
+        known = _recall(model_id, seqs, embeddings)
+        if known is not None:
+            return known
     decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     n = len(seqs)
@@ -237,4 +243,27 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
         state = {"logps": ref.logps, "embeddings": ref.embeddings, "trunk": ref.trunk,
                  "trunk_offsets": ref.trunk_offsets, "trunk_layer": ref.trunk_layer}
         write_with(path, lambda p: torch.save(state, p))
+    _remember(model_id, seqs, ref)
     return ref
+
+
+#: Per-sequence log-probs and embeddings seen in this process, by model: a subset of a known
+#: set (an annotator split for K selection, a held-out part) then needs no forward pass.
+_MEMO: dict[str, dict[tuple[int, ...], tuple[float, torch.Tensor | None]]] = {}
+
+
+def _remember(model_id: str, seqs: Sequences, ref: Reference) -> None:
+    memo = _MEMO.setdefault(model_id, {})
+    for i, ids in enumerate(seqs.token_ids()):
+        memo[tuple(ids)] = (float(ref.logps[i]),
+                            None if ref.embeddings is None else ref.embeddings[i])
+
+
+def _recall(model_id: str, seqs: Sequences, embeddings: bool) -> Reference | None:
+    memo = _MEMO.get(model_id, {})
+    rows = [memo.get(tuple(ids)) for ids in seqs.token_ids()]
+    if not rows or any(r is None or (embeddings and r[1] is None) for r in rows):
+        return None
+    logps = torch.tensor([r[0] for r in rows], dtype=torch.float64)
+    embs = torch.stack([r[1] for r in rows]) if embeddings else None
+    return Reference(logps, embs, from_cache=True)

@@ -153,11 +153,14 @@ class LoRABackend(PolicyBackend):
                           target_modules=list(cfg.target_modules), bias="none",
                           layers_to_transform=list(range(self.start_layer, n_layers))
                           if self.start_layer else None)
-        with warnings.catch_warnings():  # peft calls an API transformers 5 renamed
+        # adapters' initial A matrices come from a seeded generator, not the global one, so a
+        # resumed run builds the same adapters as an uninterrupted one
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`")
+            torch.manual_seed(cfg.seed)
             self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
-        for k in range(1, cfg.types):
-            self.model.add_adapter(self.adapter(k), lora)
+            for k in range(1, cfg.types):
+                self.model.add_adapter(self.adapter(k), lora)
         self.model.to(self.accelerator.device)
         self.model.eval()
         self.decoder, self.head = decoder_and_head(self.model)

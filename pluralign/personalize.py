@@ -1,0 +1,118 @@
+"""Personalization with a finished run, no training: assign new annotators to types, generate
+for a type, an annotator or the MMRA mixture, and choose the most telling next question.
+
+The next question maximises the expected information gain about the annotator's type: the
+mutual information between the type z ~ gamma (their current posterior) and their answer tau
+to query q, I(z; tau) = sum_k gamma_k sum_tau P_k(tau) log(P_k(tau) / P(tau)), with P_k the
+Plackett–Luce law of type k's implicit reward beta * s_k, exact by enumerating the answers
+(every ordering of the query's top-L for L-long answers).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+
+from pluralign.data import Annotation, Annotations
+from pluralign.em import type_posteriors
+from pluralign.em_run import FittedRun
+from pluralign.losses import plackett_luce_logprob
+from pluralign.rankings import Rankings
+
+MAX_ANSWERS = 50_000
+
+
+def assign(run: FittedRun, data: Annotations) -> tuple[np.ndarray, list[str]]:
+    """Type posteriors of the annotators in `data` from the run's policies and priors."""
+    return type_posteriors(run.backend, run.priors, data)
+
+
+def answer_logprobs(rewards: np.ndarray, length: int) -> tuple[np.ndarray, list[tuple]]:
+    """log P_k(tau) of every answer tau (an ordered top-`length` of the m candidates) for one
+    query: rewards[m, K] -> ([answers, K], answers)."""
+    m, k = rewards.shape
+    answers = list(itertools.permutations(range(m), min(length, m)))
+    if len(answers) > MAX_ANSWERS:
+        raise ValueError(f"{len(answers)} possible answers for m={m}, L={length}; ask for "
+                         "shorter answers (ranking_length)")
+    ranks = Rankings(torch.tensor(answers, dtype=torch.long),
+                     torch.ones(len(answers), m, dtype=torch.bool))
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    out = np.stack([plackett_luce_logprob(r[:, j].expand(len(answers), m), ranks).numpy()
+                    for j in range(k)], axis=1)
+    return out, answers
+
+
+def information_gain(rewards: np.ndarray, posterior: np.ndarray, length: int) -> float:
+    """I(type; answer) in nats for one query (rewards[m, K]) under the current posterior."""
+    logp, _ = answer_logprobs(rewards, length)
+    p = np.exp(logp)                                   # [answers, K]
+    marginal = p @ posterior                           # [answers]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (logp - np.log(marginal)[:, None]), 0.0)
+    return float(terms.sum(axis=0) @ posterior)
+
+
+def rank_queries(run: FittedRun, queries: Annotations, posterior: np.ndarray,
+                 length: int | None = None) -> list[dict[str, Any]]:
+    """Every query with its expected information gain, best first. `length`: how many places
+    the annotator will rank (default: all of the query's candidates)."""
+    s = run.backend.logratios(queries)
+    out = []
+    for i, q in enumerate(queries):
+        gain = information_gain(run.backend.beta * s[i, : q.m], posterior, length or q.m)
+        out.append({"index": i, "item_id": q.item_id, "prompt": q.prompt, "m": q.m,
+                    "information_gain": gain})
+    return sorted(out, key=lambda r: -r["information_gain"])
+
+
+def annotator_posterior(run: FittedRun, annotator: str,
+                        answers: Annotations | None = None) -> np.ndarray:
+    """The annotator's type posterior: from `answers` (their annotations so far) if given,
+    else from the run's posteriors, else the type priors (a newcomer)."""
+    if answers is not None:
+        mine = answers.subset(i for i, a in enumerate(answers) if a.annotator_id == annotator)
+        if len(mine):
+            return assign(run, mine)[0][0]
+    if annotator in run.annotator_ids:
+        return run.posteriors[run.annotator_ids.index(annotator)]
+    return run.priors
+
+
+def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | None = None,
+                  policy: str | None = None, seed: int = 0) -> tuple[int, str]:
+    """Which type policy serves this request, and why (for the user)."""
+    k = run.backend.n_types
+    if type_k is not None:
+        if not 0 <= type_k < k:
+            raise ValueError(f"--type must be in 0..{k - 1}, got {type_k}")
+        return type_k, f"type_{type_k} (asked for)"
+    if annotator is not None:
+        post = annotator_posterior(run, annotator)
+        known = annotator in run.annotator_ids
+        j = int(post.argmax())
+        return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
+                   f"{post[j]:.3f})" if known else
+                   f"type_{j}: annotator {annotator} is unknown to the run; the most common type")
+    if policy == "mmra":
+        agg = run.path / "aggregate.json"
+        if not agg.is_file():
+            raise FileNotFoundError(f"{agg} is missing: run `pluralign aggregate --run "
+                                    f"{run.path}` first")
+        import json
+        weights = np.asarray(json.loads(agg.read_text())["weights"])
+        j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
+        return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"
+    raise ValueError("say which policy: --type K, --annotator ID or --policy mmra")
+
+
+def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> list[str]:
+    """n responses to `prompt` from type k's policy (the LoRA backend generates)."""
+    if run.info["backend"] != "lora":
+        raise ValueError(f"the {run.info['backend']} backend scores given candidates and "
+                         "cannot generate text; use a LoRA run")
+    row = Annotation("user", prompt, ["", ""], [0])
+    return run.backend.sample(Annotations([row]), k, n, seed)[0].responses

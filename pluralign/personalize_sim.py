@@ -1,0 +1,48 @@
+"""Simulated questioning sessions: how fast `suggest` (expected information gain) finds a
+simulated annotator's type compared with random questions. Used by a test and by
+benchmarks/personalize.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pluralign.data import Annotations
+from pluralign.em_run import FittedRun
+from pluralign.personalize import answer_logprobs, information_gain
+from pluralign.plackett_luce import sample_ranking
+
+
+def session_accuracy(run: FittedRun, pool: Annotations, true_rewards: np.ndarray,
+                     targets: Sequence[int], steps: int, strategy: str, seed: int,
+                     temperature: float = 1.0) -> np.ndarray:
+    """Assignment accuracy after 1..steps answers, averaged over simulated annotators.
+
+    pool: candidate queries; true_rewards[n_query, M, A]: each simulated annotator's true
+    reward of every candidate; targets[a]: the discovered type annotator a should get.
+    strategy: "suggest" (max information gain) or "random". Answers are full rankings drawn
+    from Plackett–Luce on true reward / temperature."""
+    rng = np.random.default_rng(seed)
+    beta = run.backend.beta
+    s = beta * run.backend.logratios(pool)
+    logp = [answer_logprobs(s[q, : a.m], a.m) for q, a in enumerate(pool)]
+    hits = np.zeros(steps)
+    for who, target in enumerate(targets):
+        log_post = np.log(run.priors)
+        unused = list(range(len(pool)))
+        for step in range(steps):
+            post = np.exp(log_post - log_post.max())
+            post /= post.sum()
+            if strategy == "suggest":
+                q = max(unused, key=lambda i: information_gain(s[i, : pool[i].m], post,
+                                                               pool[i].m))
+            else:
+                q = unused[int(rng.integers(len(unused)))]
+            unused.remove(q)
+            m = pool[q].m
+            answer = tuple(sample_ranking(true_rewards[q, :m, who] / temperature, m, rng))
+            table, answers = logp[q]
+            log_post = log_post + table[answers.index(answer)]
+            hits[step] += int(np.argmax(log_post)) == target
+    return hits / len(targets)

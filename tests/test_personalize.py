@@ -1,0 +1,97 @@
+"""Personalization: the information gain equals the Bayes-posterior entropy drop; `assign`
+matches the EM posteriors' accuracy on new annotators; questions chosen by `suggest` find a
+simulated annotator's type with fewer answers than random questions; the CLI commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pluralign.data import Annotations
+from pluralign.personalize import answer_logprobs, information_gain
+
+
+def test_information_gain_is_the_expected_entropy_drop():
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(4, 3))
+    prior = np.array([0.5, 0.3, 0.2])
+    logp, answers = answer_logprobs(rewards, 4)
+    assert len(answers) == 24 and np.allclose(np.exp(logp).sum(0), 1.0)  # a law per type
+
+    def entropy(p):
+        return -(p * np.log(p)).sum()
+
+    drop = entropy(prior)
+    for a in range(len(answers)):
+        joint = prior * np.exp(logp[a])
+        drop -= joint.sum() * entropy(joint / joint.sum())
+    assert information_gain(rewards, prior, 4) == pytest.approx(drop)
+    assert information_gain(rewards, np.array([1.0, 0.0, 0.0]), 4) == pytest.approx(0.0)
+    top1, _ = answer_logprobs(rewards, 1)
+    assert top1.shape == (4, 3) and information_gain(rewards, prior, 1) < drop
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A linear run on 150 simulated annotators of 3 types, 60 held out, truth known."""
+    import json
+
+    from pluralign.cli import main
+    from pluralign.data import load
+    from pluralign.em_run import load_run
+    root = tmp_path_factory.mktemp("personal")
+    common = ["--types", "3", "--seed", "8", "--prior", "0.5,0.3,0.2"]
+    main(["simulate", "--out", str(root / "train"), "--annotators", "150", *common])
+    main(["simulate", "--out", str(root / "new"), "--annotators", "60", "--per-annotator",
+          "10", *common])
+    main(["em", "--data", str(root / "train"), "--out", str(root / "run"), "--types", "3"])
+    truth = json.loads((root / "train" / "truth.json").read_text())
+    return root, load_run(root / "run"), load(root / "train"), load(root / "new"), truth
+
+
+def _accuracy(gamma, ids, data, mapping):
+    label = {a.annotator_id: a.true_type for a in data}
+    return float(np.mean([mapping[label[h]] == g.argmax() for h, g in zip(ids, gamma)]))
+
+
+def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
+    from pluralign.evaluate import match_labels
+    from pluralign.personalize import assign
+    from pluralign.personalize_sim import session_accuracy
+    root, run, train, new, truth = world
+    label = {a.annotator_id: a.true_type for a in train}
+    mapping = match_labels([label[h] for h in run.annotator_ids],
+                           run.posteriors.argmax(1), 3)
+    em_acc = _accuracy(run.posteriors, run.annotator_ids, train, mapping)
+    gamma, ids = assign(run, new)
+    new_acc = _accuracy(gamma, ids, new, mapping)
+    assert new_acc >= em_acc - 0.05, (new_acc, em_acc)
+
+    pool = Annotations(list({a.content_key(False): a for a in new}.values())[:120])
+    names = [t["name"] for t in truth["types"]]
+    w = np.array([t["weights"] for t in truth["types"]])
+    people = np.random.default_rng(1).integers(0, 3, size=60)
+    true_r = np.full((len(pool), max(a.m for a in pool), len(people)), np.nan)
+    for q, a in enumerate(pool):
+        true_r[q, : a.m] = (np.array(a.features) @ w.T)[:, people]
+    targets = [mapping[names[p]] for p in people]
+    smart = session_accuracy(run, pool, true_r, targets, 6, "suggest", seed=2)
+    rand = session_accuracy(run, pool, true_r, targets, 6, "random", seed=2)
+    assert smart.mean() > rand.mean() and smart[-1] >= rand[-1]
+
+
+def test_cli_assign_suggest_and_generate_errors(world, cli):
+    root = world[0]
+    rc, out, _ = cli("assign", "--run", root / "run", "--data", root / "new")
+    assert rc == 0 and out.splitlines()[0].startswith("annotator_id,type,confidence")
+    assert len(out.splitlines()) == 61
+    rc, out, _ = cli("suggest", "--run", root / "run", "--annotator", "nobody",
+                     "--candidates", root / "new", "--top", "3")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].startswith("current posterior") and len(lines) == 4
+    gains = [float(x.split()[0]) for x in lines[1:]]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0
+    rc, _, err = cli("generate", "--run", root / "run", "--prompt", "hi", "--type", "0")
+    assert rc == 2 and "cannot generate text" in err
+    rc, _, err = cli("generate", "--run", root / "run", "--prompt", "hi", "--policy", "mmra")
+    assert rc == 2 and "aggregate.json is missing" in err

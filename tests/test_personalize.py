@@ -51,7 +51,8 @@ def world(tmp_path_factory):
 
 def _accuracy(gamma, ids, data, mapping):
     label = {a.annotator_id: a.true_type for a in data}
-    return float(np.mean([mapping[label[h]] == g.argmax() for h, g in zip(ids, gamma)]))
+    return float(np.mean([mapping[label[h]] == g.argmax() for h, g in
+                          zip(ids, gamma, strict=True)]))
 
 
 def test_assign_matches_em_posteriors_and_suggest_beats_random(world):

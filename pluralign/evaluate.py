@@ -8,6 +8,8 @@ its Plackett–Luce likelihood uses the implied reward beta * (log pi_j - log pi
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import torch
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
-from pluralign.em_run import FittedRun, annotator_labels
+from pluralign.em_run import FittedRun, annotator_labels, load_run
+from pluralign.io import write_json
 from pluralign.losses import beats, plackett_luce_logprob
 from pluralign.rankings import Rankings
 
@@ -217,11 +220,6 @@ def evaluate_run(run: FittedRun, data: Annotations,
 def run_evaluate(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
-    import json
-    import sys
-
-    from pluralign.em_run import load_run
-    from pluralign.io import write_json
     run = load_run(run_dir)
     agg_file = run.path / "aggregate.json"
     aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None

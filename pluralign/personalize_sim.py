@@ -14,6 +14,16 @@ from pluralign.personalize import answer_logprobs, information_gain
 from pluralign.plackett_luce import sample_ranking
 
 
+def true_rewards(pool: Annotations, type_weights: np.ndarray,
+                 people: np.ndarray) -> np.ndarray:
+    """Each simulated person's true reward of every candidate of every query: [q, M, people],
+    for a `feature` population whose true types have weight vectors type_weights[T, d]."""
+    out = np.full((len(pool), max(a.m for a in pool), len(people)), np.nan)
+    for q, a in enumerate(pool):
+        out[q, : a.m] = (np.array(a.features) @ type_weights.T)[:, people]
+    return out
+
+
 def session_accuracy(run: FittedRun, pool: Annotations, true_rewards: np.ndarray,
                      targets: Sequence[int], steps: int, strategy: str, seed: int,
                      temperature: float = 1.0) -> np.ndarray:

@@ -58,7 +58,7 @@ def _accuracy(gamma, ids, data, mapping):
 def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
     from pluralign.evaluate import match_labels
     from pluralign.personalize import assign
-    from pluralign.personalize_sim import session_accuracy
+    from pluralign.personalize_sim import session_accuracy, true_rewards
     root, run, train, new, truth = world
     label = {a.annotator_id: a.true_type for a in train}
     mapping = match_labels([label[h] for h in run.annotator_ids],
@@ -72,9 +72,7 @@ def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
     names = [t["name"] for t in truth["types"]]
     w = np.array([t["weights"] for t in truth["types"]])
     people = np.random.default_rng(1).integers(0, 3, size=60)
-    true_r = np.full((len(pool), max(a.m for a in pool), len(people)), np.nan)
-    for q, a in enumerate(pool):
-        true_r[q, : a.m] = (np.array(a.features) @ w.T)[:, people]
+    true_r = true_rewards(pool, w, people)
     targets = [mapping[names[p]] for p in people]
     smart = session_accuracy(run, pool, true_r, targets, 6, "suggest", seed=2)
     rand = session_accuracy(run, pool, true_r, targets, 6, "random", seed=2)

@@ -77,6 +77,9 @@ def test_embedding_features_use_the_lm_reference(tmp_path):
                       max_prompt_tokens=32, max_response_tokens=32, progress=False)
     d = b.design(data)
     assert d.phi.shape == (len(data), 3, 64)
+    # standardised and divided by sqrt(width): |phi|^2 is 1 on average, so l2 = 1 is a unit
+    # prior on the reward's scale for any LM width
+    assert (d.phi ** 2).sum(-1).mean().item() == pytest.approx(1.0, rel=0.1)
     assert np.allclose(logsumexp(d.log_ref.numpy(), axis=1), 0)  # pi_ref over the candidates
     stats = b.fit(1, data, np.ones(len(data)))
     s = b.logratios(data)

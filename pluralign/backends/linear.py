@@ -5,7 +5,8 @@ annotations, which makes it the tool for large populations, model selection and 
 Features: `given` (the data's `features`; reference uniform over candidates), `onehot` (one
 parameter per (item, response): the tabular policy for data whose items repeat), `embedding`
 (mean hidden state of the base LM over the response tokens, from the cached reference pass,
-with the LM's reference log-probs restricted to the candidates).
+standardised and divided by sqrt(width), with the LM's reference log-probs restricted to the
+candidates).
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ class LinearBackend(PolicyBackend):
                                 token_budget=cfg.token_budget, cache=cfg.cache,
                                 progress=cfg.progress)
         emb = ref.embeddings.double().numpy()
-        if self.scale_ is None:  # standardise with the first dataset's statistics
-            self.scale_ = (emb.mean(0), emb.std(0) + 1e-6)
+        if self.scale_ is None:  # standardise with the first dataset's statistics, and
+            # divide by sqrt(d) so |phi|^2 ~ 1: l2 is then a prior on the reward's scale,
+            # whatever the LM's width (lambda = 1: theta . phi ~ N(0, 1) a priori)
+            self.scale_ = (emb.mean(0), (emb.std(0) + 1e-6) * np.sqrt(emb.shape[1]))
         emb = (emb - self.scale_[0]) / self.scale_[1]
         phi = seqs.per_candidate(torch.as_tensor(emb), fill=0.0)
         log_ref = torch.log_softmax(seqs.per_candidate(ref.logps, fill=-torch.inf), dim=1)

@@ -186,8 +186,10 @@ def _em_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="LM for the lora backend or embedding features "
                         "(default builtin:smollm2-135m)")
-    p.add_argument("--selection", choices=["heldout", "bic"], default=None,
-                   help="how --types auto chooses K (default heldout)")
+    p.add_argument("--selection", choices=["cv", "heldout", "bic"], default=None,
+                   help="how --types auto chooses K: held-out annotator likelihood over folds "
+                        "that hold out every annotator once (cv, default), over one split "
+                        "(heldout), or BIC")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random_state")
     p.add_argument("--force", action="store_true",
                    help="fit even when the data cannot identify types (DESIGN §2)")

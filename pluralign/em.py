@@ -35,7 +35,7 @@ from pluralign.rankings import Rankings
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[int], PolicyBackend]
-SELECTIONS = ("heldout", "bic")
+SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
 
 
@@ -156,18 +156,21 @@ class EMDPO:
 
     backend: "linear", "lora", or a callable K -> PolicyBackend; `backend_options` go to the
     backend's config. n_types: an int, or "auto" to choose among 1..max_types by held-out
-    annotator log-likelihood (annotators split, not annotations) or BIC. tol: EM stops when the
-    objective's relative change |delta| / |objective| falls below tol, or after max_iter
-    iterations.
+    annotator log-likelihood (annotators split, not annotations): over round(1/heldout_fraction)
+    folds that hold out every annotator once ("cv"), over one split ("heldout"), or by BIC.
+    tol: EM stops when the objective's relative change |delta| / |objective| falls below tol,
+    or after max_iter iterations. init_options: linear backend options for a LoRA run's linear
+    start and K selection (features are LM embeddings there).
     """
 
     def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
                  max_types: int = 4, backend_options: dict[str, Any] | None = None,
                  init: str | np.ndarray = "auto", n_init: int = 3, max_iter: int = 100,
-                 tol: float = 1e-4, selection: str = "heldout", heldout_fraction: float = 0.25,
+                 tol: float = 1e-4, selection: str = "cv", heldout_fraction: float = 0.25,
                  sparse_threshold: float = 0.0, warm_start: bool = True, force: bool = False,
                  checkpoint_dir: str | Path | None = None, random_state: int = 0,
-                 callback: Callable[[int, int, float], None] | None = None):
+                 callback: Callable[[int, int, float], None] | None = None,
+                 init_options: dict[str, Any] | None = None):
         self.backend = backend
         self.n_types = n_types
         self.max_types = max_types
@@ -184,6 +187,7 @@ class EMDPO:
         self.checkpoint_dir = checkpoint_dir
         self.random_state = random_state
         self.callback = callback
+        self.init_options = init_options
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, data: Annotations) -> EMDPO:
@@ -199,10 +203,14 @@ class EMDPO:
         self.annotator_ids_ = data.annotator_ids
         self.selection_: list[dict[str, Any]] = []
         k = self._select(data) if self.n_types == "auto" else int(self.n_types)
+        t1 = time.perf_counter()
         best = self._fit_k(data, k, "final")
+        t2 = time.perf_counter()
         baseline = best if k == 1 else self._fit_k(data, 1, "baseline")
         self._adopt(best, baseline)
-        self.timings_ = {"fit_seconds": round(time.perf_counter() - t0, 3)}
+        t3 = time.perf_counter()
+        self.timings_ = {"fit_seconds": round(t3 - t0, 3), "selection_seconds": round(t1 - t0, 3),
+                         "types_seconds": round(t2 - t1, 3), "baseline_seconds": round(t3 - t2, 3)}
         return self
 
     def predict_proba(self, data: Annotations) -> tuple[np.ndarray, list[str]]:
@@ -290,12 +298,14 @@ class EMDPO:
         return score_statistics(data, d.phi, d.col, len(getattr(backend, "vocab_", {})))
 
     def _linear_em(self, k: int | str) -> EMDPO:
-        """The linear backend on LM embeddings, with this run's LM and token settings."""
+        """The linear backend on LM embeddings, with this run's LM and token settings and the
+        linear options of `init_options` (l2, beta, loss...)."""
         opts = dict(self.backend_options or {})
         keep = ("model", "max_prompt_tokens", "max_response_tokens", "token_budget", "cache",
                 "progress")
         return EMDPO("linear", n_types=k, max_types=self.max_types, backend_options={
-            "features": "embedding", **{o: opts[o] for o in keep if o in opts}},
+            **{o: opts[o] for o in keep if o in opts}, **(self.init_options or {}),
+            "features": "embedding"},
             n_init=self.n_init, tol=self.tol, selection=self.selection,  # own max_iter: cheap
             heldout_fraction=self.heldout_fraction, random_state=self.random_state)
 
@@ -321,10 +331,10 @@ class EMDPO:
         backend = self._make_backend(k)
         codes, ids = data.annotator_codes()
         rank = Rankings.from_annotations(data)
-        key = self._run_key(data, k, restart)
+        gamma = self._initial_posteriors(data, k, restart)  # part of the key: a changed start
+        key = self._run_key(data, k, restart, gamma)       # (say, linear options) never resumes
         state = _load_checkpoint(ckpt, backend, key)
         if state is None:
-            gamma = self._initial_posteriors(data, k, restart)
             history, warns, start, skipped = [], [], 0, []
         else:
             gamma, history, warns = state["gamma"], state["history"], state["warnings"]
@@ -365,17 +375,27 @@ class EMDPO:
         return Run(k, gamma, gamma.mean(0), history, backend, it + 1, converged, warns,
                    float(np.mean(skipped)) if skipped else 0.0)
 
-    def _run_key(self, data: Annotations, k: int, restart: int) -> str:
-        """What a checkpoint must match to be resumed: the data and every setting that shapes
-        the run (a checkpoint of other data or settings is discarded, never resumed)."""
-        init = self.init if isinstance(self.init, str) else hashlib.sha256(
-            np.ascontiguousarray(self.init).tobytes()).hexdigest()
+    def _run_key(self, data: Annotations, k: int, restart: int, start: np.ndarray) -> str:
+        """What a checkpoint must match to be resumed: the data, the starting posteriors and
+        every setting that shapes the run (a checkpoint of other data, start or settings is
+        discarded, never resumed)."""
+        init = hashlib.sha256(np.ascontiguousarray(start, dtype=np.float64).tobytes()).hexdigest()
         backend = self.backend if isinstance(self.backend, str) else repr(self.backend)
         parts = [data.fingerprint(), k, restart, backend, self.backend_options or {}, init,
                  self.max_iter, self.tol, self.sparse_threshold, self.warm_start,
                  self.random_state]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
                               ).hexdigest()
+
+    def _folds(self, ids: list[str]) -> list[set[str]]:
+        """Held-out annotator sets: one random split ("heldout"), or round(1/heldout_fraction)
+        folds that hold out every annotator exactly once ("cv")."""
+        rng = np.random.default_rng(self.random_state)
+        order = rng.permutation(np.asarray(ids, dtype=object)).tolist()
+        if self.selection == "heldout":
+            return [set(order[: max(1, int(round(self.heldout_fraction * len(ids))))])]
+        n_folds = min(len(ids), max(2, int(round(1 / self.heldout_fraction))))
+        return [set(order[f::n_folds]) for f in range(n_folds)]
 
     def _select(self, data: Annotations) -> int:
         """Choose K in 1..max_types (the table lands in selection_). A LoRA run initialised
@@ -397,25 +417,31 @@ class EMDPO:
                 self.selection_.append({"k": k, "loglik": run.objective, "params": n_params,
                                         "bic": bic})
             return min(self.selection_, key=lambda r: r["bic"])["k"]
-        rng = np.random.default_rng(self.random_state)
-        held = set(rng.choice(ids, max(1, int(round(self.heldout_fraction * len(ids)))),
-                              replace=False).tolist())
-        train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
-        test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
-        per_annotator = {}
+        folds = self._folds(ids)
+        per_annotator: dict[int, np.ndarray] = {}
         for k in range(1, self.max_types + 1):
-            run = self._fit_k(train, k, "select")
-            codes, test_ids = test.annotator_codes()
-            per = annotation_loglik(run.backend.logratios(test), Rankings.from_annotations(test),
-                                    run.backend.beta)
-            lik = annotator_loglik(per, codes, len(test_ids))
-            joint = lik + np.log(run.priors)
-            top = joint.max(axis=1, keepdims=True)
-            per_annotator[k] = (top + np.log(np.exp(joint - top).sum(1, keepdims=True)))[:, 0]
-            self.selection_.append({"k": k, "train_loglik": run.objective,
+            scores, train_ll = [], []
+            for f, held in enumerate(folds):
+                train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
+                test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
+                run = self._fit_k(train, k, "select" if len(folds) == 1 else f"select{f}")
+                scores.append(_heldout_loglik(run, test))
+                train_ll.append(run.objective)
+            per_annotator[k] = np.concatenate(scores)
+            self.selection_.append({"k": k, "train_loglik": float(np.mean(train_ll)),
                                     "heldout_loglik": float(per_annotator[k].sum()),
-                                    "heldout_annotators": len(test_ids)})
+                                    "heldout_annotators": len(per_annotator[k])})
         return _one_standard_error(per_annotator, self.selection_)
+
+
+def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
+    """log p(annotations of each test annotator) under the fitted mixture (types summed out)."""
+    codes, ids = test.annotator_codes()
+    per = annotation_loglik(run.backend.logratios(test), Rankings.from_annotations(test),
+                            run.backend.beta)
+    joint = annotator_loglik(per, codes, len(ids)) + np.log(run.priors)
+    top = joint.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(joint - top).sum(1, keepdims=True)))[:, 0]
 
 
 def _one_standard_error(per_annotator: dict[int, np.ndarray], table: list[dict]) -> int:

@@ -35,6 +35,7 @@ class EMSettings:
     em: dict[str, Any] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
     source: str = "command line"
+    init_options: dict[str, Any] = field(default_factory=dict)  # linear section of a LoRA run
 
     @property
     def backend(self) -> str:
@@ -76,7 +77,8 @@ class EMSettings:
             if backend == "linear":
                 _override(opts, "features", args.features)
         C.build(BACKEND_CONFIGS[backend], {"types": 1, **opts}, source, backend)  # check now
-        return cls(em, opts, source)
+        init = sections["linear"] if backend == "lora" else {}
+        return cls(em, opts, source, init)
 
 
 def _override(values: dict[str, Any], key: str, flag: Any) -> None:
@@ -99,7 +101,8 @@ def run_em(data: Annotations, settings: EMSettings, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {k: v for k, v in settings.em.items() if k != "backend"}
     em = EMDPO(settings.backend, backend_options=settings.backend_options,
-               checkpoint_dir=out / "checkpoints", callback=_progress, **kwargs).fit(data)
+               init_options=settings.init_options or None, checkpoint_dir=out / "checkpoints",
+               callback=_progress, **kwargs).fit(data)
     write_posteriors(out / "posteriors.csv", em.annotator_ids_, em.posteriors_)
     policies = out / ("adapters" if settings.backend == "lora" else "linear")
     em.backend_.save(policies)

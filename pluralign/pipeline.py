@@ -127,7 +127,8 @@ class PipelineConfig:
 
     def section_of(self, stage: str) -> dict[str, Any]:
         """The settings a stage depends on (part of its key and its manifest)."""
-        em = {"em": self.em.em, "backend": self.em.backend_options}
+        em = {"em": self.em.em, "backend": self.em.backend_options,
+              "init": self.em.init_options}
         reference = {"backend": self.em.backend, "options": self.em.backend_options,
                      "embeddings": needs_embeddings(self.em)}
         return {"ingest": {"ingest": asdict(self.ingest), "seed": self.run.seed},

@@ -71,11 +71,24 @@ def test_linear_em_recovers_types_and_never_decreases(three_types):
     assert ids == em.annotator_ids_ and np.allclose(gamma, em.posteriors_, atol=1e-3)
 
 
-def test_auto_picks_the_true_number_of_types(three_types):
+@pytest.mark.parametrize("selection", ["cv", "heldout"])
+def test_auto_picks_the_true_number_of_types(three_types, selection):
     pop, data = three_types
-    em = EMDPO("linear", n_types="auto", max_types=4, n_init=2, random_state=1).fit(data)
+    em = EMDPO("linear", n_types="auto", max_types=4, n_init=2, selection=selection,
+               random_state=1).fit(data)
     assert em.n_types_ == 3
     assert [r["k"] for r in em.selection_] == [1, 2, 3, 4]
+    held = {"cv": 150, "heldout": round(0.25 * 150)}[selection]  # cv: everyone, once
+    assert all(r["heldout_annotators"] == held for r in em.selection_)
+
+
+def test_cv_folds_partition_the_annotators():
+    ids = [f"a{i}" for i in range(23)]
+    folds = EMDPO(selection="cv", heldout_fraction=0.2, random_state=4)._folds(ids)
+    assert len(folds) == 5 and sorted(x for f in folds for x in f) == sorted(ids)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    one = EMDPO(selection="heldout", heldout_fraction=0.2, random_state=4)._folds(ids)
+    assert len(one) == 1 and len(one[0]) == 5
 
 
 def test_sparse_m_step_skips_work_and_keeps_the_answer(three_types):
@@ -117,6 +130,28 @@ def test_checkpoints_of_other_settings_are_not_resumed(three_types, tmp_path):
     assert calls[0] == (2, 0)  # started afresh instead of reusing the finished run
     fresh = EMDPO("linear", n_types=2, n_init=1, sparse_threshold=0.01).fit(data)
     assert np.allclose(other.posteriors_, fresh.posteriors_)
+
+
+def test_a_changed_start_is_not_resumed(three_types, tmp_path):
+    """The checkpoint key holds the starting posteriors: a run from another start (another
+    init, or a linear start with other options) begins afresh and ends as a fresh fit."""
+    _, data = three_types
+    n = len(data.annotator_ids)
+    starts = [np.random.default_rng(s).dirichlet(np.ones(2), size=n) for s in (0, 1)]
+    EMDPO("linear", n_types=2, init=starts[0], checkpoint_dir=tmp_path).fit(data)
+    calls = []
+    other = EMDPO("linear", n_types=2, init=starts[1], checkpoint_dir=tmp_path,
+                  callback=lambda k, it, o: calls.append((k, it))).fit(data)
+    assert calls[0] == (2, 0)
+    fresh = EMDPO("linear", n_types=2, init=starts[1]).fit(data)
+    assert np.allclose(other.posteriors_, fresh.posteriors_)
+
+
+def test_linear_start_of_a_lora_run_takes_the_linear_options():
+    em = EMDPO("lora", n_types=2, backend_options={"model": "builtin:tiny", "rank": 4},
+               init_options={"l2": 30.0, "features": "given"})
+    opts = em._linear_em(2).backend_options
+    assert opts == {"model": "builtin:tiny", "l2": 30.0, "features": "embedding"}
 
 
 def test_one_pair_per_annotator_is_refused_and_forcing_finds_nothing():

@@ -129,7 +129,8 @@ def test_rerun_skips_and_from_redoes(population, tmp_path, cli):
     assert out.count("up to date, skipped") == 3 and "[aggregate] running" in out
     cfg.write_text(cfg.read_text().replace("linear: {l2: 0.5}",
                                            "aggregate: {estimator: sampled, n_samples: 2}"))
-    rc, out, _ = cli("run", cfg)  # only the aggregate section changed... and linear's l2
-    assert "[ingest] up to date" in out and "[aggregate] running" in out
+    rc, out, _ = cli("run", cfg)  # linear's l2 shapes the LoRA run's start: em and after
+    assert "[reference] up to date" in out and "[em] running" in out
+    assert "[aggregate] running" in out
     rc, _, err = cli("run", cfg, "--from", "nowhere")
     assert rc == 2 and "--from must be one of" in err

@@ -11,6 +11,8 @@ exactly, with cvxpy. Type importance weights scale the rows of R.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,11 @@ import numpy as np
 
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
-from pluralign.io import write_json
+from pluralign.io import write_json, write_with
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
+SCORES = "scores.npz"  # the candidates' log-probs under each policy, reused by evaluation
 
 
 class MinMaxRegretAggregator:
@@ -197,6 +200,11 @@ class RegretEstimator:
         return RegretEstimate(candidate_regret(self.backend.beta * self._s, columns),
                               [p.name for p in policies], "candidates")
 
+    def scores(self) -> dict[str, np.ndarray]:
+        """What the candidates estimator computed: log pi_j of every candidate by policy name,
+        and the types' log-ratios under "_s" (empty for the sampled estimator)."""
+        return {} if self._s is None else {"_s": self._s, **self._logps}
+
     def _sampled(self, policies: list[Policy]) -> RegretEstimate:
         items, n, k = self._items, self.n_samples, self.backend.n_types
         for p in policies:
@@ -227,11 +235,13 @@ def _distinct_items(data: Annotations) -> Annotations:
 def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float],
               pooled: PolicyBackend | None = None, estimator: str = "candidates",
               type_weights: Sequence[float] | None = None, n_samples: int = 8,
-              random_state: int = 0, merge: bool = True) -> tuple[dict[str, Any],
-                                                                   PolicyBackend | None]:
+              random_state: int = 0, merge: bool = True,
+              keep: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any],
+                                                                  PolicyBackend | None]:
     """The whole of DESIGN §6 on one dataset: R for the type policies, the pooled policy and the
     base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret.
-    Returns (the aggregate.json content, the merged policy or None)."""
+    Returns (the aggregate.json content, the merged policy or None); `keep`, when given, is
+    filled with the scores computed (RegretEstimator.scores) for evaluation to reuse."""
     extra = {"pooled": pooled} if pooled is not None else {}
     policies = policies_of(backend, extra, base=True)
     estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state)
@@ -259,6 +269,8 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "regrets": mmra.regrets_.tolist(), "binding": mmra.binding_.tolist(),
            "solver": mmra.solver_,
            "baselines": {**baselines(est.matrix[:, :k], priors, type_weights), **singles}}
+    if keep is not None:
+        keep.update(estimator_.scores())
     return out, merged
 
 
@@ -273,15 +285,49 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
     if type_weights is not None and len(type_weights) != run.backend.n_types:
         raise ValueError(f"--type-weights needs {run.backend.n_types} values (one per type), "
                          f"got {len(type_weights)}")
-    out, merged = aggregate(run.backend, run.data(data_dir), run.priors, pooled=run.baseline,
+    data, scores = run.data(data_dir), {}
+    out, merged = aggregate(run.backend, data, run.priors, pooled=run.baseline,
                             estimator=estimator, type_weights=type_weights,
-                            n_samples=n_samples, random_state=random_state, merge=merge)
+                            n_samples=n_samples, random_state=random_state, merge=merge,
+                            keep=scores)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     if merged is not None:
         merged.save(run.path / "merged")
         out["merged_path"] = "merged"
+    save_scores(run.path, scores, scores_key(run.path, data, out["weights"]))
     write_json(run.path / "aggregate.json", out)
     return out
+
+
+def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float]) -> str:
+    """What saved scores must match to be reused: the fitted run (em.json), the data and the
+    mixture weights (which fix the merged policy)."""
+    em = hashlib.sha256((Path(run_dir) / "em.json").read_bytes()).hexdigest()
+    return json.dumps([em, data.fingerprint(), [round(float(w), 12) for w in weights]])
+
+
+def save_scores(run_dir: Path, scores: dict[str, np.ndarray], key: str) -> None:
+    """Write scores.npz (or remove a stale one when there is nothing to save)."""
+    path = Path(run_dir) / SCORES
+    if not scores:
+        path.unlink(missing_ok=True)
+        return
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, _key=np.array(key), **{f"p:{n}": v for n, v in scores.items()})
+    write_with(path, write)
+
+
+def load_scores(run_dir: Path, key: str) -> dict[str, np.ndarray]:
+    """The saved scores when their key matches `key`, else {} (recompute)."""
+    path = Path(run_dir) / SCORES
+    if not path.is_file():
+        return {}
+    with np.load(path) as z:
+        if str(z["_key"]) != key:
+            return {}
+        return {n[2:]: z[n] for n in z.files if n.startswith("p:")}
 
 
 def mixture_logps(log_policies: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -17,6 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from pluralign.aggregate import (
+    Policy,
+    aggregate,
+    candidate_regret,
+    load_scores,
+    mixture_logps,
+    policies_of,
+    policy_logps,
+    scores_key,
+    weighted_regret,
+)
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
@@ -153,29 +164,25 @@ def personalization_curve(per_annotation: np.ndarray, codes: np.ndarray, priors:
 
 
 # -- a whole run ----------------------------------------------------------------------------
-def evaluate_run(run: FittedRun, data: Annotations,
-                 aggregated: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
+                 scores: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Every policy against every type on `data`: the single policies (types, pooled, merged,
     base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
-    discovery quality, per-annotator confidence and the personalization curve."""
-    from pluralign.aggregate import (
-        Policy,
-        aggregate,
-        candidate_regret,
-        mixture_logps,
-        policies_of,
-        policy_logps,
-        weighted_regret,
-    )
+    discovery quality, per-annotator confidence and the personalization curve. `scores`: the
+    log-probs aggregation computed on this data (RegretEstimator.scores), not recomputed."""
     backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
     if aggregated is None:
         aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline)
     else:
         merged = _merged(backend, aggregated["weights"])
-    s = backend.logratios(data)
+    scores = scores or {}
+    s = scores["_s"] if "_s" in scores else backend.logratios(data)
     singles = policies_of(backend, {"pooled": run.baseline}, base=True)
     singles += [Policy("merged", merged, 0)] if merged is not None else []
-    logps = policy_logps(singles, data, {id(backend): s})
+    todo = [p for p in singles if p.name not in scores]
+    fresh = policy_logps(todo, data, {id(backend): s}) if todo else None
+    logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
+                      for p in singles], axis=2)
     mixes = {"mmra": aggregated["weights"],
              **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
     logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
@@ -226,7 +233,10 @@ def run_evaluate(run_dir: Path, data_dir: str | Path | None = None) -> dict[str,
     if aggregated is None:
         print("note: no aggregate.json in the run; using the candidates estimate on this data "
               "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
-    out = evaluate_run(run, run.data(data_dir), aggregated)
+    data = run.data(data_dir)
+    scores = {} if aggregated is None else load_scores(
+        run.path, scores_key(run.path, data, aggregated["weights"]))
+    out = evaluate_run(run, data, aggregated, scores)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
     write_json(run.path / "evaluation.json", out)

@@ -74,6 +74,29 @@ def test_aggregate_evaluate_report(run, cli):
         assert (run / "run" / link).is_file()
 
 
+def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):
+    """evaluate reads the log-probs aggregate saved (scores.npz) instead of scoring again, with
+    the same result; scores of other data or another mixture are not used."""
+    from pluralign.aggregate import load_scores, run_aggregate, scores_key
+    from pluralign.em_run import load_run
+    from pluralign.evaluate import run_evaluate
+    folder, held = run / "run", str(run / "held")
+    agg = run_aggregate(folder, held)
+    fitted = load_run(folder)
+    data = fitted.data(held)
+    saved = load_scores(folder, scores_key(folder, data, agg["weights"]))
+    assert set(saved) == {"_s", *agg["policies"]}
+    assert load_scores(folder, scores_key(folder, fitted.data(), agg["weights"])) == {}
+    assert load_scores(folder, scores_key(folder, data, agg["weights"][::-1])) == {}
+    reused = run_evaluate(folder, held)
+    calls = []
+    monkeypatch.setattr("pluralign.evaluate.load_scores", lambda *a: calls.append(a) or {})
+    fresh = run_evaluate(folder, held)
+    assert calls  # the second evaluation scored everything itself
+    assert reused["metrics"] == fresh["metrics"]
+    assert np.allclose(reused["regret"]["matrix"], fresh["regret"]["matrix"], atol=1e-12)
+
+
 def test_bad_run_folders_and_flags(run, cli, tmp_path):
     rc, _, err = cli("aggregate", "--run", tmp_path)
     assert rc == 2 and "no em.json" in err

@@ -133,8 +133,16 @@ def figures(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
 def _em_objective(ax, em, agg, ev) -> None:
     from matplotlib.ticker import MaxNLocator
     history = em["loglik_history"]
-    ax.plot(range(1, len(history) + 1), history, marker="o")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.plot(range(1, len(history) + 1), history, marker="o", label=f"K={em['n_types']}")
+    k1 = (em.get("heterogeneity") or {}).get("k1_loglik")
+    if k1 is not None and em["n_types"] > 1:  # what one pooled policy reaches: the types' gain
+        ax.axhline(k1, color="grey", linestyle="--", label="K=1 (pooled)")
+        ax.legend(fontsize=8)
+    ax.set_xlim(0.5, len(history) + 0.5)  # integer iterations, even for a single one
+    if len(history) <= 12:
+        ax.set_xticks(range(1, len(history) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("objective (nats)")
 
@@ -284,7 +292,7 @@ def find_chromium() -> str | None:
     return None
 
 
-def browser_check(report_html: Path, screenshot: Path | None = None,
+def browser_check(report_html: str | Path, screenshot: str | Path | None = None,
                   chromium: str | None = None, timeout: float = 120) -> tuple[int, int]:
     """Open the page in headless Chromium and count (images loaded, images): a copy of the page
     gets a script that writes the count into its title, which --dump-dom prints. Optionally
@@ -295,6 +303,7 @@ def browser_check(report_html: Path, screenshot: Path | None = None,
     exe = chromium or find_chromium()
     if exe is None:
         raise FileNotFoundError("no Chromium found (install chromium to check the report)")
+    report_html = Path(report_html)
     probe = ("<script>window.addEventListener('load', () => { const i = [...document.images];"
              " document.title = 'IMAGES ' + i.filter(x => x.complete && x.naturalWidth > 0)"
              ".length + '/' + i.length; });</script></body>")
@@ -306,8 +315,9 @@ def browser_check(report_html: Path, screenshot: Path | None = None,
         dom = subprocess.run([*flags, "--dump-dom", page_copy.as_uri()], capture_output=True,
                              text=True, timeout=timeout).stdout
         if screenshot is not None:
-            subprocess.run([*flags, "--window-size=1100,3400", f"--screenshot={screenshot}",
-                            Path(report_html).resolve().as_uri()], capture_output=True,
+            shot = Path(screenshot).resolve()
+            subprocess.run([*flags, "--window-size=1100,3400", f"--screenshot={shot}",
+                            report_html.resolve().as_uri()], capture_output=True,
                            timeout=timeout, check=True)
     found = re.search(r"IMAGES (\d+)/(\d+)", dom)
     if not found:

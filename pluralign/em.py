@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 from sklearn.cluster import KMeans
 
 from pluralign import identifiability
@@ -63,13 +64,17 @@ def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
     return out
 
 
+def mixture_loglik(log_lik: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """Each annotator's log-likelihood with the type summed out: log sum_k eta_k L_hk, [H]."""
+    with np.errstate(divide="ignore"):
+        return logsumexp(log_lik + np.log(priors), axis=1)
+
+
 def e_step(log_lik: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, float]:
     """Posteriors gamma [H, K] and the observed log-likelihood sum_h log sum_k eta_k L_hk."""
+    lse = mixture_loglik(log_lik, priors)
     with np.errstate(divide="ignore"):
-        joint = log_lik + np.log(priors)
-    top = joint.max(axis=1, keepdims=True)
-    lse = top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True))
-    return np.exp(joint - lse), float(lse.sum())
+        return np.exp(log_lik + np.log(priors) - lse[:, None]), float(lse.sum())
 
 
 # -- initialisation -------------------------------------------------------------------------
@@ -439,9 +444,7 @@ def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
     codes, ids = test.annotator_codes()
     per = annotation_loglik(run.backend.logratios(test), Rankings.from_annotations(test),
                             run.backend.beta)
-    joint = annotator_loglik(per, codes, len(ids)) + np.log(run.priors)
-    top = joint.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(joint - top).sum(1, keepdims=True)))[:, 0]
+    return mixture_loglik(annotator_loglik(per, codes, len(ids)), run.priors)
 
 
 def _one_standard_error(per_annotator: dict[int, np.ndarray], table: list[dict]) -> int:

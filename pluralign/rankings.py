@@ -24,14 +24,12 @@ class Rankings:
     @classmethod
     def from_annotations(cls, records: Sequence[Annotation]) -> Rankings:
         """Pad the rankings and candidate masks of `records`."""
-        n = len(records)
-        m_max = max((a.m for a in records), default=2)
-        l_max = max((a.L for a in records), default=1)
-        ranking = torch.full((n, l_max), PAD, dtype=torch.long)
-        mask = torch.zeros((n, m_max), dtype=torch.bool)
-        for i, a in enumerate(records):
-            ranking[i, : a.L] = torch.tensor(a.ranking)
-            mask[i, : a.m] = True
+        sizes = [len(a.responses) for a in records]
+        m_max = max(sizes, default=2)
+        l_max = max((len(a.ranking) for a in records), default=1)
+        rows = [list(a.ranking) + [PAD] * (l_max - len(a.ranking)) for a in records]
+        ranking = torch.tensor(rows, dtype=torch.long).reshape(len(rows), l_max)  # one copy
+        mask = torch.arange(m_max) < torch.tensor(sizes, dtype=torch.long).reshape(-1, 1)
         return cls(ranking, mask)
 
     def __len__(self) -> int:

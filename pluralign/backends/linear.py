@@ -108,10 +108,10 @@ class LinearBackend(PolicyBackend):
             raise ValueError(f"features='given' needs `features` on every annotation; "
                              f"annotation {missing} has none (try onehot or embedding)")
         n, m = rank.mask.shape
-        phi = torch.zeros(n, m, len(data[0].features[0]), dtype=torch.float64)
+        phi = np.zeros((n, m, len(data[0].features[0])))
         for i, a in enumerate(data):
-            phi[i, : a.m] = torch.tensor(a.features, dtype=torch.float64)
-        return Design(rank, uniform_log_ref(rank.mask), phi=phi)
+            phi[i, : a.m] = a.features
+        return Design(rank, uniform_log_ref(rank.mask), phi=torch.from_numpy(phi))
 
     def _onehot(self, data: Annotations, rank: Rankings) -> Design:
         col = torch.full(rank.mask.shape, -1, dtype=torch.long)

@@ -422,14 +422,14 @@ class EMDPO:
                 self.selection_.append({"k": k, "loglik": run.objective, "params": n_params,
                                         "bic": bic})
             return min(self.selection_, key=lambda r: r["bic"])["k"]
-        folds = self._folds(ids)
+        splits = [(data.subset(i for i, a in enumerate(data) if a.annotator_id not in held),
+                   data.subset(i for i, a in enumerate(data) if a.annotator_id in held))
+                  for held in self._folds(ids)]  # made once: each memoises its fingerprint
         per_annotator: dict[int, np.ndarray] = {}
         for k in range(1, self.max_types + 1):
             scores, train_ll = [], []
-            for f, held in enumerate(folds):
-                train = data.subset(i for i, a in enumerate(data) if a.annotator_id not in held)
-                test = data.subset(i for i, a in enumerate(data) if a.annotator_id in held)
-                run = self._fit_k(train, k, "select" if len(folds) == 1 else f"select{f}")
+            for f, (train, test) in enumerate(splits):
+                run = self._fit_k(train, k, "select" if len(splits) == 1 else f"select{f}")
                 scores.append(_heldout_loglik(run, test))
                 train_ll.append(run.objective)
             per_annotator[k] = np.concatenate(scores)

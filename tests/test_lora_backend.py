@@ -43,7 +43,9 @@ def test_trunk_cached_and_plain_forward_agree(data):
     _randomise(plain)
     s_cached, s_plain = cached.logratios(data), plain.logratios(data)
     assert np.nanmax(np.abs(s_cached)) > 0.1  # adapters really change the policy
-    assert np.allclose(s_cached, s_plain, atol=1e-5, equal_nan=True)
+    # 1e-4: on a GPU float32 sequence log-probs near -400 differ by an ulp (3e-5) between
+    # the two paths; a wrong trunk (another layer, a stale cache) is off by ~0.1
+    assert np.allclose(s_cached, s_plain, atol=1e-4, equal_nan=True)
     grads = []
     for b in (cached, plain):
         b.model.set_adapter(b.adapter(1))
@@ -97,7 +99,9 @@ def test_saved_adapter_loads_with_peft_from_pretrained(data, tmp_path):
     fresh.model.base_model.model.load_state_dict(peft.base_model.model.state_dict(),
                                                  strict=False)
     fresh.load(tmp_path)
-    assert np.allclose(fresh.logratios(data), s, atol=1e-6, equal_nan=True)
+    # float32 sequence log-probs near -400 differ by an ulp (3e-5) across GPU kernels;
+    # exact on a CPU, and a wrong or missing adapter is off by ~0.1
+    assert np.allclose(fresh.logratios(data), s, atol=1e-4, equal_nan=True)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(data):

@@ -11,6 +11,7 @@ Plackett–Luce law of type k's implicit reward beta * s_k, exact by enumerating
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,6 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
         if not agg.is_file():
             raise FileNotFoundError(f"{agg} is missing: run `pluralign aggregate --run "
                                     f"{run.path}` first")
-        import json
         weights = np.asarray(json.loads(agg.read_text())["weights"])
         j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
         return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
+from pluralign.aggregate import ESTIMATORS
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import BACKEND_CONFIGS, EMSettings
+from pluralign.ingest.core import ON_ERROR
 from pluralign.io import write_json
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
@@ -62,8 +64,8 @@ class IngestSection:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("inputs is required (files or a dataset folder)")
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be fail or skip, got {self.on_error!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
@@ -79,8 +81,8 @@ class AggregateSection:
     merge: bool = field(default=True, metadata={"help": "build the merged single adapter"})
 
     def __post_init__(self) -> None:
-        if self.estimator not in ("candidates", "sampled"):
-            raise ValueError(f"estimator must be candidates or sampled, got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.n_samples < 1:
             raise ValueError("n_samples must be >= 1")
 
@@ -209,17 +211,15 @@ def stage_em(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     return {"n_types": info["n_types"], "n_iter": info["n_iter"], "audit": info["audit"]}
 
 
-def _eval_data(cfg: PipelineConfig, out: Path) -> str | None:
-    if cfg.evaluate.data:
-        return cfg.evaluate.data
+def _heldout(out: Path) -> str | None:
+    """The ingest stage's held-out split, if it made one."""
     return str(out / "heldout") if (out / "heldout").is_dir() else None
 
 
 def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.aggregate import format_aggregate, run_aggregate
     a = cfg.aggregate
-    held = str(out / "heldout") if (out / "heldout").is_dir() else None
-    result = run_aggregate(out, held, estimator=a.estimator, type_weights=a.type_weights,
+    result = run_aggregate(out, _heldout(out), estimator=a.estimator, type_weights=a.type_weights,
                            n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge)
     print(format_aggregate(result))
     return {"max_regret": result["max_regret"], "weights": result["weights"]}
@@ -227,7 +227,7 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
 
 def stage_evaluate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.evaluate import format_evaluation, run_evaluate
-    result = run_evaluate(out, _eval_data(cfg, out))
+    result = run_evaluate(out, cfg.evaluate.data or _heldout(out))
     print(format_evaluation(result))
     return {"annotations": result["annotations"], "in_sample": result["in_sample"]}
 

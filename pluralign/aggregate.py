@@ -7,6 +7,14 @@ for type i, linear in p, so the fairest mixture solves the LP
     minimise t   subject to   R p <= t 1,   p >= 0,   sum p = 1,
 
 exactly, with cvxpy. Type importance weights scale the rows of R.
+
+The `candidates` estimator restricts each policy to a prompt's candidates. Its base measure is
+uniform by default: pi_j restricted is proportional to exp(s_j), s_j = log pi_j - log pi_ref, so
+R measures what each policy changes, as the linear backend's policies do. With
+base_measure="reference" the restriction is the LM's own softmax of log pi_j, in which sequence
+length dominates (a 100-token response is e^-100s less likely than a 10-token one), so nearly all
+mass lands on the shortest candidate whatever the policy, and R collapses towards zero.
+Every regret comes with a bootstrap interval over held-out prompts (pluralign.bootstrap).
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
 from pluralign.io import write_json, write_with
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
+BASE_MEASURES = ("uniform", "reference")
 SCORES = "scores.npz"  # the candidates' log-probs under each policy, reused by evaluation
 
 
@@ -99,19 +109,25 @@ def baselines(regret: np.ndarray, priors: Sequence[float],
                    "max_regret": float((r @ w).max())} for name, w in mixes.items()}
 
 
-def candidate_regret(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarray:
-    """The `candidates` estimator: R_ij = mean over prompts of sum_y (q_i(y) - q_j(y)) r_i(y),
-    with q_j policy j restricted to each prompt's candidates (softmax of log pi_j over them)
-    and r_i type i's reward. Exact expectations, no generation.
+def candidate_contributions(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarray:
+    """Each row's share of the `candidates` regret: c[n, i, j] = sum_y (q_i(y) - q_j(y)) r_i(y),
+    with q_j policy j restricted to row n's candidates (softmax of log_policies over them) and
+    r_i type i's reward. The bootstrap resamples these by prompt.
 
-    rewards[n, M, K] (type rewards beta * s_i), log_policies[n, M, J] (log pi_j of each
-    candidate; the first K columns are the types' own policies); NaN marks padding."""
+    rewards[n, M, K] (type rewards beta * s_i), log_policies[n, M, J] (the first K columns are
+    the types' own policies); NaN marks padding."""
     mask = ~np.isnan(rewards[..., :1])
-    q = _softmax(np.where(mask, log_policies, -np.inf))                    # [n, M, J]
+    q = np.nan_to_num(_softmax(np.where(mask, log_policies, -np.inf)))     # [n, M, J]
     r = np.where(mask, rewards, 0.0)                                         # [n, M, K]
-    value = np.einsum("nmk,nmj->kj", r, np.nan_to_num(q)) / rewards.shape[0]  # V_i(pi_j)
+    value = np.einsum("nmk,nmj->nkj", r, q)                                  # V_i(pi_j) per row
     k = rewards.shape[2]
-    return np.diag(value)[:k, None] - value
+    return np.einsum("nkk->nk", value[:, :, :k])[:, :, None] - value
+
+
+def candidate_regret(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarray:
+    """The `candidates` estimator: R_ij = mean over rows of candidate_contributions. Exact
+    expectations over each prompt's candidates, no generation."""
+    return candidate_contributions(rewards, log_policies).mean(axis=0)
 
 
 @dataclass
@@ -137,22 +153,31 @@ def policies_of(backend: PolicyBackend, extra: dict[str, PolicyBackend] | None =
 @dataclass
 class RegretEstimate:
     """R [types, policies] with its column names; `stderr` (sampled) is the Monte Carlo
-    standard error of each entry over prompts."""
+    standard error of each entry over prompts. `contributions` [rows, K, J] average to R, and
+    `clusters` [rows] names each row's prompt: the bootstrap resamples prompts."""
 
     matrix: np.ndarray
     names: list[str]
     estimator: str
     stderr: np.ndarray | None = None
+    contributions: np.ndarray | None = None
+    clusters: np.ndarray | None = None
 
 
 def policy_logps(policies: list[Policy], data: Annotations,
-                 known: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """log pi_j(y|x) of every candidate for each policy: [n, M, J] (NaN padding). `known`
-    maps id(backend) to its logratios on `data` where already computed."""
+                 known: dict[int, np.ndarray] | None = None,
+                 base_measure: str = "uniform") -> np.ndarray:
+    """log pi_j(y|x) of every candidate for each policy, up to a per-row constant: [n, M, J]
+    (NaN padding). Under the uniform base measure log pi_ref counts as 0, so the column is s_j.
+    `known` maps id(backend) to its logratios on `data` where already computed."""
+    if base_measure not in BASE_MEASURES:
+        raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got {base_measure!r}")
     ratios = dict(known or {})
     columns = []
     for p in policies:
         col = p.owner.reference_logps(data)
+        if base_measure == "uniform":
+            col = np.where(np.isnan(col), np.nan, 0.0)
         if p.index is not None:
             if id(p.owner) not in ratios:
                 ratios[id(p.owner)] = p.owner.logratios(data)
@@ -171,12 +196,16 @@ class RegretEstimator:
     scoring (candidates) or generation (sampled)."""
 
     def __init__(self, backend: PolicyBackend, data: Annotations, estimator: str = "candidates",
-                 n_samples: int = 8, random_state: int = 0):
+                 n_samples: int = 8, random_state: int = 0, base_measure: str = "uniform"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if base_measure not in BASE_MEASURES:
+            raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got "
+                             f"{base_measure!r}")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         self.backend, self.data, self.estimator = backend, data, estimator
+        self.base_measure = base_measure
         self.n_samples, self.random_state = n_samples, random_state
         self._s: np.ndarray | None = None
         self._logps: dict[str, np.ndarray] = {}
@@ -194,11 +223,13 @@ class RegretEstimator:
             self._s = self.backend.logratios(self.data)
         todo = [p for p in policies if p.name not in self._logps]
         if todo:
-            logps = policy_logps(todo, self.data, {id(self.backend): self._s})
+            logps = policy_logps(todo, self.data, {id(self.backend): self._s},
+                                 self.base_measure)
             self._logps.update({p.name: logps[..., j] for j, p in enumerate(todo)})
         columns = np.stack([self._logps[p.name] for p in policies], axis=2)
-        return RegretEstimate(candidate_regret(self.backend.beta * self._s, columns),
-                              [p.name for p in policies], "candidates")
+        contrib = candidate_contributions(self.backend.beta * self._s, columns)
+        return RegretEstimate(contrib.mean(axis=0), [p.name for p in policies], "candidates",
+                              contributions=contrib, clusters=prompt_clusters(self.data))
 
     def scores(self) -> dict[str, np.ndarray]:
         """What the candidates estimator computed: log pi_j of every candidate by policy name,
@@ -221,7 +252,17 @@ class RegretEstimator:
         per_item = np.einsum("nii->ni", v[:, :k, :])[:, :, None] - v.transpose(0, 2, 1)
         stderr = per_item.std(axis=0, ddof=1) / np.sqrt(len(items)) if len(items) > 1 else None
         return RegretEstimate(per_item.mean(axis=0), [p.name for p in policies], "sampled",
-                              stderr)
+                              stderr, per_item, np.arange(len(items)))
+
+
+def prompt_clusters(data: Annotations) -> np.ndarray:
+    """A code per row naming its prompt (rows of one prompt are resampled together)."""
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(_prompt_key(a), len(codes)) for a in data], dtype=int)
+
+
+def _prompt_key(a: Annotation) -> str:
+    return json.dumps(a.prompt, sort_keys=True)
 
 
 def _distinct_items(data: Annotations) -> Annotations:
@@ -232,19 +273,43 @@ def _distinct_items(data: Annotations) -> Annotations:
     return Annotations(list(seen.values()))
 
 
+def regret_intervals(est: RegretEstimate, mixtures: dict[str, np.ndarray],
+                     type_weights: Sequence[float] | None, n_boot: int, seed: int,
+                     level: float = bootstrap.LEVEL) -> dict[str, Any]:
+    """Bootstrap intervals over prompts: every entry of R, each policy's and each mixture's
+    max regret, and whether each differs from the MMRA mixture's (paired replicates)."""
+    reps = bootstrap.mean_replicates(est.contributions, est.clusters, n_boot, seed)  # [B, K, J]
+    if type_weights is not None:
+        reps = reps * np.asarray(type_weights, dtype=np.float64)[None, :, None]
+    k = reps.shape[1]
+    worst = {name: reps[:, :, j].max(axis=1) for j, name in enumerate(est.names) if j >= k}
+    worst.update({name: (reps[:, :, :k] @ w).max(axis=1) for name, w in mixtures.items()})
+    ref = worst.get("mmra")
+    return {
+        "level": level, "n_boot": n_boot, "seed": seed, "unit": "prompt",
+        "units": int(len(np.unique(est.clusters))),
+        "regret_matrix": bootstrap.interval(reps, level).tolist(),
+        "max_regret": {n: bootstrap.interval(v, level).tolist() for n, v in worst.items()},
+        "vs_mmra": {} if ref is None else {
+            n: {"difference": bootstrap.interval(v - ref, level).tolist(),
+                "distinguishable": bootstrap.distinguishable(v, ref, level)}
+            for n, v in worst.items() if n != "mmra"}}
+
+
 def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float],
               pooled: PolicyBackend | None = None, estimator: str = "candidates",
               type_weights: Sequence[float] | None = None, n_samples: int = 8,
               random_state: int = 0, merge: bool = True,
-              keep: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any],
-                                                                  PolicyBackend | None]:
+              keep: dict[str, np.ndarray] | None = None, base_measure: str = "uniform",
+              n_boot: int = 200) -> tuple[dict[str, Any], PolicyBackend | None]:
     """The whole of DESIGN §6 on one dataset: R for the type policies, the pooled policy and the
-    base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret.
+    base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret,
+    each with a bootstrap interval over prompts (n_boot replicates; 0: none).
     Returns (the aggregate.json content, the merged policy or None); `keep`, when given, is
     filled with the scores computed (RegretEstimator.scores) for evaluation to reuse."""
     extra = {"pooled": pooled} if pooled is not None else {}
     policies = policies_of(backend, extra, base=True)
-    estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state)
+    estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state, base_measure)
     est = estimator_.estimate(policies)
     k = backend.n_types
     mmra = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
@@ -259,16 +324,22 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     r = weighted_regret(est.matrix, type_weights)
     singles = {name: {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
                for j, name in enumerate(est.names) if j >= k}
+    mixes = baselines(est.matrix[:, :k], priors, type_weights)
+    weights = {"mmra": mmra.weights_, **{n: np.asarray(b["weights"]) for n, b in mixes.items()
+                                          if n in ("uniform", "utilitarian")}}
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
+           "base_measure": base_measure if estimator == "candidates" else None,
            "random_state": random_state, "annotations": len(data),
+           "annotators": len(data.annotator_ids), "prompts": int(len(np.unique(est.clusters))),
            "data_fingerprint": data.fingerprint(), "types": [f"type_{i}" for i in range(k)],
            "policies": est.names, "regret_matrix": est.matrix.tolist(),
            "regret_stderr": None if est.stderr is None else est.stderr.tolist(),
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
            "weights": mmra.weights_.tolist(), "max_regret": mmra.max_regret_,
            "regrets": mmra.regrets_.tolist(), "binding": mmra.binding_.tolist(),
-           "solver": mmra.solver_,
-           "baselines": {**baselines(est.matrix[:, :k], priors, type_weights), **singles}}
+           "solver": mmra.solver_, "baselines": {**mixes, **singles},
+           "intervals": None if n_boot < 1 else regret_intervals(
+               est, weights, type_weights, n_boot, random_state)}
     if keep is not None:
         keep.update(estimator_.scores())
     return out, merged
@@ -276,8 +347,8 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
 
 def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   estimator: str = "candidates", type_weights: Sequence[float] | None = None,
-                  n_samples: int = 8, random_state: int = 0, merge: bool = True
-                  ) -> dict[str, Any]:
+                  n_samples: int = 8, random_state: int = 0, merge: bool = True,
+                  base_measure: str = "uniform", n_boot: int = 200) -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
     from pluralign.em_run import load_run
@@ -289,21 +360,23 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
     out, merged = aggregate(run.backend, data, run.priors, pooled=run.baseline,
                             estimator=estimator, type_weights=type_weights,
                             n_samples=n_samples, random_state=random_state, merge=merge,
-                            keep=scores)
+                            keep=scores, base_measure=base_measure, n_boot=n_boot)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     if merged is not None:
         merged.save(run.path / "merged")
         out["merged_path"] = "merged"
-    save_scores(run.path, scores, scores_key(run.path, data, out["weights"]))
+    save_scores(run.path, scores, scores_key(run.path, data, out["weights"], base_measure))
     write_json(run.path / "aggregate.json", out)
     return out
 
 
-def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float]) -> str:
-    """What saved scores must match to be reused: the fitted run (em.json), the data and the
-    mixture weights (which fix the merged policy)."""
+def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float],
+               base_measure: str | None = "uniform") -> str:
+    """What saved scores must match to be reused: the fitted run (em.json), the data, the
+    mixture weights (which fix the merged policy) and the base measure."""
     em = hashlib.sha256((Path(run_dir) / "em.json").read_bytes()).hexdigest()
-    return json.dumps([em, data.fingerprint(), [round(float(w), 12) for w in weights]])
+    return json.dumps([em, data.fingerprint(), [round(float(w), 12) for w in weights],
+                       base_measure])
 
 
 def save_scores(run_dir: Path, scores: dict[str, np.ndarray], key: str) -> None:
@@ -346,13 +419,27 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def format_aggregate(out: dict[str, Any]) -> str:
-    """aggregate.json for a person: the mixture, its worst-type regret, and every baseline's."""
-    lines = [f"regret estimator: {out['estimator']} on {out['annotations']} annotations",
+    """aggregate.json for a person: the mixture, its worst-type regret, and every baseline's,
+    with bootstrap intervals and whether each differs from the mixture."""
+    iv = out.get("intervals") or {}
+
+    def ci(name: str) -> str:
+        low_high = iv.get("max_regret", {}).get(name)
+        return "" if low_high is None else f" [{low_high[0]:.4f}, {low_high[1]:.4f}]"
+
+    base = f", base measure {out['base_measure']}" if out.get("base_measure") else ""
+    lines = [f"regret estimator: {out['estimator']}{base} on {out['annotations']} annotations "
+             f"of {out.get('annotators', '?')} annotators, {out.get('prompts', '?')} prompts"
+             + (f"; {100 * iv['level']:.0f}% bootstrap intervals over prompts "
+                f"({iv['n_boot']} replicates)" if iv else ""),
              "MMRA weights: " + ", ".join(f"{t} {w:.3f}" for t, w in
                                            zip(out["types"], out["weights"], strict=True)),
-             f"MMRA max regret: {out['max_regret']:.4f} (binding: " + ", ".join(
+             f"MMRA max regret: {out['max_regret']:.4f}{ci('mmra')} (binding: " + ", ".join(
                  t for t, b in zip(out["types"], out["binding"], strict=True) if b) + ")",
              "max regret of the alternatives:"]
     for name, b in sorted(out["baselines"].items(), key=lambda kv: kv[1]["max_regret"]):
-        lines.append(f"  {name:<12} {b['max_regret']:.4f}")
+        same = iv.get("vs_mmra", {}).get(name)
+        note = "" if same is None or same["distinguishable"] else \
+            "  (not distinguishable from MMRA)"
+        lines.append(f"  {name:<12} {b['max_regret']:.4f}{ci(name)}{note}")
     return "\n".join(lines)

@@ -241,9 +241,21 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
                    help="importance of each type: scales the rows of the regret matrix")
     p.add_argument("--samples", type=int, default=8, metavar="N",
                    help="sampled: responses per prompt and policy (default 8)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampled: random seed")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the sampled estimator and of the bootstrap")
     p.add_argument("--no-merge", action="store_true",
                    help="do not build the merged single adapter")
+    p.add_argument("--base-measure", choices=["uniform", "reference"], default="uniform",
+                   help="candidates: each policy restricted to a prompt's candidates is "
+                        "proportional to exp(log-ratio) (uniform, default: measures what the "
+                        "policy changes) or to its own LM probability (reference: dominated by "
+                        "response length)")
+    _n_boot_arg(p)
+
+
+def _n_boot_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=int, default=200, metavar="B",
+                   help="bootstrap replicates for the 95%% intervals (default 200; 0: none)")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -251,7 +263,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
     out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
                         type_weights=weights, n_samples=args.samples, random_state=args.seed,
-                        merge=not args.no_merge)
+                        merge=not args.no_merge, base_measure=args.base_measure,
+                        n_boot=args.n_boot)
     print(format_aggregate(out))
     print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
         f", {Path(args.run) / 'merged'}/" if out.get("merged_path") else ""))
@@ -263,11 +276,13 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="HELDOUT_DIR",
                    help="a dataset folder of held-out annotations (default: the run's own "
                         "data, an in-sample evaluation)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed")
+    _n_boot_arg(p)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pluralign.evaluate import format_evaluation, run_evaluate
-    out = run_evaluate(Path(args.run), args.data)
+    out = run_evaluate(Path(args.run), args.data, args.n_boot, args.seed)
     print(format_evaluation(out))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0

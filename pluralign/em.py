@@ -26,7 +26,7 @@ import torch
 from scipy.special import logsumexp
 from sklearn.cluster import KMeans
 
-from pluralign import identifiability
+from pluralign import diagnostics, identifiability, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
@@ -150,6 +150,8 @@ class Run:
     converged: bool
     warnings: list[str] = field(default_factory=list)
     skipped_share: float = 0.0
+    log_lik: np.ndarray | None = None   # log L_hk at the last E-step
+    actions: list[dict[str, Any]] = field(default_factory=list)  # types pruned or merged
 
     @property
     def objective(self) -> float:
@@ -166,6 +168,12 @@ class EMDPO:
     tol: EM stops when the objective's relative change |delta| / |objective| falls below tol,
     or after max_iter iterations. init_options: linear backend options for a LoRA run's linear
     start and K selection (features are LM embeddings there).
+
+    Over-splitting is guarded three ways (pluralign.prune): a fitted type whose prior is below
+    min_type_share or whose effective annotator count is below min_type_annotators is pruned,
+    two types separated by less than merge_nats per annotator are merged, and EM is re-fitted
+    with one type fewer each time (every action lands in `actions_`); K selection takes the
+    smallest K within se_factor standard errors of the best held-out log-likelihood.
     """
 
     def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
@@ -175,7 +183,9 @@ class EMDPO:
                  sparse_threshold: float = 0.0, warm_start: bool = True, force: bool = False,
                  checkpoint_dir: str | Path | None = None, random_state: int = 0,
                  callback: Callable[[int, int, float], None] | None = None,
-                 init_options: dict[str, Any] | None = None):
+                 init_options: dict[str, Any] | None = None, min_type_share: float = 0.05,
+                 min_type_annotators: float = 3.0, merge_nats: float = 1.0,
+                 se_factor: float = 2.0):
         self.backend = backend
         self.n_types = n_types
         self.max_types = max_types
@@ -193,6 +203,10 @@ class EMDPO:
         self.random_state = random_state
         self.callback = callback
         self.init_options = init_options
+        self.min_type_share = min_type_share
+        self.min_type_annotators = min_type_annotators
+        self.merge_nats = merge_nats
+        self.se_factor = se_factor
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, data: Annotations) -> EMDPO:
@@ -230,6 +244,11 @@ class EMDPO:
             "converged": self.converged_, "selection": self.selection_,
             "heterogeneity": self.heterogeneity_, "identifiability": self.identifiability_,
             "sparse_skipped_share": self.sparse_skipped_share_, "warnings": self.warnings_,
+            "actions": self.actions_, "type_floor": {
+                "min_type_share": self.min_type_share,
+                "min_type_annotators": self.min_type_annotators,
+                "merge_nats": self.merge_nats, "se_factor": self.se_factor},
+            "effective_annotators": self.posteriors_.sum(axis=0).round(3).tolist(),
             "timings": self.timings_,
         }
 
@@ -245,6 +264,12 @@ class EMDPO:
             raise ValueError("max_types, n_init and max_iter must be >= 1")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError("heldout_fraction must be in (0, 1)")
+        if self.se_factor < 0:
+            raise ValueError(f"se_factor must be >= 0, got {self.se_factor}")
+        self._floor()  # checks the floor's values
+
+    def _floor(self) -> prune.TypeFloor:
+        return prune.TypeFloor(self.min_type_share, self.min_type_annotators, self.merge_nats)
 
     def _make_backend(self, k: int) -> PolicyBackend:
         if callable(self.backend):
@@ -260,13 +285,32 @@ class EMDPO:
         self.converged_ = best.converged
         self.backend_ = best.backend
         self.baseline_ = baseline
-        self.warnings_ = best.warnings
         self.sparse_skipped_share_ = best.skipped_share
+        self.actions_ = best.actions
         gain = best.objective - baseline.objective
         self.heterogeneity_ = {
             "k1_loglik": baseline.objective, "chosen_loglik": best.objective,
             "gain": gain, "lr_statistic": 2 * gain,
             "gain_per_annotator": gain / max(1, len(self.annotator_ids_))}
+        held = self._heldout_gain(best.k)
+        if held is not None:
+            self.heterogeneity_.update(heldout_gain=held[0], heldout_annotators=held[1])
+        self.warnings_ = [
+            *[diagnostics.warning("monotonicity", w) for w in best.warnings],
+            *diagnostics.pruning_notes(best.actions),
+            *diagnostics.heterogeneity_warnings(gain, len(self.annotator_ids_), best.k,
+                                                *(held or (None, None))),
+            *diagnostics.confidence_warnings(best.posteriors),
+            *diagnostics.size_warnings(best.posteriors)]
+
+    def _heldout_gain(self, k: int) -> tuple[float, int] | None:
+        """Held-out log-likelihood of K = k over K = 1 from the selection table (if any)."""
+        if any("backend" in r for r in self.selection_):
+            return None  # chosen with another backend: its gain is not this model's
+        rows = {r["k"]: r for r in self.selection_ if "heldout_loglik" in r}
+        if k not in rows or 1 not in rows:
+            return None
+        return rows[k]["heldout_loglik"] - rows[1]["heldout_loglik"], rows[k]["heldout_annotators"]
 
     def _initial_posteriors(self, data: Annotations, k: int, restart: int) -> np.ndarray:
         n_annot = len(data.annotator_ids)
@@ -312,7 +356,9 @@ class EMDPO:
             **{o: opts[o] for o in keep if o in opts}, **(self.init_options or {}),
             "features": "embedding"},
             n_init=self.n_init, tol=self.tol, selection=self.selection,  # own max_iter: cheap
-            heldout_fraction=self.heldout_fraction, random_state=self.random_state)
+            heldout_fraction=self.heldout_fraction, random_state=self.random_state,
+            min_type_share=self.min_type_share, min_type_annotators=self.min_type_annotators,
+            merge_nats=self.merge_nats, se_factor=self.se_factor)
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
         """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
@@ -329,27 +375,49 @@ class EMDPO:
             if best is None or run.objective > best.objective:
                 best = run
         assert best is not None
-        return best
+        return self._shrink(data, best, tag, k)
 
-    def _run(self, data: Annotations, k: int, restart: int, ckpt: Path | None) -> Run:
-        """EM iterations from one initialisation, checkpointed after every iteration."""
-        backend = self._make_backend(k)
+    def _shrink(self, data: Annotations, run: Run, tag: str, k: int) -> Run:
+        """Prune or merge one type at a time (pluralign.prune), re-fitting EM from the reduced
+        posteriors, until every type is above the floor and distinguishable."""
+        actions = list(run.actions)
+        while run.log_lik is not None:
+            action = prune.next_action(run.posteriors, run.log_lik, self._floor())
+            if action is None:
+                break
+            actions.append(action)
+            log.info("K=%d: %s", action["k"], action["reason"])
+            ckpt = None if self.checkpoint_dir is None else \
+                Path(self.checkpoint_dir) / f"{tag}-K{k}" / f"refit{len(actions)}"
+            run = self._run(data, action["k"] - 1, 0, ckpt,
+                            start=prune.apply(run.posteriors, action))
+        run.actions = actions
+        return run
+
+    def _run(self, data: Annotations, k: int, restart: int, ckpt: Path | None,
+             start: np.ndarray | None = None) -> Run:
+        """EM iterations from one initialisation (or the posteriors `start`), checkpointed after
+        every iteration. K is the starting posteriors' width: a linear start may have pruned."""
         codes, ids = data.annotator_codes()
         rank = Rankings.from_annotations(data)
-        gamma = self._initial_posteriors(data, k, restart)  # part of the key: a changed start
-        key = self._run_key(data, k, restart, gamma)       # (say, linear options) never resumes
-        state = _load_checkpoint(ckpt, backend, key)
+        gamma = self._initial_posteriors(data, k, restart) if start is None else start
+        k = gamma.shape[1]
+        backend = self._make_backend(k)
+        key = self._run_key(data, k, restart, gamma)  # the start is part of the key: a changed
+        state = _load_checkpoint(ckpt, backend, key)  # one (say, linear options) never resumes
+        log_lik = None
         if state is None:
-            history, warns, start, skipped = [], [], 0, []
+            history, warns, first, skipped = [], [], 0, []
         else:
             gamma, history, warns = state["gamma"], state["history"], state["warnings"]
-            start, skipped = state["iteration"] + 1, state["skipped"]
+            first, skipped = state["iteration"] + 1, state["skipped"]
+            log_lik = state["log_lik"]
             if state["done"]:
-                return Run(k, gamma, gamma.mean(0), history, backend, start, state["converged"],
-                           warns, float(np.mean(skipped)) if skipped else 0.0)
+                return Run(k, gamma, gamma.mean(0), history, backend, first, state["converged"],
+                           warns, float(np.mean(skipped)) if skipped else 0.0, log_lik)
         converged = False
-        it = start - 1
-        for it in range(start, self.max_iter):
+        it = first - 1
+        for it in range(first, self.max_iter):
             priors = gamma.mean(axis=0)
             weights = gamma[codes]
             skipped.append(float((weights < self.sparse_threshold).mean())
@@ -360,7 +428,8 @@ class EMDPO:
                     backend.reset(j)
                 backend.fit(j, data, w)
             per = annotation_loglik(backend.logratios(data), rank, backend.beta)
-            gamma, loglik = e_step(annotator_loglik(per, codes, len(ids)), priors)
+            log_lik = annotator_loglik(per, codes, len(ids))
+            gamma, loglik = e_step(log_lik, priors)
             objective = loglik - backend.penalty()
             if history and objective < history[-1] - 1e-6 * abs(history[-1]):
                 msg = (f"K={k}: the EM objective decreased at iteration {it + 1} "
@@ -372,13 +441,13 @@ class EMDPO:
             history.append(objective)
             done = converged or it + 1 == self.max_iter
             _save_checkpoint(ckpt, backend, key, it, gamma, history, warns, skipped, done,
-                             converged)
+                             converged, log_lik)
             if self.callback is not None:
                 self.callback(k, it, objective)
             if converged:
                 break
         return Run(k, gamma, gamma.mean(0), history, backend, it + 1, converged, warns,
-                   float(np.mean(skipped)) if skipped else 0.0)
+                   float(np.mean(skipped)) if skipped else 0.0, log_lik)
 
     def _run_key(self, data: Annotations, k: int, restart: int, start: np.ndarray) -> str:
         """What a checkpoint must match to be resumed: the data, the starting posteriors and
@@ -388,7 +457,7 @@ class EMDPO:
         backend = self.backend if isinstance(self.backend, str) else repr(self.backend)
         parts = [data.fingerprint(), k, restart, backend, self.backend_options or {}, init,
                  self.max_iter, self.tol, self.sparse_threshold, self.warm_start,
-                 self.random_state]
+                 self.random_state, 2]  # 2: checkpoints hold log L_hk (pruning needs it)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
                               ).hexdigest()
 
@@ -427,16 +496,18 @@ class EMDPO:
                   for held in self._folds(ids)]  # made once: each memoises its fingerprint
         per_annotator: dict[int, np.ndarray] = {}
         for k in range(1, self.max_types + 1):
-            scores, train_ll = [], []
+            scores, train_ll, fitted_k = [], [], set()
             for f, (train, test) in enumerate(splits):
                 run = self._fit_k(train, k, "select" if len(splits) == 1 else f"select{f}")
                 scores.append(_heldout_loglik(run, test))
                 train_ll.append(run.objective)
+                fitted_k.add(run.k)
             per_annotator[k] = np.concatenate(scores)
-            self.selection_.append({"k": k, "train_loglik": float(np.mean(train_ll)),
+            self.selection_.append({"k": k, "fitted_k": sorted(fitted_k),
+                                    "train_loglik": float(np.mean(train_ll)),
                                     "heldout_loglik": float(per_annotator[k].sum()),
                                     "heldout_annotators": len(per_annotator[k])})
-        return _one_standard_error(per_annotator, self.selection_)
+        return _within_se(per_annotator, self.selection_, self.se_factor)
 
 
 def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
@@ -447,15 +518,18 @@ def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
     return mixture_loglik(annotator_loglik(per, codes, len(ids)), run.priors)
 
 
-def _one_standard_error(per_annotator: dict[int, np.ndarray], table: list[dict]) -> int:
-    """The smallest K whose held-out log-likelihood is within one standard error (of the paired
-    per-annotator differences) of the best K's: more types must earn their keep."""
+def _within_se(per_annotator: dict[int, np.ndarray], table: list[dict],
+               factor: float = 2.0) -> int:
+    """The smallest K whose held-out log-likelihood is within `factor` standard errors (of the
+    paired per-annotator differences) of the best K's: more types must earn their keep, and a
+    gap of about one standard error is noise, not evidence (factor 2: a one-sided test at
+    about 2.5%)."""
     best = max(per_annotator, key=lambda k: per_annotator[k].sum())
     for row in table:
         diff = per_annotator[best] - per_annotator[row["k"]]
         row["se_of_gap"] = float(diff.std(ddof=1) * np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         row["gap_to_best"] = float(diff.sum())
-    return min(r["k"] for r in table if r["gap_to_best"] <= r["se_of_gap"])
+    return min(r["k"] for r in table if r["gap_to_best"] <= factor * r["se_of_gap"])
 
 
 def _n_params(backend: PolicyBackend) -> int:
@@ -469,7 +543,8 @@ def _n_params(backend: PolicyBackend) -> int:
 # -- checkpoints ----------------------------------------------------------------------------
 def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, key: str, it: int,
                      gamma: np.ndarray, history: list[float], warns: list[str],
-                     skipped: list[float], done: bool, converged: bool) -> None:
+                     skipped: list[float], done: bool, converged: bool,
+                     log_lik: np.ndarray | None = None) -> None:
     """Write the policies to backend-<it>/, then state.json naming it (the commit point), then
     remove older policy folders: a kill at any moment leaves a consistent last iteration."""
     if ckpt is None:
@@ -482,7 +557,7 @@ def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, key: str, it: in
     write_json(ckpt / "state.json", {
         "key": key, "iteration": it, "backend": folder.name, "posteriors": gamma.tolist(),
         "history": history, "warnings": warns, "skipped": skipped, "done": done,
-        "converged": converged})
+        "converged": converged, "log_lik": None if log_lik is None else log_lik.tolist()})
     for old in ckpt.glob("backend-*"):
         if old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
@@ -499,4 +574,5 @@ def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend,
         return None
     backend.load(ckpt / state["backend"])
     log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)
-    return {**state, "gamma": np.asarray(state["posteriors"])}
+    return {**state, "gamma": np.asarray(state["posteriors"]),
+            "log_lik": None if state.get("log_lik") is None else np.asarray(state["log_lik"])}

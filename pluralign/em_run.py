@@ -25,7 +25,8 @@ from pluralign.io import write_json, write_text
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
 #: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
 EM_KEYS = ("backend", "n_types", "max_types", "init", "n_init", "max_iter", "tol", "selection",
-           "heldout_fraction", "sparse_threshold", "warm_start", "force", "random_state")
+           "heldout_fraction", "sparse_threshold", "warm_start", "force", "random_state",
+           "min_type_share", "min_type_annotators", "merge_nats", "se_factor")
 
 
 @dataclass
@@ -186,15 +187,27 @@ def _csv(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
-def annotator_labels(data: Annotations) -> dict[str, str]:
-    """Each annotator's known label (true_type, else group; the most frequent one), for the
-    annotators that have one."""
+LABEL_COLUMNS = ("true_type", "group")
+
+
+def annotator_labels(data: Annotations, column: str | None = None) -> dict[str, str]:
+    """Each annotator's known label in `column` (None: true_type, else group; the most frequent
+    one), for the annotators that have one."""
     labels: dict[str, Counter] = {}
     for a in data:
-        label = a.true_type if a.true_type is not None else a.group
+        if column is None:
+            label = a.true_type if a.true_type is not None else a.group
+        else:
+            label = getattr(a, column)
         if label is not None:
             labels.setdefault(a.annotator_id, Counter())[str(label)] += 1
     return {h: c.most_common(1)[0][0] for h, c in labels.items()}
+
+
+def label_columns(data: Annotations) -> dict[str, dict[str, str]]:
+    """Every label column the data carries (true_type, group), each as annotator -> label."""
+    out = {c: annotator_labels(data, c) for c in LABEL_COLUMNS}
+    return {c: v for c, v in out.items() if v}
 
 
 def audit(data: Annotations, em: EMDPO) -> dict[str, Any] | None:
@@ -228,7 +241,7 @@ def summarise(report: dict[str, Any], out: Path) -> str:
         lines.append(f"audit against known labels: ARI {report['audit']['ari']:.3f}, "
                      f"NMI {report['audit']['nmi']:.3f}")
     for w in report["warnings"]:
-        lines.append(f"WARNING: {w}")
+        lines.append(f"WARNING [{w['code']}]: {w['message']}")
     lines.append(f"wrote {out / 'posteriors.csv'}, {out / 'em.json'}, {out / report['policies']}/"
                  f", {out / 'baseline'}/")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Evaluate every policy against every type (DESIGN §1, §6): how well each policy's implied
 preferences predict each type's held-out rankings, and how well types were discovered.
 
-A policy j enters as log pi_j(y|x) of every candidate (restricted to the candidates, as in the
-`candidates` regret estimator); as a preference model it ranks by those log-probabilities, and
-its Plackett–Luce likelihood uses the implied reward beta * (log pi_j - log pi_ref).
+A policy j enters as log pi_j(y|x) of every candidate (restricted to the candidates with the
+base measure of the `candidates` regret estimator, uniform by default); as a preference model it
+ranks by its implied reward beta * (log q_j - log q_ref), and its Plackett–Luce likelihood uses
+that reward. Every figure comes with a bootstrap interval: annotators are resampled for
+accuracies, ARI and the personalization curve, prompts for regrets.
 """
 
 from __future__ import annotations
@@ -17,21 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from pluralign import bootstrap, diagnostics
 from pluralign.aggregate import (
     Policy,
     aggregate,
-    candidate_regret,
+    candidate_contributions,
     load_scores,
     mixture_logps,
     policies_of,
     policy_logps,
+    prompt_clusters,
     scores_key,
-    weighted_regret,
 )
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
-from pluralign.em_run import FittedRun, annotator_labels, load_run
+from pluralign.em_run import FittedRun, annotator_labels, label_columns, load_run
 from pluralign.io import write_json
 from pluralign.losses import beats, plackett_luce_logprob
 from pluralign.rankings import Rankings
@@ -56,29 +59,62 @@ def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndar
             "kendall_tau": ((concordant - discordant) / n_pairs).numpy()}
 
 
+def annotation_metrics(rewards: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
+    """metric -> [n, J]: each policy's agreement with each annotation (ranking_metrics) and its
+    Plackett–Luce log-likelihood. rewards[n, M, J]: implied rewards (NaN padding)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for j in range(rewards.shape[2]):
+        r = rewards[..., j]
+        per = ranking_metrics(r, rankings)
+        per["loglik"] = plackett_luce_logprob(
+            torch.as_tensor(np.nan_to_num(r, nan=0.0), dtype=torch.float64), rankings).numpy()
+        for metric, values in per.items():
+            out.setdefault(metric, []).append(values)
+    return {m: np.stack(v, axis=1) for m, v in out.items()}
+
+
 def policy_table(rewards: np.ndarray, rankings: Rankings, groups: Sequence[Any],
                  policy_names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
     """metric -> group -> policy -> mean over that group's annotations.
 
     rewards[n, M, J]: each policy's implied reward beta * s_j (NaN padding); groups: the type of
     each annotation's annotator (true types where known, else discovered ones)."""
+    return group_means(annotation_metrics(rewards, rankings), groups, policy_names)
+
+
+def group_means(per: dict[str, np.ndarray], groups: Sequence[Any],
+                policy_names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
     groups = np.asarray(groups, dtype=object)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for j, name in enumerate(policy_names):
-        r = rewards[..., j]
-        per = ranking_metrics(r, rankings)
-        per["loglik"] = plackett_luce_logprob(
-            torch.as_tensor(np.nan_to_num(r, nan=0.0), dtype=torch.float64), rankings).numpy()
-        for metric, values in per.items():
-            for g in sorted(set(groups.tolist()), key=str):
-                out.setdefault(metric, {}).setdefault(str(g), {})[name] = float(
-                    values[groups == g].mean())
+    for metric, values in per.items():
+        for g in sorted(set(groups.tolist()), key=str):
+            means = values[groups == g].mean(axis=0)
+            out.setdefault(metric, {})[str(g)] = dict(zip(policy_names, means.tolist(),
+                                                          strict=True))
     return out
 
 
-def discovery(truth: Sequence[Any], posteriors: np.ndarray) -> dict[str, Any]:
-    """Discovery quality against known labels: ARI, NMI, the confusion matrix (true label x
-    discovered type), and each annotator's posterior confidence (max posterior)."""
+def group_intervals(per: dict[str, np.ndarray], groups: Sequence[Any], codes: np.ndarray,
+                    policy_names: Sequence[str], n_boot: int, seed: int
+                    ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """metric -> group -> policy -> [low, high]: annotators resampled within each group (an
+    annotator's annotations stay together)."""
+    groups = np.asarray(groups, dtype=object)
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for metric, values in per.items():
+        for g in sorted(set(groups.tolist()), key=str):
+            rows = groups == g
+            reps = bootstrap.mean_replicates(values[rows], codes[rows], n_boot, seed)
+            out.setdefault(metric, {})[str(g)] = bootstrap.pairs(
+                policy_names, bootstrap.interval(reps))
+    return out
+
+
+def discovery(truth: Sequence[Any], posteriors: np.ndarray, n_boot: int = 0,
+              seed: int = 0) -> dict[str, Any]:
+    """Discovery quality against known labels: ARI, NMI (with bootstrap intervals over
+    annotators when n_boot > 0), the confusion matrix (true label x discovered type), and each
+    annotator's posterior confidence (max posterior)."""
     from sklearn.metrics import adjusted_rand_score, confusion_matrix, normalized_mutual_info_score
     pred = posteriors.argmax(axis=1)
     labels = sorted(set(truth), key=str)
@@ -87,19 +123,28 @@ def discovery(truth: Sequence[Any], posteriors: np.ndarray) -> dict[str, Any]:
     matrix = confusion_matrix([index[t] for t in truth], pred,
                               labels=range(max(len(labels), k)))[: len(labels), :k]
     confidence = posteriors.max(axis=1)
-    return {"ari": float(adjusted_rand_score(truth, pred)),
-            "nmi": float(normalized_mutual_info_score(truth, pred)),
-            "labels": [str(x) for x in labels], "confusion": matrix.tolist(),
-            "confidence_mean": float(confidence.mean()),
-            "confidence_histogram": np.histogram(confidence, bins=10, range=(0, 1))[0].tolist()}
+    out = {"ari": float(adjusted_rand_score(truth, pred)),
+           "nmi": float(normalized_mutual_info_score(truth, pred)),
+           "annotators": len(truth),
+           "labels": [str(x) for x in labels], "confusion": matrix.tolist(),
+           "confidence_mean": float(confidence.mean()),
+           "confidence_histogram": np.histogram(confidence, bins=10, range=(0, 1))[0].tolist()}
+    if n_boot > 0 and len(truth) > 1:
+        t = np.asarray([index[x] for x in truth])
+        for name, score in (("ari", adjusted_rand_score), ("nmi", normalized_mutual_info_score)):
+            reps = bootstrap.replicates(len(t), lambda i, f=score: f(t[i], pred[i]), n_boot, seed)
+            out[f"{name}_interval"] = bootstrap.interval(reps).tolist()
+    return out
 
 
-def implied_rewards(logps: np.ndarray, log_ref: np.ndarray, beta: float) -> np.ndarray:
+def implied_rewards(logps: np.ndarray, log_ref: np.ndarray | None, beta: float) -> np.ndarray:
     """beta * (log q_j - log q_ref) with both restricted to each row's candidates: the reward a
     policy (or a mixture) implies; [n, M, P]. The base model implies zero."""
     def restricted(x: np.ndarray) -> np.ndarray:
         top = np.nanmax(x, axis=1, keepdims=True)
         return x - top - np.log(np.nansum(np.exp(x - top), axis=1, keepdims=True))
+    if log_ref is None:  # uniform base measure
+        log_ref = np.where(np.isnan(logps[..., 0]), np.nan, 0.0)
     return beta * (restricted(logps) - restricted(log_ref)[..., None])
 
 
@@ -140,11 +185,12 @@ def doubling(n: int) -> list[int]:
 
 
 def personalization_curve(per_annotation: np.ndarray, codes: np.ndarray, priors: np.ndarray,
-                          target: np.ndarray, sizes: Sequence[int] | None = None
-                          ) -> list[dict[str, float]]:
+                          target: np.ndarray, sizes: Sequence[int] | None = None,
+                          n_boot: int = 0, seed: int = 0) -> list[dict[str, Any]]:
     """Type-assignment accuracy after each annotator's first n annotations (data order), from
     fixed policies: per_annotation[a, k] is log P_k of annotation a, target[h] the type each
-    annotator should get (-1: none). Only annotators with at least n annotations count at n."""
+    annotator should get (-1: none). Only annotators with at least n annotations count at n;
+    with n_boot > 0, a bootstrap interval over those annotators."""
     n_annot = len(target)
     order = np.zeros(len(codes), dtype=int)
     seen = np.zeros(n_annot, dtype=int)
@@ -157,37 +203,34 @@ def personalization_curve(per_annotation: np.ndarray, codes: np.ndarray, priors:
         gamma, _ = e_step(lik, priors)
         who = (seen >= n) & (target >= 0)
         if who.any():
-            out.append({"annotations": int(n), "annotators": int(who.sum()),
-                        "accuracy": float((gamma[who].argmax(1) == target[who]).mean()),
-                        "confidence": float(gamma[who].max(1).mean())})
+            hit = (gamma[who].argmax(1) == target[who]).astype(np.float64)
+            point = {"annotations": int(n), "annotators": int(who.sum()),
+                     "accuracy": float(hit.mean()), "confidence": float(gamma[who].max(1).mean())}
+            if n_boot > 0:
+                reps = bootstrap.mean_replicates(hit, np.arange(len(hit)), n_boot, seed)
+                point["interval"] = bootstrap.interval(reps).tolist()
+            out.append(point)
     return out
 
 
 # -- a whole run ----------------------------------------------------------------------------
 def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
-                 scores: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 scores: dict[str, np.ndarray] | None = None, n_boot: int = 200,
+                 seed: int = 0, train: Annotations | None = None) -> dict[str, Any]:
     """Every policy against every type on `data`: the single policies (types, pooled, merged,
     base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
-    discovery quality, per-annotator confidence and the personalization curve. `scores`: the
-    log-probs aggregation computed on this data (RegretEstimator.scores), not recomputed."""
+    discovery quality against every label column, per-annotator confidence and the
+    personalization curve, each with a bootstrap interval (n_boot replicates; 0: none).
+    `scores`: the log-probs aggregation computed on this data (RegretEstimator.scores), not
+    recomputed; `train`: the training data, to flag labelled groups the evaluation misses."""
     backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
     if aggregated is None:
-        aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline)
+        aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
+                                       n_boot=0)
     else:
         merged = _merged(backend, aggregated["weights"])
-    scores = scores or {}
-    s = scores["_s"] if "_s" in scores else backend.logratios(data)
-    singles = policies_of(backend, {"pooled": run.baseline}, base=True)
-    singles += [Policy("merged", merged, 0)] if merged is not None else []
-    todo = [p for p in singles if p.name not in scores]
-    fresh = policy_logps(todo, data, {id(backend): s}) if todo else None
-    logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
-                      for p in singles], axis=2)
-    mixes = {"mmra": aggregated["weights"],
-             **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
-    logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
-                                      for w in mixes.values()], axis=2)
-    names = [p.name for p in singles] + list(mixes)
+    base_measure = aggregated.get("base_measure") or "uniform"
+    logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
     rank = Rankings.from_annotations(data)
     codes, ids = data.annotator_codes()
     per = annotation_loglik(s, rank, beta)
@@ -196,12 +239,20 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     labels = annotator_labels(data)
     labelled = bool(labels) and all(h in labels for h in ids)
     groups = [labels[h] for h in ids] if labelled else [f"type_{p}" for p in pred]
-    table = policy_table(implied_rewards(logps, backend.reference_logps(data), beta), rank,
-                         [groups[c] for c in codes], names)
-    regret = weighted_regret(candidate_regret(beta * s, logps), aggregated.get("type_weights"))
+    log_ref = backend.reference_logps(data) if base_measure == "reference" else None
+    metrics = annotation_metrics(implied_rewards(logps, log_ref, beta), rank)
+    row_groups = [groups[c] for c in codes]
+    table = group_means(metrics, row_groups, names)
+    contrib = candidate_contributions(beta * s, logps)
+    if aggregated.get("type_weights") is not None:
+        contrib = contrib * np.asarray(aggregated["type_weights"])[None, :, None]
+    regret = contrib.mean(axis=0)
     out: dict[str, Any] = {
-        "annotations": len(data), "annotators": len(ids), "data_fingerprint": data.fingerprint(),
+        "annotations": len(data), "annotators": len(ids),
+        "prompts": int(len(set(prompt_clusters(data).tolist()))),
+        "data_fingerprint": data.fingerprint(), "base_measure": base_measure,
         "groups": "true types" if labelled else "discovered types", "policies": names,
+        "group_sizes": _group_sizes(groups, row_groups),
         "metrics": table, "spread": spread(table),
         "regret": {"estimator": "candidates", "types": [f"type_{i}" for i in range(k)],
                    "matrix": regret.tolist(),
@@ -211,20 +262,79 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         "annotator_posteriors": [{"annotator_id": h, "type": int(p), "confidence": float(c)}
                                  for h, p, c in zip(ids, pred, gamma.max(1), strict=True)],
         "confidence_histogram": np.histogram(gamma.max(1), bins=10, range=(0, 1))[0].tolist()}
+    if n_boot > 0:
+        out["intervals"] = _intervals(metrics, row_groups, codes, names, contrib, data, n_boot,
+                                      seed)
     target = pred
     if labelled:
         truth = [labels[h] for h in ids]
-        out["discovery"] = discovery(truth, gamma)
+        out["discovery"] = discovery(truth, gamma, n_boot, seed)
         mapping = match_labels(truth, pred, k)
         out["discovery"]["label_to_type"] = mapping
         target = np.array([mapping.get(t, -1) for t in truth])
+    out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
+                        for col, lab in label_columns(data).items()}
     out["personalization"] = {
         "target": "matched true types" if labelled else "assignment from all annotations",
-        "curve": personalization_curve(per, codes, run.priors, target)}
+        "curve": personalization_curve(per, codes, run.priors, target, n_boot=n_boot,
+                                       seed=seed)}
+    out["warnings"] = _warnings(data, train, gamma)
     return out
 
 
-def run_evaluate(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, Any]:
+def _policy_columns(run: FittedRun, data: Annotations, aggregated: dict[str, Any],
+                    merged: PolicyBackend | None, scores: dict[str, np.ndarray],
+                    base_measure: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """log q_j of every candidate for the single policies and the mixtures: ([n, M, P], names,
+    the types' log-ratios s)."""
+    backend, k = run.backend, run.backend.n_types
+    s = scores["_s"] if "_s" in scores else backend.logratios(data)
+    singles = policies_of(backend, {"pooled": run.baseline}, base=True)
+    singles += [Policy("merged", merged, 0)] if merged is not None else []
+    todo = [p for p in singles if p.name not in scores]
+    fresh = policy_logps(todo, data, {id(backend): s}, base_measure) if todo else None
+    logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
+                      for p in singles], axis=2)
+    mixes = {"mmra": aggregated["weights"],
+             **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
+    logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
+                                      for w in mixes.values()], axis=2)
+    return logps, [p.name for p in singles] + list(mixes), s
+
+
+def _group_sizes(groups: Sequence[str], row_groups: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Annotators and annotations of each group."""
+    out: dict[str, dict[str, int]] = {}
+    for g in sorted(set(groups), key=str):
+        out[str(g)] = {"annotators": sum(x == g for x in groups),
+                       "annotations": sum(x == g for x in row_groups)}
+    return out
+
+
+def _intervals(metrics: dict[str, np.ndarray], row_groups: Sequence[str], codes: np.ndarray,
+               names: Sequence[str], contrib: np.ndarray, data: Annotations, n_boot: int,
+               seed: int) -> dict[str, Any]:
+    """Bootstrap intervals: metrics by annotator within group, regrets by prompt."""
+    reps = bootstrap.mean_replicates(contrib, prompt_clusters(data), n_boot, seed)
+    return {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
+            "metrics": group_intervals(metrics, row_groups, codes, names, n_boot, seed),
+            "regret_matrix": bootstrap.interval(reps).tolist(),
+            "max_regret": bootstrap.pairs(names, bootstrap.interval(reps.max(axis=1)))}
+
+
+def _warnings(data: Annotations, train: Annotations | None,
+              gamma: np.ndarray) -> list[dict[str, str]]:
+    """Held-out split missing labelled groups; near-uniform posteriors on this data."""
+    out = []
+    if train is not None and train.fingerprint() != data.fingerprint():
+        held = label_columns(data)
+        for col, lab in label_columns(train).items():
+            out += diagnostics.split_warnings(lab, held.get(col, {}), col)
+    return out + diagnostics.confidence_warnings(gamma)
+
+
+def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 200,
+                 seed: int = 0) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
     run = load_run(run_dir)
@@ -235,8 +345,10 @@ def run_evaluate(run_dir: Path, data_dir: str | Path | None = None) -> dict[str,
               "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
     data = run.data(data_dir)
     scores = {} if aggregated is None else load_scores(
-        run.path, scores_key(run.path, data, aggregated["weights"]))
-    out = evaluate_run(run, data, aggregated, scores)
+        run.path, scores_key(run.path, data, aggregated["weights"],
+                             aggregated.get("base_measure")))
+    train = run.data() if data_dir is not None and run.info.get("data") else None
+    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
     write_json(run.path / "evaluation.json", out)
@@ -251,19 +363,34 @@ def _merged(backend: PolicyBackend, weights: Sequence[float]) -> PolicyBackend |
 
 
 def format_evaluation(out: dict[str, Any]) -> str:
-    """evaluation.json for a person: each policy's worst-type regret and accuracy."""
+    """evaluation.json for a person: each policy's worst-type regret and accuracy, with
+    bootstrap intervals when computed, then the warnings."""
     pair = out["spread"]["pairwise"]
+    iv = out.get("intervals") or {}
+
+    def ci(low_high: Sequence[float] | None) -> str:
+        return "" if low_high is None else f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
+
     lines = [f"evaluated {len(out['policies'])} policies on {out['annotations']} annotations "
-             f"of {out['annotators']} annotators (groups: {out['groups']})",
-             f"{'policy':<12} {'max regret':>10} {'worst pairwise acc':>19}  worst group"]
+             f"of {out['annotators']} annotators, {out.get('prompts', '?')} prompts (groups: "
+             f"{out['groups']}; {'in-sample' if out.get('in_sample') else 'held-out'})"
+             + (f"; {100 * iv['level']:.0f}% bootstrap intervals" if iv else ""),
+             f"{'policy':<12} {'max regret':>24} {'worst pairwise acc':>26}  worst group"]
     for name in out["policies"]:
-        lines.append(f"{name:<12} {out['regret']['max_regret'][name]:>10.4f} "
-                     f"{pair[name]['worst']:>19.3f}  {pair[name]['worst_group']}")
+        worst = pair[name]["worst_group"]
+        acc_ci = iv.get("metrics", {}).get("pairwise", {}).get(worst, {}).get(name)
+        lines.append(f"{name:<12} {out['regret']['max_regret'][name]:>8.4f}"
+                     f"{ci(iv.get('max_regret', {}).get(name)):<16} "
+                     f"{pair[name]['worst']:>8.3f}{ci(acc_ci):<18}  {worst}")
     if "discovery" in out:
         d = out["discovery"]
-        lines.append(f"discovery: ARI {d['ari']:.3f}, NMI {d['nmi']:.3f}")
+        lines.append(f"discovery: ARI {d['ari']:.3f}{ci(d.get('ari_interval'))}, "
+                     f"NMI {d['nmi']:.3f}{ci(d.get('nmi_interval'))} on {d['annotators']} "
+                     "annotators")
     curve = out["personalization"]["curve"]
     if curve:
         lines.append("personalization (annotations: accuracy): " + ", ".join(
             f"{c['annotations']}: {c['accuracy']:.2f}" for c in curve))
+    for w in out.get("warnings", []):
+        lines.append(f"WARNING [{w['code']}]: {w['message']}")
     return "\n".join(lines)

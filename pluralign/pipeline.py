@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
-from pluralign.aggregate import ESTIMATORS
+from pluralign import diagnostics
+from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.data import Annotations, load, save
-from pluralign.em_run import BACKEND_CONFIGS, EMSettings
+from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, label_columns
 from pluralign.ingest.core import ON_ERROR
 from pluralign.io import write_json
 
@@ -79,12 +80,23 @@ class AggregateSection:
         "help": "importance of each type (scales the regret matrix's rows)"})
     n_samples: int = field(default=8, metadata={"help": "sampled: responses per prompt"})
     merge: bool = field(default=True, metadata={"help": "build the merged single adapter"})
+    base_measure: str = field(default="uniform", metadata={
+        "help": "candidates: uniform (each policy restricted to a prompt's candidates is "
+                "proportional to exp(log-ratio)) or reference (its LM probability, dominated by "
+                "response length)"})
+    n_boot: int = field(default=200, metadata={
+        "help": "bootstrap replicates over held-out prompts for the regret intervals (0: none)"})
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.base_measure not in BASE_MEASURES:
+            raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got "
+                             f"{self.base_measure!r}")
         if self.n_samples < 1:
             raise ValueError("n_samples must be >= 1")
+        if self.n_boot < 0:
+            raise ValueError("n_boot must be >= 0")
 
 
 @dataclass
@@ -94,6 +106,13 @@ class EvaluateSection:
     data: str | None = field(default=None, metadata={
         "help": "a held-out dataset folder; default: the ingest stage's held-out split, else "
                 "the training data (in-sample)"})
+    n_boot: int = field(default=200, metadata={
+        "help": "bootstrap replicates over annotators (accuracies, ARI, personalization) and "
+                "prompts (regrets) for the 95% intervals (0: none)"})
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 0:
+            raise ValueError("n_boot must be >= 0")
 
 
 @dataclass
@@ -154,21 +173,42 @@ def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     save(list(train), out / "data", {"source": inputs})
     if held is not None:
         save(list(held), out / "heldout", {"source": inputs})
+    warns = [] if held is None else [
+        w for col, lab in label_columns(train).items()
+        for w in diagnostics.split_warnings(lab, label_columns(held).get(col, {}), col)]
+    for w in warns:
+        print(f"WARNING [{w['code']}]: {w['message']}")
     return {"annotations": len(data), "train": len(train),
             "heldout": 0 if held is None else len(held),
-            "annotators": len(data.annotator_ids), "ingest_report": {
+            "annotators": len(data.annotator_ids), "warnings": warns, "ingest_report": {
                 k: report[k] for k in ("read", "accepted", "rejected", "duplicates")
                 if k in report}}
 
 
 def split_annotators(data: Annotations, fraction: float,
                      seed: int) -> tuple[Annotations, Annotations | None]:
-    """Hold out a share of annotators (all of their annotations), seeded."""
+    """Hold out a share of annotators (all of their annotations), seeded. Stratified by the
+    annotators' label (true_type, else group) when the data has labels, so that every labelled
+    group with two or more annotators is represented on both sides."""
     if fraction <= 0:
         return data, None
     ids = data.annotator_ids
+    labels = annotator_labels(data)
+    rng = np.random.default_rng(seed)
+    strata: dict[str, list[str]] = {}
+    for h in ids:
+        strata.setdefault(labels.get(h, ""), []).append(h)
     n_held = max(1, int(round(fraction * len(ids))))
-    held = set(np.random.default_rng(seed).choice(ids, n_held, replace=False).tolist())
+    quota = {g: fraction * len(m) for g, m in strata.items()}
+    take = {g: int(np.floor(q)) for g, q in quota.items()}
+    by_remainder = sorted(strata, key=lambda g: (take[g] - quota[g], rng.random()))
+    for g in by_remainder[: max(0, n_held - sum(take.values()))]:
+        take[g] += 1
+    if labels:  # every labelled group of two or more on both sides
+        take = {g: min(max(t, 1), len(strata[g]) - 1) if len(strata[g]) >= 2 else t
+                for g, t in take.items()}
+    held = {h for g, members in strata.items()
+            for h in rng.choice(members, take[g], replace=False).tolist()}
     return (data.subset(i for i, a in enumerate(data) if a.annotator_id not in held),
             data.subset(i for i, a in enumerate(data) if a.annotator_id in held))
 
@@ -220,14 +260,16 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.aggregate import format_aggregate, run_aggregate
     a = cfg.aggregate
     result = run_aggregate(out, _heldout(out), estimator=a.estimator, type_weights=a.type_weights,
-                           n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge)
+                           n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge,
+                           base_measure=a.base_measure, n_boot=a.n_boot)
     print(format_aggregate(result))
     return {"max_regret": result["max_regret"], "weights": result["weights"]}
 
 
 def stage_evaluate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.evaluate import format_evaluation, run_evaluate
-    result = run_evaluate(out, cfg.evaluate.data or _heldout(out))
+    result = run_evaluate(out, cfg.evaluate.data or _heldout(out), cfg.evaluate.n_boot,
+                          cfg.run.seed)
     print(format_evaluation(result))
     return {"annotations": result["annotations"], "in_sample": result["in_sample"]}
 

@@ -171,7 +171,8 @@ def test_lora_em_runs_from_linear_initialisation(tmp_path):
     opts = dict(model="builtin:tiny", top_layers=2, max_prompt_tokens=32,
                 max_response_tokens=32, cache=str(tmp_path / "cache"), progress=False,
                 batch_size=4)
-    em = EMDPO("lora", n_types=2, backend_options=opts, max_iter=2,
+    em = EMDPO("lora", n_types=2, backend_options=opts, max_iter=2,  # 6 annotators: no
+               min_type_share=0, min_type_annotators=0, merge_nats=0,  # floor: keep both
                checkpoint_dir=tmp_path / "ckpt").fit(data)
     assert em.posteriors_.shape == (6, 2) and len(em.loglik_history_) == 2
     assert (tmp_path / "ckpt" / "final-K2" / "init0" / "state.json").is_file()

@@ -18,7 +18,9 @@ import pytest
 TINY = """\
 run: {{out: {out}, seed: 3}}
 ingest: {{inputs: [{data}], heldout_fraction: 0.25}}
-em: {{backend: lora, n_types: 2, max_iter: 3, init: linear, n_init: 1}}
+# 9 annotators in EM: no type floor and no merging, so that both adapters are trained
+em: {{backend: lora, n_types: 2, max_iter: 3, init: linear, n_init: 1, min_type_share: 0,
+      min_type_annotators: 0, merge_nats: 0}}
 lora:
   model: builtin:tiny
   top_layers: 2

@@ -144,7 +144,8 @@ def test_lora_run_through_sampled_aggregation_and_report(tmp_path, cli):
     assert cli("simulate", "--out", tmp_path / "data", "--flavour", "text", "--types", "2",
                "--annotators", "6", "--per-annotator", "3", "--seed", "1")[0] == 0
     (tmp_path / "em.yaml").write_text(
-        "em:\n  backend: lora\n  max_iter: 2\nlora:\n  model: builtin:tiny\n  top_layers: 2\n"
+        "em:\n  backend: lora\n  max_iter: 2\n  min_type_share: 0\n  min_type_annotators: 0\n"
+        "  merge_nats: 0\nlora:\n  model: builtin:tiny\n  top_layers: 2\n"
         f"  max_prompt_tokens: 32\n  max_response_tokens: 16\n  cache: {tmp_path / 'cache'}\n"
         "  progress: false\n  batch_size: 4\n")
     run = tmp_path / "run"

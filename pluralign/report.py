@@ -21,14 +21,36 @@ from pluralign.io import write_json, write_text, write_with
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
            "personalization")
-CAPTIONS = {
-    "em_objective": "EM objective (log-likelihood minus log-prior) per iteration",
-    "confidence": "Posterior confidence of each annotator's type assignment",
+TITLES = {
+    "em_objective": "EM objective per iteration",
+    "confidence": "Posterior confidence of each annotator's type",
     "regret_heatmap": "Regret of serving each type (row) with each policy (column)",
-    "accuracy": "Pairwise accuracy of every policy on each type's held-out rankings",
-    "mmra_weights": "Min-max regret mixture: probability of each type policy",
+    "accuracy": "Pairwise accuracy of every policy on each group",
+    "mmra_weights": "Min-max regret mixture against the type priors",
     "personalization": "Type-assignment accuracy after a new annotator's first n annotations",
 }
+#: What each column of the policy table means (the definitions box).
+DEFINITIONS = (
+    ("regret", "Regret of serving type i with policy j: V_i(pi_i) - V_i(pi_j), where V_i is "
+               "type i's expected reward beta * log(pi_i / pi_ref) over each evaluation prompt's "
+               "candidate responses, in nats. 0 means the policy serves the type as well as the "
+               "type's own policy; larger is worse."),
+    ("base measure", "How a policy is restricted to a prompt's candidates: uniform (proportional "
+                     "to exp(log-ratio): what the policy changes) or reference (its own LM "
+                     "probability, in which response length dominates)."),
+    ("max regret", "The largest regret of the policy over the types: the worst-served type's."),
+    ("regret gap", "Max minus min regret over the types: how unevenly the policy serves them."),
+    ("worst-served group / its pairwise acc.", "The labelled group (discovered type where no "
+     "labels exist) whose observed rankings the policy's implied reward orders least well, and "
+     "that share of correctly ordered pairs (0.5 = chance, ties count half)."),
+    ("[low, high]", "95% bootstrap percentile interval: prompts resampled for regrets, "
+                    "annotators for accuracies, ARI and the personalization curve."),
+    ("mmra / uniform / utilitarian", "Mixtures of the type policies (draw a type policy with "
+     "these probabilities, then decode): min-max regret, equal weights, and the one maximising "
+     "the prior-weighted mean value."),
+    ("pooled / base / merged", "One DPO policy fitted to everybody (K = 1); the base model; one "
+     "adapter whose weights are the MMRA-weighted sum of the type adapters."),
+)
 
 
 def load_parts(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -44,6 +66,10 @@ def load_parts(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
     return parts[0], parts[1], parts[2]
 
 
+def _interval(ev: dict[str, Any], name: str) -> list[float] | None:
+    return ((ev.get("intervals") or {}).get("max_regret") or {}).get(name)
+
+
 def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     """The report's findings as plain JSON: the fairness story in numbers."""
     regret = ev["regret"]
@@ -53,21 +79,35 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     pooled = col.get("pooled")
     story: dict[str, Any] = {
         "types": len(types), "priors": em["priors"], "estimator": regret["estimator"],
-        "in_sample": ev.get("in_sample", False),
+        "base_measure": ev.get("base_measure"), "in_sample": ev.get("in_sample", False),
+        "sizes": {"train_annotators": em.get("annotators"),
+                  "train_annotations": em.get("annotations"),
+                  "eval_annotators": ev["annotators"], "eval_annotations": ev["annotations"],
+                  "eval_prompts": ev.get("prompts")},
         "mmra": {"weights": agg["weights"], "max_regret": regret["max_regret"]["mmra"],
+                 "interval": _interval(ev, "mmra"),
                  "binding": [t for t, b in zip(types, agg["binding"], strict=True) if b]},
-        "max_regret": regret["max_regret"], "gap": regret["gap"]}
+        "max_regret": regret["max_regret"], "gap": regret["gap"],
+        "actions": em.get("actions", []),
+        "identifiability": em.get("identifiability"),
+        "warnings": [*em.get("warnings", []), *agg.get("warnings", []),
+                     *ev.get("warnings", [])]}
     if pooled is not None:
         worst = int(matrix[:, pooled].argmax())
         story["pooled"] = {"worst_type": types[worst],
                            "worst_regret": float(matrix[worst, pooled]),
+                           "interval": _interval(ev, "pooled"),
                            "best_type": types[int(matrix[:, pooled].argmin())],
                            "gap": regret["gap"]["pooled"]}
         story["mmra"]["reduction"] = story["pooled"]["worst_regret"] - story["mmra"]["max_regret"]
     fair = min(ev["policies"], key=lambda p: regret["max_regret"][p])
-    story["fairest_policy"] = {"name": fair, "max_regret": regret["max_regret"][fair]}
+    story["fairest_policy"] = {"name": fair, "max_regret": regret["max_regret"][fair],
+                               "interval": _interval(ev, fair)}
+    story["indistinguishable"] = _overlapping(ev, fair)
+    story["accuracy_losses"] = _accuracy_losses(ev, fair)
     if "discovery" in ev:
         story["discovery"] = {k: ev["discovery"][k] for k in ("ari", "nmi", "label_to_type")}
+        story["discovery"]["ari_interval"] = ev["discovery"].get("ari_interval")
     curve = ev["personalization"]["curve"]
     reach = next((c["annotations"] for c in curve if c["accuracy"] >= 0.9), None)
     story["personalization"] = {"annotations_for_90_percent": reach,
@@ -75,29 +115,80 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     return story
 
 
+def _overlapping(ev: dict[str, Any], fair: str) -> list[str]:
+    """Policies whose max-regret interval overlaps the fairest policy's: not distinguishable
+    from it on this evaluation set."""
+    mine = _interval(ev, fair)
+    if mine is None:
+        return []
+    return [p for p in ev["policies"] if p != fair and (iv := _interval(ev, p)) is not None
+            and iv[0] <= mine[1]]
+
+
+def _accuracy_losses(ev: dict[str, Any], fair: str) -> list[dict[str, Any]]:
+    """Groups on which the fairest policy by regret orders the observed rankings less well
+    than the base model."""
+    table = ev["metrics"]["pairwise"]
+    out = []
+    for group, row in table.items():
+        if "base" in row and row[fair] < row["base"]:
+            iv = (((ev.get("intervals") or {}).get("metrics") or {}).get("pairwise") or {})
+            out.append({"group": group, "policy": row[fair], "base": row["base"],
+                        "interval": (iv.get(group) or {}).get(fair)})
+    return out
+
+
+def _ci(iv: list[float] | None) -> str:
+    return "" if iv is None else f" [95% CI {iv[0]:.3f}, {iv[1]:.3f}]"
+
+
 def findings(story: dict[str, Any]) -> list[str]:
     """The story in sentences, for the top of the page."""
     out = []
     mmra = story["mmra"]
+    where = "the training annotations (in-sample)" if story["in_sample"] else \
+        "held-out annotators"
+    sizes = story["sizes"]
+    out.append(f"Evaluated on {where}: {sizes['eval_annotators']} annotators, "
+               f"{sizes['eval_annotations']} annotations, {sizes['eval_prompts']} prompts; types "
+               f"were fitted on {sizes['train_annotators']} annotators.")
     if "pooled" in story:
         p = story["pooled"]
         out.append(f"The pooled policy (one DPO fit to everyone) serves {p['worst_type']} worst: "
-                   f"its regret there is {p['worst_regret']:.3f}, against {p['best_type']} "
-                   f"best served (gap {p['gap']:.3f}).")
+                   f"its regret there is {p['worst_regret']:.3f}{_ci(p['interval'])}, against "
+                   f"{p['best_type']} best served (gap {p['gap']:.3f}).")
         out.append(f"The min-max regret mixture lowers the worst type's regret to "
-                   f"{mmra['max_regret']:.3f} ({mmra['reduction']:+.3f} versus pooled); "
-                   f"binding types: {', '.join(mmra['binding'])}.")
+                   f"{mmra['max_regret']:.3f}{_ci(mmra['interval'])} ({mmra['reduction']:+.3f} "
+                   f"versus pooled); binding types: {', '.join(mmra['binding'])}.")
     weights = ", ".join(f"type_{j} {w:.2f}" for j, w in enumerate(mmra["weights"]))
     out.append(f"Mixture weights: {weights}.")
     fair = story["fairest_policy"]
     if fair["name"] != "mmra":
         out.append(f"Lowest worst-type regret among all policies: {fair['name']} "
-                   f"({fair['max_regret']:.3f}).")
+                   f"({fair['max_regret']:.3f}{_ci(fair['interval'])}).")
+    if story["indistinguishable"]:
+        out.append(f"Not distinguishable from {fair['name']} on this data (their 95% intervals "
+                   f"of max regret overlap): {', '.join(story['indistinguishable'])}.")
+    for loss in story["accuracy_losses"]:
+        out.append(
+            f"On {loss['group']}, {fair['name']} orders the observed pairs less well than the "
+            f"base model ({loss['policy']:.3f}{_ci(loss['interval'])} vs {loss['base']:.3f}). "
+            "Regret and pairwise accuracy measure different things: regret is the expected "
+            "reward under each type's learned reward with the policy spread over the "
+            "candidates, while accuracy asks whether the policy's implied reward orders each "
+            "observed ranking. A mixture or merge that hedges between types can lower the worst "
+            "regret yet rank one group's pairs no better than chance, especially where the "
+            "discovered types do not match the labelled groups.")
+    for a in story["actions"]:
+        what = (f"type_{a['types'][0]} pruned" if a["action"] == "pruned" else
+                f"type_{a['types'][0]} and type_{a['types'][1]} merged")
+        out.append(f"While fitting K={a['k']}: {what} ({a['reason']}).")
     if "discovery" in story:
         d = story["discovery"]
         pairs = ", ".join(f"{label} = type_{k}" for label, k in d["label_to_type"].items())
-        out.append(f"Type discovery against the known labels: ARI {d['ari']:.3f}, "
-                   f"NMI {d['nmi']:.3f} (known label = discovered type: {pairs}).")
+        out.append(f"Type discovery against the known labels: ARI {d['ari']:.3f}"
+                   f"{_ci(d.get('ari_interval'))}, NMI {d['nmi']:.3f} (known label = discovered "
+                   f"type: {pairs}).")
     reach = story["personalization"]["annotations_for_90_percent"]
     if reach is not None:
         out.append(f"A new annotator is assigned to the right type with 90% accuracy after "
@@ -106,6 +197,28 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append("Note: evaluated on the training annotations (in-sample); pass held-out "
                    "data to `pluralign evaluate --data` for an honest estimate.")
     return out
+
+
+def captions(em: dict[str, Any], ev: dict[str, Any]) -> dict[str, str]:
+    """Captions that say what to look at in each figure."""
+    data = "training" if ev.get("in_sample") else "held-out"
+    return {
+        "em_objective": "Each EM iteration should raise the objective (log-likelihood minus "
+                        "log-prior); the dashed line is one pooled policy (K=1), so the height "
+                        "above it is what the types explain.",
+        "confidence": f"Max posterior of each {data} annotator's type: bars near 1 mean sure "
+                      "assignments, bars near 1/K mean the data cannot tell the types apart.",
+        "regret_heatmap": f"Regret of each policy (column) for each type (row) on {data} "
+                          "prompts: look for the column whose worst (darkest) cell is lightest; "
+                          "the diagonal of the type policies is 0 by definition.",
+        "accuracy": f"Share of {data} ranked pairs each policy orders correctly, per group, with "
+                    "95% intervals; the dashed line is chance (0.5).",
+        "mmra_weights": "Bars: probability of each type policy in the min-max regret mixture; "
+                        "dots: the type priors. A type weighted above its prior is one the "
+                        "pooled policy under-serves.",
+        "personalization": f"How often a {data} annotator is assigned to the right type after "
+                           "their first n annotations (fixed policies), with 95% intervals.",
+    }
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -121,7 +234,7 @@ def figures(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     for name in FIGURES:
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
         drawers[name](ax, em, agg, ev)
-        ax.set_title(CAPTIONS[name], fontsize=10)
+        ax.set_title(TITLES[name], fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
@@ -151,7 +264,7 @@ def _confidence(ax, em, agg, ev) -> None:
     counts = ev["confidence_histogram"]
     edges = np.linspace(0, 1, len(counts) + 1)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
-    ax.set_xlabel("max posterior probability")
+    ax.set_xlabel(f"max posterior probability ({ev['annotators']} annotators)")
     ax.set_ylabel("annotators")
 
 
@@ -160,18 +273,29 @@ def _regret_heatmap(ax, em, agg, ev) -> None:
     image = ax.imshow(r, cmap="Reds", aspect="auto")
     ax.set_xticks(range(r.shape[1]), ev["policies"], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(r.shape[0]), ev["regret"]["types"], fontsize=8)
-    for (i, j), v in np.ndenumerate(r):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    ax.figure.colorbar(image, ax=ax, label="regret")
+    low, high = image.get_clim()
+    for (i, j), v in np.ndenumerate(r):  # white on dark cells, black on light ones
+        dark = high > low and (v - low) / (high - low) > 0.55
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if dark else "black")
+    ax.figure.colorbar(image, ax=ax, label="regret (nats)")
 
 
 def _accuracy(ax, em, agg, ev) -> None:
     table = ev["metrics"]["pairwise"]
+    iv = (((ev.get("intervals") or {}).get("metrics") or {}).get("pairwise") or {})
     groups, policies = list(table), ev["policies"]
     width = 0.8 / len(groups)
+    sizes = ev.get("group_sizes", {})
     for g, group in enumerate(groups):
-        ax.bar(np.arange(len(policies)) + g * width, [table[group][p] for p in policies],
-               width, label=group)
+        values = np.array([table[group][p] for p in policies])
+        err = None
+        if group in iv:
+            lohi = np.array([iv[group][p] for p in policies])
+            err = np.clip(np.vstack([values - lohi[:, 0], lohi[:, 1] - values]), 0, None)
+        n = sizes.get(group, {}).get("annotators")
+        ax.bar(np.arange(len(policies)) + g * width, values, width, yerr=err, capsize=2,
+               label=f"{group} (n={n})" if n is not None else group)
     ax.set_xticks(np.arange(len(policies)) + 0.4 - width / 2, policies, rotation=30,
                   ha="right", fontsize=8)
     ax.set_ylabel("pairwise accuracy")
@@ -191,7 +315,12 @@ def _mmra_weights(ax, em, agg, ev) -> None:
 def _personalization(ax, em, agg, ev) -> None:
     curve = ev["personalization"]["curve"]
     if curve:
-        ax.plot([c["annotations"] for c in curve], [c["accuracy"] for c in curve], marker="o")
+        x = [c["annotations"] for c in curve]
+        y = np.array([c["accuracy"] for c in curve])
+        ax.plot(x, y, marker="o")
+        if all("interval" in c for c in curve):
+            lohi = np.array([c["interval"] for c in curve])
+            ax.fill_between(x, lohi[:, 0], lohi[:, 1], alpha=0.2)
         ax.set_xscale("log", base=2)
     ax.set_xlabel("annotations seen")
     ax.set_ylabel("assignment accuracy")
@@ -199,62 +328,137 @@ def _personalization(ax, em, agg, ev) -> None:
 
 
 # -- documents ------------------------------------------------------------------------------
+def _with_ci(value: float, iv: list[float] | None) -> str:
+    return f"{value:.3f}" if iv is None else f"{value:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
+
+
 def policy_rows(ev: dict[str, Any]) -> list[list[str]]:
-    """One row per policy: max regret, gap, worst-served group and its pairwise accuracy, and
-    the regret of each type."""
+    """One row per policy: max regret (with its interval), gap, worst-served group and its
+    pairwise accuracy (with its interval), and the regret of each type."""
     r = np.asarray(ev["regret"]["matrix"])
     pair = ev["spread"]["pairwise"]
+    acc_iv = (((ev.get("intervals") or {}).get("metrics") or {}).get("pairwise") or {})
     rows = []
     for j, name in enumerate(ev["policies"]):
-        rows.append([name, f"{ev['regret']['max_regret'][name]:.3f}",
-                     f"{ev['regret']['gap'][name]:.3f}", pair[name]["worst_group"],
-                     f"{pair[name]['worst']:.3f}", *[f"{v:.3f}" for v in r[:, j]]])
+        worst = pair[name]["worst_group"]
+        rows.append([name, _with_ci(ev["regret"]["max_regret"][name], _interval(ev, name)),
+                     f"{ev['regret']['gap'][name]:.3f}", worst,
+                     _with_ci(pair[name]["worst"], (acc_iv.get(worst) or {}).get(name)),
+                     *[f"{v:.3f}" for v in r[:, j]]])
     return rows
 
 
 def policy_header(ev: dict[str, Any]) -> list[str]:
-    return ["policy", "max regret", "regret gap", "worst-served group", "its pairwise acc.",
-            *[f"regret {t}" for t in ev["regret"]["types"]]]
+    return ["policy", "max regret [95% CI]", "regret gap", "worst-served group",
+            "its pairwise acc. [95% CI]", *[f"regret {t}" for t in ev["regret"]["types"]]]
 
 
-def markdown(story: dict[str, Any], ev: dict[str, Any], images: dict[str, str]) -> str:
-    """report.md: findings, the policy table, and the figures as linked files."""
+def confusion_tables(ev: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the confusion matrix of discovered types against each label
+    column the data carries."""
+    out = []
+    for column, d in (ev.get("confusion") or {}).items():
+        k = len(d["confusion"][0]) if d["confusion"] else 0
+        header = [f"{column} \\ discovered", *[f"type_{j}" for j in range(k)], "annotators"]
+        rows = [[label, *map(str, counts), str(sum(counts))]
+                for label, counts in zip(d["labels"], d["confusion"], strict=True)]
+        out.append((f"{column}: ARI {d['ari']:.3f}, NMI {d['nmi']:.3f} on {d['annotators']} "
+                    "annotators", header, rows))
+    return out
+
+
+def config_rows(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> list[list[str]]:
+    """The run's configuration as (setting, value) rows."""
+    opts = em.get("backend_options") or {}
+    floor = em.get("type_floor") or {}
+    rows = [["backend", str(em.get("backend"))],
+            ["model", str(opts.get("model", opts.get("features", "-")))],
+            ["K", f"{em['n_types']} (requested: {(em.get('em_options') or {}).get('n_types')})"],
+            ["EM", f"{em['n_iter']} iteration(s), {'converged' if em['converged'] else 'stopped'}"],
+            ["type floor", ", ".join(f"{k} {v}" for k, v in floor.items()) or "-"],
+            ["regret estimator", f"{agg['estimator']}, base measure {agg.get('base_measure')}"],
+            ["bootstrap", f"{(agg.get('intervals') or {}).get('n_boot', 0)} replicates, seed "
+                          f"{agg.get('random_state')}"],
+            ["evaluation data", f"{ev.get('data')} ("
+                                f"{'in-sample' if ev.get('in_sample') else 'held-out'})"],
+            ["config file", str(em.get("config"))]]
+    return rows
+
+
+def warning_rows(story: dict[str, Any]) -> list[list[str]]:
+    ident = story.get("identifiability") or {}
+    rows = [["identifiability", f"{ident.get('verdict', '-')}: {ident.get('explanation', '')}"]]
+    return rows + [[w["code"], w["message"]] for w in story["warnings"]]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
+             ev: dict[str, Any], images: dict[str, str]) -> str:
+    """report.md: the same sections as the page, figures as linked files."""
+    caps = captions(em, ev)
     lines = ["# pluralign fairness audit", "", *[f"- {f}" for f in findings(story)], "",
-             "## Every policy against every type", ""]
-    header = policy_header(ev)
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in policy_rows(ev)]
-    lines += ["", "## Figures", ""]
+             "## Warnings and identifiability", "", *_md_table(["check", "message"],
+                                                               warning_rows(story)),
+             "## Definitions", "", *[f"- **{t}**: {d}" for t, d in DEFINITIONS], "",
+             "## Every policy against every type", "",
+             *_md_table(policy_header(ev), policy_rows(ev))]
+    for title, header, rows in confusion_tables(ev):
+        lines += [f"## Discovered types vs {title}", "", *_md_table(header, rows)]
+    lines += ["## Run configuration", "", *_md_table(["setting", "value"],
+                                                    config_rows(em, agg, ev)), "## Figures", ""]
     for name in FIGURES:
-        lines += [f"![{CAPTIONS[name]}]({images[name]})", ""]
+        lines += [f"![{TITLES[name]}]({images[name]})", "", f"*{caps[name]}*", ""]
     return "\n".join(lines)
 
 
-def page(story: dict[str, Any], ev: dict[str, Any], pngs: dict[str, bytes]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def page(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any],
+         pngs: dict[str, bytes]) -> str:
     """report.html: one file, every image inline, readable without anything else."""
     esc = html.escape
+    caps = captions(em, ev)
     items = "".join(f"<li>{esc(f)}</li>" for f in findings(story))
-    head = "".join(f"<th>{esc(h)}</th>" for h in policy_header(ev))
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                   for row in policy_rows(ev))
+    defs = "".join(f"<dt>{esc(t)}</dt><dd>{esc(d)}</dd>" for t, d in DEFINITIONS)
+    confusion = "".join(f"<h3>Discovered types vs {esc(title)}</h3>{_html_table(h, r)}"
+                        for title, h, r in confusion_tables(ev)) or \
+        "<p>No label column (true_type, group) in the evaluation data.</p>"
     figs = "".join(
-        f'<figure><img alt="{esc(CAPTIONS[n])}" src="data:image/png;base64,'
-        f'{base64.b64encode(pngs[n]).decode()}"><figcaption>{esc(CAPTIONS[n])}</figcaption>'
+        f'<figure><img alt="{esc(TITLES[n])}" src="data:image/png;base64,'
+        f'{base64.b64encode(pngs[n]).decode()}"><figcaption>{esc(caps[n])}</figcaption>'
         "</figure>" for n in FIGURES)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pluralign fairness audit</title>
 <style>
-body {{ font-family: sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
-figcaption {{ font-size: 0.85em; color: #555; }}
+table.left td {{ text-align: left; }}
+.box {{ background: #f6f8fa; border: 1px solid #d0d7de; padding: 0.5em 1em; font-size: 0.9em; }}
+.warn {{ background: #fff8e1; border-color: #e0b000; }}
+dt {{ font-weight: bold; }} dd {{ margin: 0 0 0.4em 1em; }}
+figure {{ display: inline-block; margin: 0.5em; width: 46%; vertical-align: top; }}
+img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 </style></head><body>
 <h1>pluralign fairness audit</h1>
 <h2>Findings</h2><ul>{items}</ul>
+<h2>Warnings and identifiability</h2>
+<div class="box warn">{_html_table(["check", "message"], warning_rows(story), "left")}</div>
+<h2>Definitions</h2><div class="box"><dl>{defs}</dl></div>
 <h2>Every policy against every type</h2>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{_html_table(policy_header(ev), policy_rows(ev))}
+<h2>Discovered types against the known labels</h2>{confusion}
+<h2>Run configuration</h2>{_html_table(["setting", "value"], config_rows(em, agg, ev), "left")}
 <h2>Figures</h2>{figs}
 </body></html>
 """
@@ -271,9 +475,9 @@ def write_report(run: Path) -> list[Path]:
         write_with(files / f"{name}.png", lambda tmp, data=data: tmp.write_bytes(data))
     write_json(run / "report.json", {"findings": findings(story), **story,
                                      "figures": {n: f"report_files/{n}.png" for n in FIGURES}})
-    write_text(run / "report.md", markdown(story, ev, {n: f"report_files/{n}.png"
-                                                       for n in FIGURES}))
-    write_text(run / "report.html", page(story, ev, pngs))
+    write_text(run / "report.md", markdown(story, em, agg, ev,
+                                           {n: f"report_files/{n}.png" for n in FIGURES}))
+    write_text(run / "report.html", page(story, em, agg, ev, pngs))
     return [run / "report.html", run / "report.md", run / "report.json"]
 
 

@@ -189,3 +189,45 @@ def test_aggregate_reports_mmra_baselines_and_a_measured_merge(fitted):
     own = RegretEstimator(em.backend_, test).estimate(
         [*policies_of(em.backend_), Policy("merged", merged, 0)]).matrix[:, 3]
     assert out["baselines"]["merged"]["regrets"] == pytest.approx(own.tolist())
+
+
+def test_uniform_base_measure_ignores_what_the_reference_says_about_length():
+    """A per-candidate offset in log pi_ref (the sequence-length effect) moves the `reference`
+    estimate and leaves the `uniform` one, which depends on the log-ratios alone."""
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(6, 3, 2))
+    length = -np.array([10.0, 150.0, 400.0])[None, :, None]      # log pi_ref ~ -tokens
+    uniform = candidate_regret(s, s)
+    with_length = candidate_regret(s, length + s)
+    assert not np.allclose(uniform, with_length)
+    assert np.abs(with_length).max() < 1e-12          # all mass on the shortest: R is zero
+    assert np.abs(uniform).max() > 0.05
+
+
+def test_lora_regret_is_not_all_zero_when_candidates_differ_in_length(tmp_path):
+    """builtin:tiny with two distinct adapters, candidates of 1x, 8x and 30x the length: the
+    reference measure puts every policy on the shortest candidate (R = 0); the uniform one
+    measures what the adapters change."""
+    import torch
+
+    from pluralign.backends.lora import LoRABackend
+    from pluralign.data import Annotation
+    words = ["Yes.", "Sure, here is a longer answer. " * 2, "A very long answer indeed. " * 8]
+    data = Annotations([Annotation(f"h{i}", f"Question {i}?", [w + str(i) for w in words],
+                                   [i % 3, (i + 1) % 3, (i + 2) % 3]) for i in range(6)])
+    backend = LoRABackend(types=2, top_layers=2, max_prompt_tokens=16, max_response_tokens=256,
+                          cache="", progress=False)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in backend.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    ref = backend.reference_logps(data)
+    assert (np.nanmax(ref, axis=1) - np.nanmin(ref, axis=1)).min() > 50   # lengths dominate
+    policies = policies_of(backend, base=True)
+    ref_r = RegretEstimator(backend, data, base_measure="reference").estimate(policies).matrix
+    uni_r = RegretEstimator(backend, data, base_measure="uniform").estimate(policies).matrix
+    assert np.abs(ref_r).max() < 1e-6
+    assert np.abs(uni_r).max() > 1e-3 and uni_r[0, 1] > 0 and uni_r[1, 0] > 0
+    s = backend.logratios(data)
+    assert np.allclose(uni_r[:, :2], candidate_regret(backend.beta * s, s), atol=1e-9)

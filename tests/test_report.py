@@ -72,6 +72,50 @@ def test_aggregate_evaluate_report(run, cli):
     md = (run / "run" / "report.md").read_text()
     for link in re.findall(r"\]\((report_files/[^)]+)\)", md):
         assert (run / "run" / link).is_file()
+    # what an auditor reads: definitions, sample sizes, intervals, the confusion matrix of
+    # discovered types against the labels, identifiability and warnings, the configuration
+    for text in ("Definitions", "Regret of serving type i with policy j", "45 annotators",
+                 "95% CI", "true_type \\ discovered", "Warnings and identifiability",
+                 "rankings:", "Run configuration", "base measure uniform"):
+        assert text in page, text
+    mmra_ci = agg["intervals"]["max_regret"]["mmra"]
+    assert mmra_ci[0] <= agg["max_regret"] <= mmra_ci[1]
+    assert f"[{ev['intervals']['max_regret']['mmra'][0]:.3f}," in page
+    confusion = ev["confusion"]["true_type"]
+    assert np.asarray(confusion["confusion"]).sum() == ev["annotators"] == 45
+    assert "held-out" in page and "in-sample" not in page.split("<h2>Run configuration")[0]
+
+
+def test_report_explains_an_accuracy_loss_and_lists_warnings():
+    """A constructed evaluation where the fairest policy ranks one group's pairs worse than
+    the base model: a finding says so and explains why; every warning is on the page."""
+    from pluralign.report import findings, page, summary
+    em = {"priors": [0.5, 0.5], "n_types": 2, "n_iter": 3, "converged": True,
+          "loglik_history": [-10.0, -9.0, -8.5], "annotators": 30, "annotations": 240,
+          "identifiability": {"verdict": "rankings", "explanation": "ok"},
+          "warnings": [{"code": "near_uniform_posteriors", "message": "posteriors are flat"}],
+          "actions": [{"action": "pruned", "k": 3, "types": [2], "reason": "prior 0.01"}]}
+    names = ["type_0", "type_1", "base", "mmra"]
+    ev = {"policies": names, "annotators": 10, "annotations": 80, "prompts": 40,
+          "in_sample": False, "confidence_histogram": [0] * 10,
+          "regret": {"estimator": "candidates", "types": ["type_0", "type_1"],
+                     "matrix": [[0, 1, 0.8, 0.5], [1, 0, 0.8, 0.5]],
+                     "max_regret": dict(zip(names, [1, 1, 0.8, 0.5], strict=True)),
+                     "gap": dict(zip(names, [1, 1, 0, 0], strict=True))},
+          "metrics": {"pairwise": {"g1": dict(zip(names, [0.7, 0.3, 0.5, 0.45], strict=True)),
+                                   "g2": dict(zip(names, [0.3, 0.7, 0.5, 0.55], strict=True))}},
+          "spread": {"pairwise": {n: {"worst_group": "g1", "worst": 0.4} for n in names}},
+          "personalization": {"curve": []},
+          "warnings": [{"code": "heldout_misses_group", "message": "no one of group 'z'"}]}
+    agg = {"weights": [0.5, 0.5], "binding": [True, True], "types": ["type_0", "type_1"],
+           "estimator": "candidates", "base_measure": "uniform"}
+    story = summary(em, agg, ev)
+    loss = [f for f in findings(story) if "less well than the base model" in f]
+    assert len(loss) == 1 and "g1" in loss[0] and "0.450" in loss[0]
+    assert any("pruned" in f for f in findings(story))
+    html = page(story, em, agg, ev, {n: b"" for n in FIGURES})
+    for code in ("near_uniform_posteriors", "heldout_misses_group"):
+        assert code in html
 
 
 def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):

@@ -92,6 +92,19 @@ def split_warnings(train: Mapping[str, str], heldout: Mapping[str, str],
         for g, n in sorted(counts.items()) if g not in have]
 
 
+def label_match_warnings(mapping: Mapping[str, int], labels: Sequence[str],
+                         k: int) -> list[dict[str, str]]:
+    """Labelled groups left without a discovered type of their own (more groups than types):
+    their members are served by another group's policy."""
+    missing = [g for g in sorted(set(labels)) if g not in mapping]
+    if not missing:
+        return []
+    return [warning("unmatched_groups", (
+        f"{len(set(labels))} labelled groups but {k} discovered types: "
+        + ", ".join(f"'{g}'" for g in missing) + " matched no type of its own, so the type "
+        "policies and their regrets do not represent it."))]
+
+
 def pruning_notes(actions: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Every pruned or merged type, as a note (not a failure: the run fixed it)."""
     out = []

@@ -185,7 +185,7 @@ class EMDPO:
                  callback: Callable[[int, int, float], None] | None = None,
                  init_options: dict[str, Any] | None = None, min_type_share: float = 0.05,
                  min_type_annotators: float = 3.0, merge_nats: float = 1.0,
-                 se_factor: float = 2.0):
+                 se_factor: float = 1.645):
         self.backend = backend
         self.n_types = n_types
         self.max_types = max_types
@@ -519,11 +519,11 @@ def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
 
 
 def _within_se(per_annotator: dict[int, np.ndarray], table: list[dict],
-               factor: float = 2.0) -> int:
+               factor: float = 1.645) -> int:
     """The smallest K whose held-out log-likelihood is within `factor` standard errors (of the
     paired per-annotator differences) of the best K's: more types must earn their keep, and a
-    gap of about one standard error is noise, not evidence (factor 2: a one-sided test at
-    about 2.5%)."""
+    gap of about one standard error is noise, not evidence (factor 1.645: the larger K must pass
+    a one-sided test at 5%)."""
     best = max(per_annotator, key=lambda k: per_annotator[k].sum())
     for row in table:
         diff = per_annotator[best] - per_annotator[row["k"]]

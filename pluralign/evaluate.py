@@ -272,13 +272,14 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         mapping = match_labels(truth, pred, k)
         out["discovery"]["label_to_type"] = mapping
         target = np.array([mapping.get(t, -1) for t in truth])
+        out["warnings"] = diagnostics.label_match_warnings(mapping, truth, k)
     out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
                         for col, lab in label_columns(data).items()}
     out["personalization"] = {
         "target": "matched true types" if labelled else "assignment from all annotations",
         "curve": personalization_curve(per, codes, run.priors, target, n_boot=n_boot,
                                        seed=seed)}
-    out["warnings"] = _warnings(data, train, gamma)
+    out["warnings"] = out.get("warnings", []) + _warnings(data, train, gamma)
     return out
 
 

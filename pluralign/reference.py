@@ -49,6 +49,7 @@ class Sequences:
     index: torch.Tensor            # [n_annotations, M_max] sequence id, -1 for padding
     truncated_prompts: int = 0
     truncated_responses: int = 0
+    response_lengths: list[int] | None = None  # tokens of each response before truncation
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -94,7 +95,7 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
     """Token ids of each distinct (prompt, response), truncated per `settings`."""
     ids_of: dict[str, list[int]] = {}
     seq_of: dict[tuple[tuple[int, ...], str], int] = {}  # keyed on what the model sees
-    prompts, responses = [], []
+    prompts, responses, lengths = [], [], []
     m_max = max((a.m for a in data), default=2)
     index = torch.full((len(data), m_max), -1, dtype=torch.long)
     cut_p = cut_r = 0
@@ -110,6 +111,7 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
             if (tokens, response) not in seq_of:
                 ids = tokenizer(response, add_special_tokens=False).input_ids
                 ids = ids + [tokenizer.eos_token_id]
+                lengths.append(len(ids))
                 if len(ids) > settings.max_response_tokens:
                     ids, cut_r = ids[: settings.max_response_tokens], cut_r + 1
                 seq_of[tokens, response] = len(prompts)
@@ -120,7 +122,7 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
         log.warning("truncated %d prompt(s) to their last %d tokens and %d response(s) to their "
                     "first %d tokens", cut_p, settings.max_prompt_tokens, cut_r,
                     settings.max_response_tokens)
-    return Sequences(prompts, responses, index, cut_p, cut_r)
+    return Sequences(prompts, responses, index, cut_p, cut_r, lengths)
 
 
 @dataclass

@@ -443,7 +443,7 @@ body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #22
 table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
-table.left td {{ text-align: left; }}
+table.left td, table.left th {{ text-align: left; }}
 .box {{ background: #f6f8fa; border: 1px solid #d0d7de; padding: 0.5em 1em; font-size: 0.9em; }}
 .warn {{ background: #fff8e1; border-color: #e0b000; }}
 dt {{ font-weight: bold; }} dd {{ margin: 0 0 0.4em 1em; }}

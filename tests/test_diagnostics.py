@@ -36,6 +36,13 @@ def test_confidence_and_size_warnings():
     assert D.size_warnings(sharp) == []
 
 
+def test_unmatched_groups_warning():
+    labels = ["a", "a", "b", "c"]
+    (w,) = D.label_match_warnings({"a": 0, "b": 1}, labels, 2)
+    assert w["code"] == "unmatched_groups" and "'c'" in w["message"]
+    assert D.label_match_warnings({"a": 0, "b": 1, "c": 2}, labels, 3) == []
+
+
 def test_split_warning_and_the_stratified_split():
     train = {"a": "x", "b": "x", "c": "y"}
     (w,) = D.split_warnings(train, {"d": "x"}, "group")

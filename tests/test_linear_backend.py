@@ -76,10 +76,23 @@ def test_embedding_features_use_the_lm_reference(tmp_path):
     b = LinearBackend(types=2, features="embedding", model="builtin:tiny", cache=str(tmp_path),
                       max_prompt_tokens=32, max_response_tokens=32, progress=False)
     d = b.design(data)
-    assert d.phi.shape == (len(data), 3, 64)
+    assert d.phi.shape == (len(data), 3, 64 + 1)
     # standardised and divided by sqrt(width): |phi|^2 is 1 on average, so l2 = 1 is a unit
     # prior on the reward's scale for any LM width
-    assert (d.phi ** 2).sum(-1).mean().item() == pytest.approx(1.0, rel=0.1)
+    assert (d.phi[..., :64] ** 2).sum(-1).mean().item() == pytest.approx(1.0, rel=0.1)
+    # the last column: log of each response's token count before the 32-token cut,
+    # standardised on its own (unit scale), so length stays visible past the truncation
+    from pluralign.models import load_model
+    _, tok = load_model("builtin:tiny")
+    n_tok = np.array([[len(tok(r, add_special_tokens=False).input_ids) + 1 for r in a.responses]
+                      for a in data], dtype=float)
+    assert n_tok.max() > 32
+    assert np.corrcoef(np.log(n_tok).ravel(), d.phi[..., 64].numpy().ravel())[0, 1] > 0.999
+    assert d.phi[..., 64].std().item() == pytest.approx(1.0, rel=0.2)
+    plain = LinearBackend(types=2, features="embedding", model="builtin:tiny",
+                          cache=str(tmp_path), max_prompt_tokens=32, max_response_tokens=32,
+                          progress=False, length_feature=False)
+    assert plain.design(data).phi.shape[-1] == 64
     assert np.allclose(logsumexp(d.log_ref.numpy(), axis=1), 0)  # pi_ref over the candidates
     stats = b.fit(1, data, np.ones(len(data)))
     s = b.logratios(data)

@@ -6,7 +6,9 @@ Features: `given` (the data's `features`; reference uniform over candidates), `o
 parameter per (item, response): the tabular policy for data whose items repeat), `embedding`
 (mean hidden state of the base LM over the response tokens, from the cached reference pass,
 standardised and divided by sqrt(width), with the LM's reference log-probs restricted to the
-candidates).
+candidates; plus, by default, the log of the response's full token count, standardised: the
+hidden states see only the first max_response_tokens, and length is the best-known driver of
+human preferences).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class LinearConfig:
     max_response_tokens: int = field(default=128, metadata={"help": "embedding: response "
                                                                     "tokens"})
     token_budget: int = field(default=8192, metadata={"help": "embedding: tokens per batch"})
+    length_feature: bool = field(default=True, metadata={
+        "help": "embedding: add log(response tokens before truncation) as a unit-scale feature"})
     cache: str | None = field(default=None, metadata={"help": "reference cache folder"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -134,10 +138,16 @@ class LinearBackend(PolicyBackend):
                                 token_budget=cfg.token_budget, cache=cfg.cache,
                                 progress=cfg.progress)
         emb = ref.embeddings.double().numpy()
+        width = emb.shape[1]
+        if cfg.length_feature:
+            emb = np.hstack([emb, np.log(np.asarray(seqs.response_lengths, float))[:, None]])
         if self.scale_ is None:  # standardise with the first dataset's statistics, and
             # divide by sqrt(d) so |phi|^2 ~ 1: l2 is then a prior on the reward's scale,
-            # whatever the LM's width (lambda = 1: theta . phi ~ N(0, 1) a priori)
-            self.scale_ = (emb.mean(0), (emb.std(0) + 1e-6) * np.sqrt(emb.shape[1]))
+            # whatever the LM's width (lambda = 1: theta . phi ~ N(0, 1) a priori); the length
+            # column alone is standardised to unit scale, with the same unit prior
+            std = emb.std(0) + 1e-6
+            std[:width] *= np.sqrt(width)
+            self.scale_ = (emb.mean(0), std)
         emb = (emb - self.scale_[0]) / self.scale_[1]
         phi = seqs.per_candidate(torch.as_tensor(emb), fill=0.0)
         log_ref = torch.log_softmax(seqs.per_candidate(ref.logps, fill=-torch.inf), dim=1)

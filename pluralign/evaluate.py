@@ -317,10 +317,17 @@ def _intervals(metrics: dict[str, np.ndarray], row_groups: Sequence[str], codes:
                seed: int) -> dict[str, Any]:
     """Bootstrap intervals: metrics by annotator within group, regrets by prompt."""
     reps = bootstrap.mean_replicates(contrib, prompt_clusters(data), n_boot, seed)
+    worst = reps.max(axis=1)                                     # [B, policies]
+    fair = int(np.argmin(contrib.mean(axis=0).max(axis=0)))
     return {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
             "metrics": group_intervals(metrics, row_groups, codes, names, n_boot, seed),
             "regret_matrix": bootstrap.interval(reps).tolist(),
-            "max_regret": bootstrap.pairs(names, bootstrap.interval(reps.max(axis=1)))}
+            "max_regret": bootstrap.pairs(names, bootstrap.interval(worst)),
+            "fairest": names[fair],
+            "vs_fairest": {n: {"difference": bootstrap.interval(worst[:, j] - worst[:, fair])
+                               .tolist(), "distinguishable": bootstrap.distinguishable(
+                                   worst[:, j], worst[:, fair])}
+                           for j, n in enumerate(names) if j != fair}}
 
 
 def _warnings(data: Annotations, train: Annotations | None,

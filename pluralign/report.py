@@ -116,13 +116,12 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
 
 
 def _overlapping(ev: dict[str, Any], fair: str) -> list[str]:
-    """Policies whose max-regret interval overlaps the fairest policy's: not distinguishable
-    from it on this evaluation set."""
-    mine = _interval(ev, fair)
-    if mine is None:
+    """Policies whose max regret does not differ from the fairest policy's at 95% (the paired
+    bootstrap interval of the difference contains 0) on this evaluation set."""
+    iv = ev.get("intervals") or {}
+    if iv.get("fairest") != fair:
         return []
-    return [p for p in ev["policies"] if p != fair and (iv := _interval(ev, p)) is not None
-            and iv[0] <= mine[1]]
+    return [p for p, d in iv.get("vs_fairest", {}).items() if not d["distinguishable"]]
 
 
 def _accuracy_losses(ev: dict[str, Any], fair: str) -> list[dict[str, Any]]:
@@ -157,7 +156,8 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append(f"The pooled policy (one DPO fit to everyone) serves {p['worst_type']} worst: "
                    f"its regret there is {p['worst_regret']:.3f}{_ci(p['interval'])}, against "
                    f"{p['best_type']} best served (gap {p['gap']:.3f}).")
-        out.append(f"The min-max regret mixture lowers the worst type's regret to "
+        verb = "lowers" if mmra["reduction"] > 0 else "does not lower"
+        out.append(f"The min-max regret mixture {verb} the worst type's regret: "
                    f"{mmra['max_regret']:.3f}{_ci(mmra['interval'])} ({mmra['reduction']:+.3f} "
                    f"versus pooled); binding types: {', '.join(mmra['binding'])}.")
     weights = ", ".join(f"type_{j} {w:.2f}" for j, w in enumerate(mmra["weights"]))
@@ -167,8 +167,9 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append(f"Lowest worst-type regret among all policies: {fair['name']} "
                    f"({fair['max_regret']:.3f}{_ci(fair['interval'])}).")
     if story["indistinguishable"]:
-        out.append(f"Not distinguishable from {fair['name']} on this data (their 95% intervals "
-                   f"of max regret overlap): {', '.join(story['indistinguishable'])}.")
+        out.append(f"Not distinguishable from {fair['name']} on this data (the 95% bootstrap "
+                   "interval of the paired difference in max regret contains 0): "
+                   f"{', '.join(story['indistinguishable'])}.")
     for loss in story["accuracy_losses"]:
         out.append(
             f"On {loss['group']}, {fair['name']} orders the observed pairs less well than the "

@@ -81,6 +81,9 @@ def test_aggregate_evaluate_report(run, cli):
     mmra_ci = agg["intervals"]["max_regret"]["mmra"]
     assert mmra_ci[0] <= agg["max_regret"] <= mmra_ci[1]
     assert f"[{ev['intervals']['max_regret']['mmra'][0]:.3f}," in page
+    fair = min(ev["policies"], key=lambda n: ev["regret"]["max_regret"][n])
+    assert ev["intervals"]["fairest"] == fair
+    assert ev["intervals"]["vs_fairest"]["base"]["distinguishable"]  # the base is far worse
     confusion = ev["confusion"]["true_type"]
     assert np.asarray(confusion["confusion"]).sum() == ev["annotators"] == 45
     assert "held-out" in page and "in-sample" not in page.split("<h2>Run configuration")[0]

@@ -156,10 +156,12 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append(f"The pooled policy (one DPO fit to everyone) serves {p['worst_type']} worst: "
                    f"its regret there is {p['worst_regret']:.3f}{_ci(p['interval'])}, against "
                    f"{p['best_type']} best served (gap {p['gap']:.3f}).")
-        verb = "lowers" if mmra["reduction"] > 0 else "does not lower"
+        verb, side = ("lowers", "below") if mmra["reduction"] > 0 else ("does not lower",
+                                                                         "above")
         out.append(f"The min-max regret mixture {verb} the worst type's regret: "
-                   f"{mmra['max_regret']:.3f}{_ci(mmra['interval'])} ({mmra['reduction']:+.3f} "
-                   f"versus pooled); binding types: {', '.join(mmra['binding'])}.")
+                   f"{mmra['max_regret']:.3f}{_ci(mmra['interval'])}, "
+                   f"{abs(mmra['reduction']):.3f} {side} pooled; binding types: "
+                   f"{', '.join(mmra['binding'])}.")
     weights = ", ".join(f"type_{j} {w:.2f}" for j, w in enumerate(mmra["weights"]))
     out.append(f"Mixture weights: {weights}.")
     fair = story["fairest_policy"]
@@ -345,7 +347,7 @@ def policy_rows(ev: dict[str, Any]) -> list[list[str]]:
         rows.append([name, _with_ci(ev["regret"]["max_regret"][name], _interval(ev, name)),
                      f"{ev['regret']['gap'][name]:.3f}", worst,
                      _with_ci(pair[name]["worst"], (acc_iv.get(worst) or {}).get(name)),
-                     *[f"{v:.3f}" for v in r[:, j]]])
+                     *[f"{0.0 if abs(v) < 5e-4 else v:.3f}" for v in r[:, j]]])
     return rows
 
 

@@ -221,6 +221,7 @@ class EMDPO:
                 "from it would be arbitrary; pass force=True (CLI: --force) to fit anyway.")
         self.annotator_ids_ = data.annotator_ids
         self.selection_: list[dict[str, Any]] = []
+        self.init_actions_: list[dict[str, Any]] = []
         k = self._select(data) if self.n_types == "auto" else int(self.n_types)
         t1 = time.perf_counter()
         best = self._fit_k(data, k, "final")
@@ -286,7 +287,7 @@ class EMDPO:
         self.backend_ = best.backend
         self.baseline_ = baseline
         self.sparse_skipped_share_ = best.skipped_share
-        self.actions_ = best.actions
+        self.actions_ = [*self.init_actions_, *best.actions]
         gain = best.objective - baseline.objective
         self.heterogeneity_ = {
             "k1_loglik": baseline.objective, "chosen_loglik": best.objective,
@@ -297,7 +298,7 @@ class EMDPO:
             self.heterogeneity_.update(heldout_gain=held[0], heldout_annotators=held[1])
         self.warnings_ = [
             *[diagnostics.warning("monotonicity", w) for w in best.warnings],
-            *diagnostics.pruning_notes(best.actions),
+            *diagnostics.pruning_notes(self.actions_),
             *diagnostics.heterogeneity_warnings(gain, len(self.annotator_ids_), best.k,
                                                 *(held or (None, None))),
             *diagnostics.confidence_warnings(best.posteriors),
@@ -362,7 +363,9 @@ class EMDPO:
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
         """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
-        return self._linear_em(k)._fit_k(data, k, "linear-init").posteriors  # no K=1 baseline
+        run = self._linear_em(k)._fit_k(data, k, "linear-init")  # no K=1 baseline
+        self.init_actions_ = [{**a, "stage": "linear start"} for a in run.actions]
+        return run.posteriors
 
     def _fit_k(self, data: Annotations, k: int, tag: str) -> Run:
         """Best of n_init EM runs for K = k (one run when the init is given or linear)."""

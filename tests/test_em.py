@@ -185,3 +185,19 @@ def test_bad_parameters_are_named():
         EMDPO(n_types=0).fit([])
     with pytest.raises(ValueError, match="selection"):
         EMDPO(selection="aic").fit([])
+
+
+def test_lora_run_reports_types_its_linear_start_pruned(tmp_path):
+    """6 annotators cannot hold 4 types of 3+ annotators: the linear start prunes, the LoRA run
+    trains the remaining types only, and the pruning is reported as the linear start's."""
+    pop = simulate(SimulationConfig(flavour="text", types=2, annotators=6, per_annotator=2,
+                                    seed=1))
+    opts = dict(model="builtin:tiny", top_layers=2, max_prompt_tokens=32,
+                max_response_tokens=32, cache=str(tmp_path / "cache"), progress=False,
+                batch_size=4)
+    em = EMDPO("lora", n_types=4, backend_options=opts, max_iter=1).fit(
+        Annotations(pop.records))
+    assert em.n_types_ < 4 and em.posteriors_.shape == (6, em.n_types_)
+    assert em.backend_.n_types == em.n_types_
+    assert em.actions_ and all(a["stage"] == "linear start" for a in em.actions_)
+    assert em.posteriors_.sum(0).min() >= 3 - 1e-9 or em.n_types_ == 1

@@ -146,3 +146,30 @@ def test_failure_leaves_an_existing_folder_untouched(tmp_path, cli):
     bad = write_jsonl(tmp_path / "bad.jsonl", [ranked_row(ranking=[5])])
     assert cli("ingest", bad, "--out", out)[0] == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json"])
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path, fmt):
+    """Excel writes a UTF-8 BOM; read as text it would rename the first column
+    (\\ufeffannotator_id) and make every row its own annotator."""
+    from pluralign.ingest import ingest
+    rows = [{"annotator_id": "w1", "prompt": "Q1", "chosen": "a", "rejected": "b"},
+            {"annotator_id": "w1", "prompt": "Q2", "chosen": "c", "rejected": "d"},
+            {"annotator_id": "w2", "prompt": "Q1", "chosen": "b", "rejected": "a"}]
+    sep = {"csv": ",", "tsv": "\t"}.get(fmt)
+    if sep:
+        text = "\n".join(sep.join(r.values()) for r in [dict(zip(rows[0], rows[0]))] + rows)
+    elif fmt == "jsonl":
+        text = "\n".join(json.dumps(r) for r in rows)
+    else:
+        text = json.dumps(rows)
+    for first in (None, "prompt"):  # the issue's second case: prompt as the first column
+        f = tmp_path / f"bom-{first}.{fmt}"
+        ordered = text
+        if first and sep:
+            ordered = "\n".join(sep.join([line.split(sep)[1], line.split(sep)[0],
+                                          *line.split(sep)[2:]]) for line in text.split("\n"))
+        f.write_bytes(b"\xef\xbb\xbf" + ordered.encode())
+        result = ingest([str(f)])
+        assert sorted(a.annotator_id for a in result.records) == ["w1", "w1", "w2"]
+        assert result.report["accepted"] == 3

@@ -8,6 +8,7 @@ that `--on-error skip` can reject it and go on; problems with a whole file raise
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -54,6 +55,8 @@ def read_source(spec: str) -> tuple[str, list[RawRow]]:
             data = gzip.decompress(data)
         except (OSError, EOFError) as e:
             raise IngestError(f"not a readable gzip file ({e})", spec, reason="bad_file") from e
+    if data.startswith(codecs.BOM_UTF8):  # Excel and Notepad write one: not part of the header
+        data = data[len(codecs.BOM_UTF8):]
     if not data.strip():
         raise IngestError("the file is empty", spec, reason="empty_file")
     rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "tsv": _read_tsv,

@@ -172,7 +172,8 @@ def read_posteriors(path: Path) -> tuple[list[str], np.ndarray]:
     """The inverse of write_posteriors."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    return [r[0] for r in rows[1:]], np.array([[float(x) for x in r[1:]] for r in rows[1:]])
+    return ([_uncell(r[0]) for r in rows[1:]],
+            np.array([[float(x) for x in r[1:]] for r in rows[1:]]))
 
 
 def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:
@@ -183,8 +184,21 @@ def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:
     write_text(path, "\n".join([header, *rows]) + "\n")
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...)).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    """An annotator id as a CSV cell: quoted when needed, and prefixed with ' when a spreadsheet
+    would run it as a formula (OWASP's CSV-injection advice; read_posteriors removes it)."""
+    if text.startswith(FORMULA_START):
+        text = "'" + text
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
+
+
+def _uncell(text: str) -> str:
+    """The inverse of _csv's formula guard."""
+    return text[1:] if text.startswith("'") else text
 
 
 LABEL_COLUMNS = ("true_type", "group")

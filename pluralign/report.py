@@ -394,23 +394,31 @@ def warning_rows(story: dict[str, Any]) -> list[list[str]]:
     return rows + [[w["code"], w["message"]] for w in story["warnings"]]
 
 
+def md_escape(text: str) -> str:
+    """Data text safe in Markdown: HTML escaped (a label `<script>` stays text) and table pipes,
+    backslashes and line breaks escaped (a `|` cannot split a table row)."""
+    return (html.escape(str(text)).replace("\\", "\\\\").replace("|", "\\|")
+            .replace("\r", " ").replace("\n", " "))
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
+    return ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(map(md_escape, r)) + " |" for r in rows], ""]
 
 
 def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
              ev: dict[str, Any], images: dict[str, str]) -> str:
     """report.md: the same sections as the page, figures as linked files."""
     caps = captions(em, ev)
-    lines = ["# pluralign fairness audit", "", *[f"- {f}" for f in findings(story)], "",
+    lines = ["# pluralign fairness audit", "", *[f"- {md_escape(f)}" for f in findings(story)],
+             "",
              "## Warnings and identifiability", "", *_md_table(["check", "message"],
                                                                warning_rows(story)),
              "## Definitions", "", *[f"- **{t}**: {d}" for t, d in DEFINITIONS], "",
              "## Every policy against every type", "",
              *_md_table(policy_header(ev), policy_rows(ev))]
     for title, header, rows in confusion_tables(ev):
-        lines += [f"## Discovered types vs {title}", "", *_md_table(header, rows)]
+        lines += [f"## Discovered types vs {md_escape(title)}", "", *_md_table(header, rows)]
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],
                                                     config_rows(em, agg, ev)), "## Figures", ""]
     for name in FIGURES:

@@ -62,3 +62,23 @@ def test_not_identifiable_data_is_refused_unless_forced(tmp_path, cli):
     rc, _, _ = cli("em", "--data", tmp_path / "d", "--out", tmp_path / "o", "--force")
     assert rc == 0 and np.isfinite(json.loads((tmp_path / "o" / "em.json").read_text())[
         "loglik_history"][-1])
+
+
+def test_posteriors_csv_neutralises_spreadsheet_formulas_and_round_trips(tmp_path):
+    """Ids such as =HYPERLINK(...) would run as formulas in a spreadsheet: the cell gets a
+    leading ', and reading the file back gives the original ids."""
+    import csv
+
+    import numpy as np
+
+    from pluralign.em_run import read_posteriors, write_posteriors
+    ids = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "'quoted", 'a,"b"', "plain"]
+    gamma = np.tile([0.25, 0.75], (len(ids), 1))
+    path = tmp_path / "posteriors.csv"
+    write_posteriors(path, ids, gamma)
+    with open(path, newline="", encoding="utf-8") as f:
+        cells = [row[0] for row in csv.reader(f)][1:]
+    assert all(not c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert cells[0] == '\'=HYPERLINK("http://x","y")' and cells[-1] == "plain"
+    back, g = read_posteriors(path)
+    assert back == ids and np.allclose(g, gamma)

@@ -121,6 +121,17 @@ def test_report_explains_an_accuracy_loss_and_lists_warnings():
         assert code in html
 
 
+def test_report_md_escapes_data_strings():
+    """A group named with markup and a pipe stays text and cannot split a table row."""
+    from pluralign.report import _md_table, md_escape
+    evil = "<script>alert(1)</script>|x"
+    assert "<script>" not in md_escape(evil) and "\\|" in md_escape(evil)
+    header, row = ["group", "value"], [evil, "0.5"]
+    table = _md_table(header, [row])
+    unescaped_pipes = [line.replace("\\|", "").count("|") for line in table[:3]]
+    assert unescaped_pipes[0] == unescaped_pipes[2] == 3   # | a | b |: the row keeps 2 cells
+
+
 def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):
     """evaluate reads the log-probs aggregate saved (scores.npz) instead of scoring again, with
     the same result; scores of other data or another mixture are not used."""

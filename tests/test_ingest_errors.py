@@ -158,7 +158,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path, fmt):
             {"annotator_id": "w2", "prompt": "Q1", "chosen": "b", "rejected": "a"}]
     sep = {"csv": ",", "tsv": "\t"}.get(fmt)
     if sep:
-        text = "\n".join(sep.join(r.values()) for r in [dict(zip(rows[0], rows[0]))] + rows)
+        text = "\n".join(sep.join(r) for r in [list(rows[0]), *map(dict.values, rows)])
     elif fmt == "jsonl":
         text = "\n".join(json.dumps(r) for r in rows)
     else:

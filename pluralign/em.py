@@ -222,6 +222,11 @@ class EMDPO:
         self.annotator_ids_ = data.annotator_ids
         self.selection_: list[dict[str, Any]] = []
         self.init_actions_: list[dict[str, Any]] = []
+        n_annot = len(self.annotator_ids_)
+        if self.n_types != "auto" and self.n_types > n_annot:
+            raise ValueError(f"n_types={self.n_types} exceeds the {n_annot} annotator(s) in the "
+                             "data: every type needs annotators of its own; lower n_types or "
+                             "use n_types='auto'")
         k = self._select(data) if self.n_types == "auto" else int(self.n_types)
         t1 = time.perf_counter()
         best = self._fit_k(data, k, "final")
@@ -486,8 +491,12 @@ class EMDPO:
                                for row in linear.selection_]
             return k
         ids = data.annotator_ids
+        if len(ids) < 2:
+            self.selection_.append({"k": 1, "note": f"{len(ids)} annotator(s): K = 1 is the "
+                                                    "only feasible choice"})
+            return 1
         if self.selection == "bic":
-            for k in range(1, self.max_types + 1):
+            for k in range(1, min(self.max_types, len(ids)) + 1):
                 run = self._fit_k(data, k, "select")
                 n_params = _n_params(run.backend) + k - 1
                 bic = -2 * run.objective + n_params * np.log(len(ids))
@@ -498,7 +507,8 @@ class EMDPO:
                    data.subset(i for i, a in enumerate(data) if a.annotator_id in held))
                   for held in self._folds(ids)]  # made once: each memoises its fingerprint
         per_annotator: dict[int, np.ndarray] = {}
-        for k in range(1, self.max_types + 1):
+        feasible = min(self.max_types, *(len(train.annotator_ids) for train, _ in splits))
+        for k in range(1, feasible + 1):  # a fold cannot fit more types than annotators
             scores, train_ll, fitted_k = [], [], set()
             for f, (train, test) in enumerate(splits):
                 run = self._fit_k(train, k, "select" if len(splits) == 1 else f"select{f}")

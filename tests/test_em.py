@@ -201,3 +201,15 @@ def test_lora_run_reports_types_its_linear_start_pruned(tmp_path):
     assert em.backend_.n_types == em.n_types_
     assert em.actions_ and all(a["stage"] == "linear start" for a in em.actions_)
     assert em.posteriors_.sum(0).min() >= 3 - 1e-9 or em.n_types_ == 1
+
+
+def test_too_few_annotators_give_a_feasible_k_or_a_clear_message():
+    pop = simulate(SimulationConfig(types=2, annotators=3, per_annotator=4, seed=0))
+    data = Annotations(pop.records)
+    with pytest.raises(ValueError, match="n_types=5 exceeds the 3 annotator"):
+        EMDPO("linear", n_types=5).fit(data)
+    em = EMDPO("linear", n_types="auto", max_types=5).fit(data)   # folds of 1-2 train annotators
+    assert 1 <= em.n_types_ <= 2 and max(r["k"] for r in em.selection_) <= 2
+    one = Annotations([a for a in data if a.annotator_id == data.annotator_ids[0]])
+    em = EMDPO("linear", n_types="auto").fit(one)
+    assert em.n_types_ == 1 and "only feasible" in em.selection_[0]["note"]

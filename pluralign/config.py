@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -18,11 +20,40 @@ class ConfigError(ValueError):
     """A configuration problem, naming the file and the key."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and aliases (an alias bomb expands to gigabytes)
+    and reads 1e-3 as the number a user means (YAML 1.1 wants a dot: 1.0e-3)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
+                              "are not accepted in a pluralign config; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key "
+                                  f"'{key}' (a second value would silently replace the first)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file."""
+    """The top-level mapping of a YAML file: no duplicate keys, no aliases."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
+    except ConfigError as e:
+        raise ConfigError(f"{path}, {e}") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read YAML ({e})") from e
     if data is None:
@@ -87,11 +118,15 @@ def _fits(value: Any, annotation: Any) -> bool:
     if annotation is type(None):
         return value is None
     if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool) and \
+            math.isfinite(value)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (tuple, list):
-        return isinstance(value, list | tuple)
+    if origin in (tuple, list):  # and every element fits (list[float]: finite numbers)
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return isinstance(value, list | tuple) and all(
+            _fits(v, args[0] if origin is list or len(args) == 1 else args[min(i, len(args) - 1)])
+            for i, v in enumerate(value)) if args else isinstance(value, list | tuple)
     if origin is dict:
         return isinstance(value, dict)
     if isinstance(annotation, type):

@@ -164,14 +164,18 @@ class RegretEstimate:
     clusters: np.ndarray | None = None
 
 
+def check_base_measure(base_measure: str) -> None:
+    if base_measure not in BASE_MEASURES:
+        raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got {base_measure!r}")
+
+
 def policy_logps(policies: list[Policy], data: Annotations,
                  known: dict[int, np.ndarray] | None = None,
                  base_measure: str = "uniform") -> np.ndarray:
     """log pi_j(y|x) of every candidate for each policy, up to a per-row constant: [n, M, J]
     (NaN padding). Under the uniform base measure log pi_ref counts as 0, so the column is s_j.
     `known` maps id(backend) to its logratios on `data` where already computed."""
-    if base_measure not in BASE_MEASURES:
-        raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got {base_measure!r}")
+    check_base_measure(base_measure)
     ratios = dict(known or {})
     columns = []
     for p in policies:
@@ -199,9 +203,7 @@ class RegretEstimator:
                  n_samples: int = 8, random_state: int = 0, base_measure: str = "uniform"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if base_measure not in BASE_MEASURES:
-            raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got "
-                             f"{base_measure!r}")
+        check_base_measure(base_measure)
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         self.backend, self.data, self.estimator = backend, data, estimator
@@ -424,8 +426,7 @@ def format_aggregate(out: dict[str, Any]) -> str:
     iv = out.get("intervals") or {}
 
     def ci(name: str) -> str:
-        low_high = iv.get("max_regret", {}).get(name)
-        return "" if low_high is None else f" [{low_high[0]:.4f}, {low_high[1]:.4f}]"
+        return bootstrap.show(iv.get("max_regret", {}).get(name), 4)
 
     base = f", base measure {out['base_measure']}" if out.get("base_measure") else ""
     lines = [f"regret estimator: {out['estimator']}{base} on {out['annotations']} annotations "

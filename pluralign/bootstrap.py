@@ -63,6 +63,13 @@ def distinguishable(samples_a: np.ndarray, samples_b: np.ndarray, level: float =
     return bool(lo > 0 or hi < 0)
 
 
+def show(low_high: Sequence[float] | None, digits: int = 3, label: str = "") -> str:
+    """ " [low, high]" for a person ("" when there is no interval)."""
+    if low_high is None:
+        return ""
+    return f" [{label}{low_high[0]:.{digits}f}, {low_high[1]:.{digits}f}]"
+
+
 def pairs(names: Sequence[str], intervals: np.ndarray) -> dict[str, list[float]]:
     """{name: [low, high]} for JSON."""
     return {n: [float(v) for v in iv] for n, iv in zip(names, intervals, strict=True)}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
+from pluralign import diagnostics
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.linear import LinearConfig
 from pluralign.backends.lora import LoRAConfig
@@ -222,6 +223,13 @@ def label_columns(data: Annotations) -> dict[str, dict[str, str]]:
     """Every label column the data carries (true_type, group), each as annotator -> label."""
     out = {c: annotator_labels(data, c) for c in LABEL_COLUMNS}
     return {c: v for c, v in out.items() if v}
+
+
+def split_label_warnings(train: Annotations, held: Annotations) -> list[dict[str, str]]:
+    """Labelled groups of the training data that the held-out data misses, per label column."""
+    held_labels = label_columns(held)
+    return [w for col, labels in label_columns(train).items()
+            for w in diagnostics.split_warnings(labels, held_labels.get(col, {}), col)]
 
 
 def audit(data: Annotations, em: EMDPO) -> dict[str, Any] | None:

@@ -34,7 +34,13 @@ from pluralign.aggregate import (
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
-from pluralign.em_run import FittedRun, annotator_labels, label_columns, load_run
+from pluralign.em_run import (
+    FittedRun,
+    annotator_labels,
+    label_columns,
+    load_run,
+    split_label_warnings,
+)
 from pluralign.io import write_json
 from pluralign.losses import beats, plackett_luce_logprob
 from pluralign.rankings import Rankings
@@ -263,23 +269,23 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
                                  for h, p, c in zip(ids, pred, gamma.max(1), strict=True)],
         "confidence_histogram": np.histogram(gamma.max(1), bins=10, range=(0, 1))[0].tolist()}
     if n_boot > 0:
-        out["intervals"] = _intervals(metrics, row_groups, codes, names, contrib, data, n_boot,
-                                      seed)
-    target = pred
+        out["intervals"] = _intervals(metrics, row_groups, codes, names, contrib, regret, data,
+                                      n_boot, seed)
+    target, warns = pred, []
     if labelled:
         truth = [labels[h] for h in ids]
         out["discovery"] = discovery(truth, gamma, n_boot, seed)
         mapping = match_labels(truth, pred, k)
         out["discovery"]["label_to_type"] = mapping
         target = np.array([mapping.get(t, -1) for t in truth])
-        out["warnings"] = diagnostics.label_match_warnings(mapping, truth, k)
+        warns = diagnostics.label_match_warnings(mapping, truth, k)
     out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
                         for col, lab in label_columns(data).items()}
     out["personalization"] = {
         "target": "matched true types" if labelled else "assignment from all annotations",
         "curve": personalization_curve(per, codes, run.priors, target, n_boot=n_boot,
                                        seed=seed)}
-    out["warnings"] = out.get("warnings", []) + _warnings(data, train, gamma)
+    out["warnings"] = warns + _warnings(data, train, gamma)
     return out
 
 
@@ -313,12 +319,12 @@ def _group_sizes(groups: Sequence[str], row_groups: Sequence[str]) -> dict[str, 
 
 
 def _intervals(metrics: dict[str, np.ndarray], row_groups: Sequence[str], codes: np.ndarray,
-               names: Sequence[str], contrib: np.ndarray, data: Annotations, n_boot: int,
-               seed: int) -> dict[str, Any]:
+               names: Sequence[str], contrib: np.ndarray, regret: np.ndarray,
+               data: Annotations, n_boot: int, seed: int) -> dict[str, Any]:
     """Bootstrap intervals: metrics by annotator within group, regrets by prompt."""
     reps = bootstrap.mean_replicates(contrib, prompt_clusters(data), n_boot, seed)
     worst = reps.max(axis=1)                                     # [B, policies]
-    fair = int(np.argmin(contrib.mean(axis=0).max(axis=0)))
+    fair = int(np.argmin(regret.max(axis=0)))
     return {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
             "metrics": group_intervals(metrics, row_groups, codes, names, n_boot, seed),
             "regret_matrix": bootstrap.interval(reps).tolist(),
@@ -335,9 +341,7 @@ def _warnings(data: Annotations, train: Annotations | None,
     """Held-out split missing labelled groups; near-uniform posteriors on this data."""
     out = []
     if train is not None and train.fingerprint() != data.fingerprint():
-        held = label_columns(data)
-        for col, lab in label_columns(train).items():
-            out += diagnostics.split_warnings(lab, held.get(col, {}), col)
+        out = split_label_warnings(train, data)
     return out + diagnostics.confidence_warnings(gamma)
 
 
@@ -376,9 +380,7 @@ def format_evaluation(out: dict[str, Any]) -> str:
     pair = out["spread"]["pairwise"]
     iv = out.get("intervals") or {}
 
-    def ci(low_high: Sequence[float] | None) -> str:
-        return "" if low_high is None else f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
-
+    ci = bootstrap.show
     lines = [f"evaluated {len(out['policies'])} policies on {out['annotations']} annotations "
              f"of {out['annotators']} annotators, {out.get('prompts', '?')} prompts (groups: "
              f"{out['groups']}; {'in-sample' if out.get('in_sample') else 'held-out'})"

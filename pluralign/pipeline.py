@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
-from pluralign import diagnostics
 from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.data import Annotations, load, save
-from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, label_columns
+from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
 from pluralign.ingest.core import ON_ERROR
 from pluralign.io import write_json
 
@@ -173,9 +172,7 @@ def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     save(list(train), out / "data", {"source": inputs})
     if held is not None:
         save(list(held), out / "heldout", {"source": inputs})
-    warns = [] if held is None else [
-        w for col, lab in label_columns(train).items()
-        for w in diagnostics.split_warnings(lab, label_columns(held).get(col, {}), col)]
+    warns = [] if held is None else split_label_warnings(train, held)
     for w in warns:
         print(f"WARNING [{w['code']}]: {w['message']}")
     return {"annotations": len(data), "train": len(train),

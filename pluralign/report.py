@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pluralign import bootstrap
 from pluralign.io import write_json, write_text, write_with
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
@@ -138,7 +139,7 @@ def _accuracy_losses(ev: dict[str, Any], fair: str) -> list[dict[str, Any]]:
 
 
 def _ci(iv: list[float] | None) -> str:
-    return "" if iv is None else f" [95% CI {iv[0]:.3f}, {iv[1]:.3f}]"
+    return bootstrap.show(iv, label="95% CI ")
 
 
 def findings(story: dict[str, Any]) -> list[str]:
@@ -332,7 +333,7 @@ def _personalization(ax, em, agg, ev) -> None:
 
 # -- documents ------------------------------------------------------------------------------
 def _with_ci(value: float, iv: list[float] | None) -> str:
-    return f"{value:.3f}" if iv is None else f"{value:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
+    return f"{value:.3f}{bootstrap.show(iv)}"
 
 
 def policy_rows(ev: dict[str, Any]) -> list[list[str]]:

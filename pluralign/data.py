@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,13 @@ class Annotation:
         return len(self.ranking)
 
     def content_key(self, with_annotator: bool = True) -> str:
-        """Hash of what was judged and how; equal keys are duplicates."""
+        """Hash of what was judged and how; equal keys are duplicates. Text is compared in
+        Unicode NFC, so composed and decomposed copies of one row are one row."""
         payload = [self.prompt, self.responses, self.ranking]
         if with_annotator:
             payload.insert(0, self.annotator_id)
-        return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+        text = unicodedata.normalize("NFC", _canonical_json(payload))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, the `ranked` layout that ingestion reads back losslessly."""

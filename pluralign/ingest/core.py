@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
         raise IngestError("no annotation was accepted; nothing to write"
                           + (f" ({run.rejected} rejected, see the report)" if run.rejected
                              else ""), reason="no_data")
+    run.warn_id_collisions()
     if run.empty_at:
         shown = ", ".join(run.empty_at[:5]) + (" ..." if len(run.empty_at) > 5 else "")
         run.warnings.append(f"{len(run.empty_at)} accepted annotation(s) hold an empty response "
@@ -125,7 +127,7 @@ class _Run:
         self.rejects: list[dict[str, Any]] = []
         self.by_reason: Counter[str] = Counter()
         self.seen: dict[str, str] = {}
-        self.read = self.duplicates = self.ties_truncated = 0
+        self.read = self.duplicates = self.ties_truncated = self.same_content = 0
         self.duplicate_examples: list[dict[str, str]] = []
         self.files: list[dict[str, Any]] = []
         self.warnings: list[str] = []
@@ -156,6 +158,26 @@ class _Run:
             "accepted": len(self.records) - before[1], "rejected": self.rejected - before[2],
             "duplicates": self.duplicates - before[3]})
 
+    def warn_id_collisions(self) -> None:
+        """Warn about annotator ids that differ only by case or surrounding whitespace: kept
+        apart (they may be different people), but usually one person spelled two ways."""
+        spellings: dict[str, set[str]] = {}
+        for a in self.records:
+            folded = unicodedata.normalize("NFC", a.annotator_id).strip().casefold()
+            spellings.setdefault(folded, set()).add(a.annotator_id)
+        clashes = [sorted(v) for v in spellings.values() if len(v) > 1]
+        if self.same_content:
+            self.warnings.append(
+                f"{self.same_content} row(s) without an annotator field repeat another row's "
+                "judgement; each is kept as its own annotation (they may be different people)")
+        if not clashes:
+            return
+        shown = "; ".join(" / ".join(repr(i) for i in c) for c in clashes[:5])
+        self.warnings.append(
+            f"{len(clashes)} annotator id(s) differ only by case or surrounding spaces and are "
+            f"kept apart: {shown}{' ...' if len(clashes) > 5 else ''}; if they are one person, "
+            "fix the ids in the source")
+
     def _warn_no_annotator(self, name: str, columns: set[str]) -> None:
         hints = [c for c in sorted(columns) if c.lower() in ANNOTATOR_HINTS]
         self.warnings.append(
@@ -173,9 +195,13 @@ class _Run:
         except FieldError as e:
             self._reject(unit, e)
             return
-        # Row-made annotator ids are unique by construction: compare content without them.
+        # Without an annotator field two equal rows may be two people's equal judgements: each
+        # source line stays its own annotation, and only the count of repeats is reported.
         key = a.content_key(with_annotator=not synthetic)
-        if key in self.seen:
+        if synthetic:
+            self.same_content += key in self.seen
+            self.seen.setdefault(key, str(unit.location))
+        elif key in self.seen:
             self.duplicates += 1
             if len(self.duplicate_examples) < 10:
                 self.duplicate_examples.append({"at": str(unit.location),
@@ -206,6 +232,7 @@ class _Run:
             "read": self.read, "accepted": len(self.records),
             "rejected": {"total": self.rejected, "by_reason": dict(sorted(self.by_reason.items()))},
             "duplicates": self.duplicates, "duplicate_examples": self.duplicate_examples,
+            "repeats_without_annotator": self.same_content,
             "ties_truncated": self.ties_truncated, "feature_dim": self.feature_dim,
             **describe(self.records),
             "files": self.files, "warnings": self.warnings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 from pluralign.data import FieldError, Prompt
@@ -31,14 +32,15 @@ def text(row: dict[str, Any], name: str, required: bool = True) -> str | None:
 
 
 def ident(row: dict[str, Any], name: str, required: bool = True) -> str | None:
-    """An identifier: a string, or an integer taken as its decimal string."""
+    """An identifier: a string, or an integer taken as its decimal string, in Unicode NFC (so
+    that the composed and decomposed spellings of one name are one id)."""
     if not required and missing(row, name):
         return None
     value = require(row, name)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise FieldError(name, f"expected a string or integer id, got {_kind(value)}",
                          "wrong_type")
-    value = str(value)
+    value = unicodedata.normalize("NFC", str(value))
     if not value.strip():
         raise FieldError(name, "is empty", "missing_field")
     return value

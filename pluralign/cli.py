@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +20,15 @@ class UsageError(Exception):
     """A bad command-line value; printed and exit status 2."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's time limit, `kill`): unwinds like Ctrl-C, so temporary
+    files are removed and every finished file stays whole."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit status."""
     parser = build_parser()
@@ -24,17 +36,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    from pluralign.ingest import IngestError
-    from pluralign.models import ModelError
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    resume = "; re-run the same command to resume" if args.command in ("run", "em") else ""
     try:
         return args.handler(args)
-    except (IngestError, UsageError, ValueError, FileNotFoundError, ModelError,
-            FloatingPointError) as e:
+    except OSError as e:  # errno None: one of ours (FileNotFoundError with a message) or pyarrow's
+        if e.errno is not None and e.errno not in DISK_ERRORS:
+            raise
+        print(f"pluralign {args.command}: error: {_os_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"pluralign {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"pluralign {args.command}: interrupted", file=sys.stderr)
+        print(f"pluralign {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"pluralign {args.command}: terminated (SIGTERM){resume}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+#: OS errors that are the machine's state, not a bug: reported in one line naming the path.
+DISK_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                         errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                         errno.ENAMETOOLONG, errno.EFBIG})
+
+
+def _os_message(e: OSError) -> str:
+    """'PATH: cannot write (No space left on device)' and the like, from an OSError."""
+    if e.errno is None:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    path = e.filename if e.filename is not None else "(unknown path)"
+    hint = {errno.ENOSPC: " - free some space, then re-run",
+            errno.EDQUOT: " - free some space, then re-run",
+            errno.EROFS: " - choose a writable --out", errno.EACCES: " - check its permissions",
+            errno.EPERM: " - check its permissions"}.get(e.errno, "")
+    return f"{path}: {e.strerror or e}{hint}"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, not a bug. ModelError counts only once its module
+    was imported (it cannot be raised before), so an error needs no torch to be reported."""
+    errors: list[type[BaseException]] = [UsageError, ValueError, FloatingPointError]
+    for module, name in (("pluralign.ingest.errors", "IngestError"),
+                         ("pluralign.models", "ModelError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,19 +19,20 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from scipy.special import logsumexp
-from sklearn.cluster import KMeans
 
 from pluralign import diagnostics, identifiability, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
-from pluralign.losses import plackett_luce_logprob
-from pluralign.rankings import Rankings
+
+if TYPE_CHECKING:
+    import torch
+
+    from pluralign.rankings import Rankings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,19 @@ class MonotonicityWarning(UserWarning):
     """The EM objective decreased: an under-trained M-step or a bug."""
 
 
+def _rankings(data: Annotations) -> Rankings:
+    """The rankings as tensors. torch is imported here and in the functions that compute, not
+    at the top, so that `pluralign run` checks a config before paying for torch."""
+    from pluralign.rankings import Rankings
+    return Rankings.from_annotations(data)
+
+
 # -- the E-step -----------------------------------------------------------------------------
 def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
     """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]."""
+    import torch
+
+    from pluralign.losses import plackett_luce_logprob
     s = torch.as_tensor(np.nan_to_num(logratios, nan=0.0), dtype=torch.float64)
     return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
                      for k in range(s.shape[-1])], axis=1)
@@ -83,7 +94,10 @@ def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
     """Per-annotator preference statistics: the gradient of each annotator's PL log-likelihood
     with respect to a linear reward's weights at zero, averaged over their annotations.
     Annotators of one type share its expected direction, which k-means++ can find."""
-    rank = Rankings.from_annotations(data)
+    import torch
+
+    from pluralign.losses import plackett_luce_logprob
+    rank = _rankings(data).from_annotations(data)
     z = torch.zeros(rank.mask.shape, dtype=torch.float64, requires_grad=True)
     plackett_luce_logprob(z, rank).sum().backward()
     g = z.grad.masked_fill(~rank.mask, 0.0)
@@ -105,6 +119,7 @@ def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0
     """Soft posteriors from a k-means++ clustering: (1 - smooth) on the cluster, the rest spread."""
     if k == 1:
         return np.ones((features.shape[0], 1))
+    from sklearn.cluster import KMeans
     labels = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit_predict(
         features)
     gamma = np.full((features.shape[0], k), smooth / k)
@@ -118,7 +133,7 @@ def type_posteriors(backend: PolicyBackend, priors: np.ndarray,
     annotations in `data` (for annotators never seen in training too). Returns (gamma, ids)."""
     data = as_annotations(data)
     codes, ids = data.annotator_codes()
-    per = annotation_loglik(backend.logratios(data), Rankings.from_annotations(data),
+    per = annotation_loglik(backend.logratios(data), _rankings(data),
                             backend.beta)
     gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), np.asarray(priors))
     return gamma, ids
@@ -407,7 +422,7 @@ class EMDPO:
         """EM iterations from one initialisation (or the posteriors `start`), checkpointed after
         every iteration. K is the starting posteriors' width: a linear start may have pruned."""
         codes, ids = data.annotator_codes()
-        rank = Rankings.from_annotations(data)
+        rank = _rankings(data)
         gamma = self._initial_posteriors(data, k, restart) if start is None else start
         k = gamma.shape[1]
         backend = self._make_backend(k)
@@ -526,7 +541,7 @@ class EMDPO:
 def _heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
     """log p(annotations of each test annotator) under the fitted mixture (types summed out)."""
     codes, ids = test.annotator_codes()
-    per = annotation_loglik(run.backend.logratios(test), Rankings.from_annotations(test),
+    per = annotation_loglik(run.backend.logratios(test), _rankings(test),
                             run.backend.beta)
     return mixture_loglik(annotator_loglik(per, codes, len(ids)), run.priors)
 

@@ -17,8 +17,7 @@ import numpy as np
 from pluralign import config as C
 from pluralign import diagnostics
 from pluralign.backends.base import PolicyBackend
-from pluralign.backends.linear import LinearConfig
-from pluralign.backends.lora import LoRAConfig
+from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
 from pluralign.em import EMDPO, make_backend
 from pluralign.io import write_json, write_text

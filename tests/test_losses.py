@@ -184,3 +184,9 @@ def test_weights_normalise_and_zero_weight_rows_cost_nothing(name):
 def test_unknown_loss_is_named():
     with pytest.raises(ValueError, match="unknown loss 'kto'.*pl_dpo"):
         get_loss("kto")
+
+
+def test_settings_know_every_registered_loss():
+    from pluralign.backends.settings import LOSS_NAMES
+    from pluralign.losses import LOSSES
+    assert tuple(LOSSES) == LOSS_NAMES

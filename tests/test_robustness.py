@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
+import signal
+import subprocess
+import sys
 import unicodedata
 
+import pytest
 from conftest import ranked_row, write_jsonl
 
+from pluralign.cli import main
+from pluralign.data import load
 from pluralign.ingest import ingest
 
 
@@ -51,3 +59,64 @@ def test_10_nfd_text_of_a_row_is_a_duplicate(tmp_path):
     f = write_jsonl(tmp_path / "x.jsonl", [ranked_row("w1", prompt=nfc),
                                            ranked_row("w1", prompt=nfd)])
     assert ingest([str(f)]).report["duplicates"] == 1
+
+
+@pytest.fixture(scope="module")
+def small_population(tmp_path_factory):
+    d = tmp_path_factory.mktemp("robust") / "pop"
+    assert main(["simulate", "--out", str(d), "--types", "2", "--annotators", "12",
+                 "--per-annotator", "4", "--seed", "1"]) == 0
+    return d
+
+
+def test_11_ingest_reads_a_canonical_dataset_folder(small_population, tmp_path, cli):
+    rc, out, err = cli("ingest", small_population, "--out", tmp_path / "again")
+    assert rc == 0, err
+    again = load(tmp_path / "again")
+    assert len(again) == 48 and again.fingerprint() == load(small_population).fingerprint()
+
+
+def test_11_a_bad_config_is_reported_before_torch_is_imported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: {inputs: [x]}\nem: {n_typez: 2}\n")
+    code = ("import sys; from pluralign.cli import main; rc = main(['run', sys.argv[1]]); "
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert "unknown key 'n_typez' in section 'em'" in done.stderr
+
+
+def test_11_sigterm_says_so_and_exits_143(tmp_path):
+    code = ("import sys, time; import pluralign.cli as c\n"
+            "def slow(args):\n    print('started', flush=True); time.sleep(60)\n"
+            "c.cmd_run = slow\nsys.exit(c.main(['run', 'x.yaml']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.strip() == ("pluralign run: terminated (SIGTERM); re-run the same command to "
+                           "resume")
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"),
+                                         (errno.EROFS, "Read-only file system")])
+def test_8_full_or_read_only_disk_is_one_line_naming_the_path(small_population, tmp_path, cli,
+                                                              monkeypatch, code, words):
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), src)
+    monkeypatch.setattr(os, "replace", refuse)
+    out = tmp_path / "copy"
+    rc, _, err = cli("ingest", small_population, "--out", out)
+    assert rc == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"pluralign ingest: error: {out / 'annotations.parquet'}: {words}")
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary left behind
+
+
+def test_8_an_unwritable_place_is_one_line(small_population, cli):
+    rc, _, err = cli("ingest", small_population, "--out", "/proc/pluralign-test/out")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "/proc/pluralign-test" in err

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +24,14 @@ import torch
 from scipy.optimize import minimize
 
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
+from pluralign.backends.settings import LinearConfig
 from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json, write_with
 from pluralign.losses import get_loss
 from pluralign.rankings import Rankings
 
-FEATURES = ("given", "onehot", "embedding")
 #: LMs loaded for embedding features, by spec: EM builds a backend per run, the LM is the same.
 _LMS: dict[str, tuple[Any, Any, str]] = {}
-
-
-@dataclass
-class LinearConfig:
-    """Settings of the linear backend."""
-
-    types: int = field(default=2, metadata={"help": "number of type policies K"})
-    beta: float = field(default=1.0, metadata={"help": "reward = beta * s"})
-    features: str = field(default="given", metadata={"help": "given, onehot or embedding"})
-    l2: float = field(default=1.0, metadata={
-        "help": "L2 penalty lambda: type k minimises sum_a w_a loss_a + lambda/2 |theta_k|^2 "
-                "(a fixed Gaussian prior, so EM is monotone in loglik - penalty)"})
-    loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
-    tol: float = field(default=1e-8, metadata={"help": "L-BFGS gradient tolerance"})
-    max_iter: int = field(default=2000, metadata={"help": "L-BFGS iteration limit"})
-    model: str = field(default="builtin:smollm2-135m", metadata={
-        "help": "embedding features: the LM whose hidden states are the features"})
-    max_prompt_tokens: int = field(default=256, metadata={"help": "embedding: prompt tokens"})
-    max_response_tokens: int = field(default=128, metadata={"help": "embedding: response "
-                                                                    "tokens"})
-    token_budget: int = field(default=8192, metadata={"help": "embedding: tokens per batch"})
-    length_feature: bool = field(default=True, metadata={
-        "help": "embedding: add log(response tokens before truncation) as a unit-scale feature"})
-    cache: str | None = field(default=None, metadata={"help": "reference cache folder"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
-
-    def __post_init__(self) -> None:
-        if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
-        if self.types < 1 or self.beta <= 0 or self.l2 < 0:
-            raise ValueError("types >= 1, beta > 0 and l2 >= 0 are required")
-        get_loss(self.loss)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
+from pluralign.backends.settings import LoRAConfig
 from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json
 from pluralign.losses import get_loss
@@ -62,65 +63,6 @@ def _decode(tokens: torch.Tensor, tokenizer) -> str:
         ids = ids[: ids.index(tokenizer.eos_token_id)]
     return tokenizer.decode([t for t in ids if t != tokenizer.pad_token_id],
                             skip_special_tokens=True)
-
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-
-
-@dataclass
-class LoRAConfig:
-    """Settings of the LoRA backend."""
-
-    model: str = field(default="builtin:tiny", metadata={"help": "model spec (models.py)"})
-    types: int = field(default=2, metadata={"help": "number of type policies K"})
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature: reward = beta * s"})
-    loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={
-        "help": "module names that get adapters"})
-    top_layers: int | None = field(default=None, metadata={
-        "help": "adapters in the top T layers only (None: all layers); enables trunk caching"})
-    trunk_cache: bool = field(default=True, metadata={
-        "help": "with top_layers, start every pass from cached states (same results, less work)"})
-    trunk_dtype: str = field(default="float32", metadata={
-        "help": "dtype of cached trunk states (bfloat16 halves their memory)"})
-    max_prompt_tokens: int = field(default=256, metadata={"help": "prompt tokens kept (end)"})
-    max_response_tokens: int = field(default=128, metadata={"help": "response tokens kept"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    epochs: int = field(default=1, metadata={"help": "passes over the data per fit"})
-    batch_size: int = field(default=8, metadata={"help": "annotations per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps warming up"})
-    scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule"})
-    token_budget: int = field(default=8192, metadata={
-        "help": "padded tokens per scoring batch"})
-    cache: str | None = field(default=None, metadata={
-        "help": "reference cache folder; None: $PLURALIGN_CACHE/reference; '': no cache"})
-    seed: int = field(default=0, metadata={"help": "seed of shuffling"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "for hub models only"})
-
-    def __post_init__(self) -> None:
-        positive = ("types", "rank", "epochs", "batch_size", "grad_accum", "max_prompt_tokens",
-                    "max_response_tokens", "token_budget")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.beta <= 0 or self.learning_rate <= 0:
-            raise ValueError("beta and learning_rate must be > 0")
-        if self.top_layers is not None and self.top_layers < 1:
-            raise ValueError(f"top_layers must be >= 1 or None, got {self.top_layers}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        get_loss(self.loss)
-        self.target_modules = tuple(self.target_modules)
-
 
 @dataclass
 class Prepared:

@@ -1,7 +1,8 @@
 """Read preference files into raw rows, each tagged with its file and line or row number.
 
 Formats: .jsonl/.ndjson, .json, .csv/.tsv, .parquet (each optionally .gz), a folder written by
-`datasets.save_to_disk`, a folder of data files or a dataset name for `datasets.load_dataset`.
+`datasets.save_to_disk`, a canonical pluralign dataset folder, a folder of data files or a
+dataset name for `datasets.load_dataset`.
 A row that cannot be read (undecodable bytes, truncated JSON) becomes a RawRow with an error, so
 that `--on-error skip` can reject it and go on; problems with a whole file raise IngestError.
 """
@@ -220,7 +221,22 @@ def _dataset_rows(ds: Any, name: str) -> list[RawRow]:
     return _rows_of(list(ds), name)
 
 
+def _read_canonical(path: Path) -> list[RawRow]:
+    """A folder `pluralign ingest` or `simulate` wrote: its records in the `ranked` layout
+    (re-ingesting re-validates and deduplicates; the fingerprint is checked first)."""
+    from pluralign.data import load
+    try:
+        data = load(path)
+    except (OSError, ValueError) as e:
+        raise IngestError(f"a pluralign dataset folder that cannot be read ({e})", str(path),
+                          reason="bad_file") from e
+    return _rows_of([a.to_dict() for a in data], str(path))
+
+
 def _read_hf_folder(path: Path) -> list[RawRow]:
+    from pluralign.data import ANNOTATIONS_FILE, MANIFEST_FILE
+    if (path / ANNOTATIONS_FILE).is_file() and (path / MANIFEST_FILE).is_file():
+        return _read_canonical(path)
     import datasets
     name = str(path)
     saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()

@@ -32,7 +32,7 @@ lint: $(STAMP)
 # Regenerate the committed demo population (the README shows this command).
 demo-data: $(STAMP)
 	$(BIN)/pluralign simulate --out data/demo --flavour text --types 3 --annotators 60 \
-		--per-annotator 8 --list-size 3 --seed 0
+		--per-annotator 8 --list-size 3 --seed 0 --overwrite
 
 clean-venv:
 	rm -rf $(VENV)

@@ -31,7 +31,7 @@ import numpy as np
 from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
-from pluralign.io import write_json, write_with
+from pluralign.io import folder_lock, write_json, write_with
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
@@ -353,7 +353,15 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   base_measure: str = "uniform", n_boot: int = 200) -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
-    from pluralign.em_run import load_run
+    with folder_lock(run_dir, "aggregate"):
+        return _aggregate_run(run_dir, data_dir, estimator, type_weights, n_samples,
+                              random_state, merge, base_measure, n_boot)
+
+
+def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
+                   type_weights: Sequence[float] | None, n_samples: int, random_state: int,
+                   merge: bool, base_measure: str, n_boot: int) -> dict[str, Any]:
+    from pluralign.em_run import load_run, made_from
     run = load_run(run_dir)
     if type_weights is not None and len(type_weights) != run.backend.n_types:
         raise ValueError(f"--type-weights needs {run.backend.n_types} values (one per type), "
@@ -364,6 +372,7 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                             n_samples=n_samples, random_state=random_state, merge=merge,
                             keep=scores, base_measure=base_measure, n_boot=n_boot)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
+    out["made_from"] = made_from(run.path, "em.json")
     if merged is not None:
         merged.save(run.path / "merged")
         out["merged_path"] = "merged"

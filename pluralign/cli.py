@@ -82,6 +82,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     was imported (it cannot be raised before), so an error needs no torch to be reported."""
     errors: list[type[BaseException]] = [UsageError, ValueError, FloatingPointError]
     for module, name in (("pluralign.ingest.errors", "IngestError"),
+                         ("pluralign.io", "FolderLockedError"),
                          ("pluralign.models", "ModelError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
@@ -144,10 +145,27 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                    help="an empty-string response is a real empty answer (keep, default, with "
                         "a warning) or a bad row (reject)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _overwrite_arg(p)
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset already in --out (refused without this flag)")
+
+
+def _refuse_overwrite(out: str, overwrite: bool) -> None:
+    """A dataset folder is not replaced silently: runs and reports may point at it."""
+    path = Path(out)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    what = "a dataset" if (path / "manifest.json").is_file() else "files"
+    raise UsageError(f"{out} already holds {what}; pass --overwrite to replace it, or choose "
+                     "another --out")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pluralign.ingest import format_report, ingest, parse_mapping, write
+    _refuse_overwrite(args.out, args.overwrite)
     result = ingest(args.inputs, preset=args.preset, on_error=args.on_error,
                     mapping=parse_mapping(args.map), ties=args.ties,
                     empty_responses=args.empty_responses)
@@ -189,10 +207,12 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
                    help="feature flavour: draw type directions independently (two may nearly "
                         "coincide) instead of mutually orthogonal")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    _overwrite_arg(p)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from pluralign.ingest import format_report
+    _refuse_overwrite(args.out, args.overwrite)
     from pluralign.simulate import SimulationConfig, simulate, write_population
     config = SimulationConfig(
         flavour=args.flavour, types=args.types, annotators=args.annotators,
@@ -361,9 +381,11 @@ def _assign_args(p: argparse.ArgumentParser) -> None:
 def cmd_assign(args: argparse.Namespace) -> int:
     from pluralign.data import load
     from pluralign.em_run import load_run, write_posteriors
-    from pluralign.personalize import assign
+    from pluralign.personalize import assign, blind_warnings
     run = load_run(args.run)
-    gamma, ids = assign(run, load(args.data))
+    data = load(args.data)
+    gamma, ids = assign(run, data)
+    _warn(blind_warnings(run, data, "annotations"))
     if args.out:
         write_posteriors(Path(args.out), ids, gamma)
         print(f"wrote {len(ids)} annotators' type posteriors to {args.out}")
@@ -414,7 +436,7 @@ def _suggest_args(p: argparse.ArgumentParser) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     from pluralign.data import Annotations, load
     from pluralign.em_run import load_run
-    from pluralign.personalize import annotator_posterior, rank_queries
+    from pluralign.personalize import annotator_posterior, blind_warnings, rank_queries
     run = load_run(args.run)
     if (Path(args.candidates) / "manifest.json").is_file():
         queries = load(args.candidates)
@@ -422,12 +444,20 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         from pluralign.ingest import ingest
         queries = Annotations(ingest([args.candidates]).records)
     answers = load(args.answers) if args.answers else None
+    _warn(blind_warnings(run, queries, "candidate queries"))
+    if answers is not None:
+        _warn(blind_warnings(run, answers, "answers"))
     post = annotator_posterior(run, args.annotator, answers)
     print("current posterior: " + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
     for r in rank_queries(run, queries, post, args.ranking_length)[: args.top]:
         prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
         print(f"{r['information_gain']:.4f} nats  #{r['index']}  {prompt[:70]}")
     return 0
+
+
+def _warn(warnings: list[dict[str, str]]) -> None:
+    for w in warnings:
+        print(f"WARNING [{w['code']}]: {w['message']}", file=sys.stderr)
 
 
 def _range(text: str, flag: str) -> tuple[int, int]:

@@ -128,7 +128,9 @@ def _fits(value: Any, annotation: Any) -> bool:
             _fits(v, args[0] if origin is list or len(args) == 1 else args[min(i, len(args) - 1)])
             for i, v in enumerate(value)) if args else isinstance(value, list | tuple)
     if origin is dict:
-        return isinstance(value, dict)
+        args = typing.get_args(annotation)
+        return isinstance(value, dict) and (not args or all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()))
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True  # callables, arrays: not expressible in YAML, accepted as given

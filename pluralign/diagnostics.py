@@ -114,3 +114,32 @@ def pruning_notes(actions: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         out.append(warning(f"type_{a['action']}", f"{what} ({a['reason']}); EM re-fitted with "
                                                  f"K={a['k'] - 1}."))
     return out
+
+
+#: Largest spread (nats) of s_k - s_0 across an annotation's candidates at which the types are
+#: said to score it alike: PL laws are unchanged by a constant shift, so they agree exactly.
+TYPE_BLIND_TOL = 1e-9
+
+
+def type_blind(logratios: np.ndarray) -> np.ndarray:
+    """Per annotation ([n, M, K] log-ratios, NaN on padding): True when every type's policy
+    scores its candidates alike, so an answer to it cannot tell the types apart."""
+    diff = logratios - logratios[..., :1]
+    spread = np.nanmax(diff, axis=1) - np.nanmin(diff, axis=1)  # [n, K]
+    return np.nan_to_num(spread, nan=0.0).max(axis=1) <= TYPE_BLIND_TOL
+
+
+def blind_data_warnings(blind: np.ndarray, what: str) -> list[dict[str, str]]:
+    """New data the run's policies cannot tell types apart on (for onehot features: items
+    never seen in training): the posteriors or information gains it yields are the priors' or
+    zero, not a finding."""
+    n = int(blind.sum())
+    if n == 0:
+        return []
+    share = n / len(blind)
+    return [warning("type_blind_data", (
+        f"{n} of {len(blind)} {what} ({share:.0%}) are scored alike by every type's policy, so "
+        "they say nothing about the type" + (": the results below are the priors"
+                                            if share == 1 else "")
+        + " (with onehot features: items the run never saw in training; give it features it "
+          "can score, such as given or embedding)"))]

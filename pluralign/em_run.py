@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
 from pluralign.em import EMDPO, make_backend
-from pluralign.io import write_json, write_text
+from pluralign.io import folder_lock, write_json, write_text
 
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
 #: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
@@ -96,10 +98,22 @@ def _types(text: str | None) -> int | str | None:
         raise C.ConfigError(f"--types expects an integer or auto, got '{text}'") from None
 
 
+#: What later steps write into a run folder from its EM fit; a new fit removes them.
+DOWNSTREAM = ("aggregate.json", "scores.npz", "merged", "evaluation.json", "report.json",
+              "report.md", "report.html", "report_files")
+
+
 def run_em(data: Annotations, settings: EMSettings, out: Path,
            data_path: str | Path | None = None) -> str:
-    """Fit, write the outputs into `out`, and return a summary for a person."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Fit, write the outputs into `out`, and return a summary for a person. The folder is
+    locked while EM runs; what later steps made from an earlier fit there is removed."""
+    with folder_lock(out, "em"):
+        report = _fit_and_write(data, settings, out, data_path)
+    return summarise(report, out)
+
+
+def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
+                   data_path: str | Path | None) -> dict[str, Any]:
     kwargs = {k: v for k, v in settings.em.items() if k != "backend"}
     em = EMDPO(settings.backend, backend_options=settings.backend_options,
                init_options=settings.init_options or None, checkpoint_dir=out / "checkpoints",
@@ -115,7 +129,35 @@ def run_em(data: Annotations, settings: EMSettings, out: Path,
               "annotations": len(data), "annotators": len(em.annotator_ids_),
               "policies": policies.name, "audit": audit(data, em)}
     write_json(out / "em.json", report)
-    return summarise(report, out)
+    stale = [name for name in DOWNSTREAM if (out / name).exists()]
+    for name in stale:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    if stale:
+        print(f"removed {', '.join(stale)}: made from an earlier EM fit in {out}",
+              file=sys.stderr)
+    return report
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file: how later steps record which em.json / aggregate.json they used."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def made_from(run_dir: Path, *names: str) -> dict[str, str | None]:
+    """{file: its digest (None when absent)} for the run-folder files a step reads."""
+    return {n: digest(run_dir / n) if (run_dir / n).is_file() else None for n in names}
+
+
+def check_made_from(run_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Raise when the file `name` was made from other versions of the files it records (an
+    EM fit or aggregation redone since): its numbers would belong to another run."""
+    for source, want in (record.get("made_from") or {}).items():
+        path = Path(run_dir) / source
+        have = digest(path) if path.is_file() else None
+        if have != want:
+            step = {"aggregate.json": "aggregate", "evaluation.json": "evaluate"}[name]
+            raise ValueError(f"{Path(run_dir) / name} is stale: it was made from an earlier "
+                             f"{source}; re-run `pluralign {step} --run {run_dir}`")
 
 
 @dataclass

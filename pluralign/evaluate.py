@@ -37,11 +37,13 @@ from pluralign.em import annotation_loglik, annotator_loglik, e_step
 from pluralign.em_run import (
     FittedRun,
     annotator_labels,
+    check_made_from,
     label_columns,
     load_run,
+    made_from,
     split_label_warnings,
 )
-from pluralign.io import write_json
+from pluralign.io import folder_lock, write_json
 from pluralign.losses import beats, plackett_luce_logprob
 from pluralign.rankings import Rankings
 
@@ -349,9 +351,17 @@ def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int 
                  seed: int = 0) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
+    with folder_lock(run_dir, "evaluate"):
+        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed)
+
+
+def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
+                  seed: int) -> dict[str, Any]:
     run = load_run(run_dir)
     agg_file = run.path / "aggregate.json"
     aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None
+    if aggregated is not None:
+        check_made_from(run.path, "aggregate.json", aggregated)
     if aggregated is None:
         print("note: no aggregate.json in the run; using the candidates estimate on this data "
               "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
@@ -363,6 +373,7 @@ def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int 
     out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
+    out["made_from"] = made_from(run.path, "em.json", "aggregate.json")
     write_json(run.path / "evaluation.json", out)
     return out
 

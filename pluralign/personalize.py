@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pluralign import diagnostics
 from pluralign.data import Annotation, Annotations
 from pluralign.em import type_posteriors
 from pluralign.em_run import FittedRun
@@ -29,6 +30,12 @@ MAX_ANSWERS = 50_000
 def assign(run: FittedRun, data: Annotations) -> tuple[np.ndarray, list[str]]:
     """Type posteriors of the annotators in `data` from the run's policies and priors."""
     return type_posteriors(run.backend, run.priors, data)
+
+
+def blind_warnings(run: FittedRun, data: Annotations, what: str) -> list[dict[str, str]]:
+    """Warnings when the run's policies cannot tell types apart on (part of) `data`."""
+    return diagnostics.blind_data_warnings(
+        diagnostics.type_blind(run.backend.logratios(data)), what)
 
 
 def answer_logprobs(rewards: np.ndarray, length: int) -> tuple[np.ndarray, list[tuple]]:

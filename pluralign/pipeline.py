@@ -33,10 +33,11 @@ from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
 from pluralign.ingest.core import ON_ERROR
-from pluralign.io import write_json
+from pluralign.io import folder_lock, write_json
+from pluralign.simulate.population import SimulationConfig
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
-SECTIONS = ("run", "ingest", "em", *BACKEND_CONFIGS, "aggregate", "evaluate")
+SECTIONS = ("run", "simulate", "ingest", "em", *BACKEND_CONFIGS, "aggregate", "evaluate")
 PACKAGES = ("pluralign", "torch", "transformers", "peft", "accelerate", "cvxpy", "numpy",
             "scikit-learn")
 
@@ -55,15 +56,14 @@ class IngestSection:
     """What to read, and how many annotators to keep out of EM for evaluation."""
 
     inputs: list[str] = field(default_factory=list, metadata={
-        "help": "files to ingest, or one canonical dataset folder (required)"})
+        "help": "files to ingest, or one canonical dataset folder (required unless the YAML "
+                "has a simulate section)"})
     preset: str = field(default="auto", metadata={"help": "input layout (pluralign ingest)"})
     on_error: str = field(default="fail", metadata={"help": "fail or skip bad rows"})
     heldout_fraction: float = field(default=0.0, metadata={
         "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("inputs is required (files or a dataset folder)")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if not 0 <= self.heldout_fraction < 1:
@@ -124,6 +124,7 @@ class PipelineConfig:
     aggregate: AggregateSection
     evaluate: EvaluateSection
     source: str
+    simulate: SimulationConfig | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
@@ -131,19 +132,22 @@ class PipelineConfig:
         raw = C.load_yaml(path)
         source = str(path)
         C.check_sections(raw, SECTIONS, source)
-        if "ingest" not in raw:
-            raise C.ConfigError(f"{source}: section 'ingest' is required (ingest.inputs)")
 
         def typed(name: str, kind: type) -> Any:
             return C.build(kind, C.section(raw, name, C.dataclass_fields(kind), source),
                            source, name)
 
+        ingest = typed("ingest", IngestSection)
+        simulated = typed("simulate", SimulationConfig) if "simulate" in raw else None
+        if bool(ingest.inputs) == (simulated is not None):
+            raise C.ConfigError(f"{source}: ingest.inputs is required (files or a dataset "
+                                "folder), or a simulate section instead - not both")
         run = typed("run", RunSection)
         em = EMSettings.from_raw(raw, source)
         if "random_state" not in em.em:
             em.em["random_state"] = run.seed
-        return cls(run, typed("ingest", IngestSection), em, typed("aggregate", AggregateSection),
-                   typed("evaluate", EvaluateSection), source)
+        return cls(run, ingest, em, typed("aggregate", AggregateSection),
+                   typed("evaluate", EvaluateSection), source, simulated)
 
     def section_of(self, stage: str) -> dict[str, Any]:
         """The settings a stage depends on (part of its key and its manifest)."""
@@ -151,7 +155,9 @@ class PipelineConfig:
               "init": self.em.init_options}
         reference = {"backend": self.em.backend, "options": self.em.backend_options,
                      "embeddings": needs_embeddings(self.em)}
-        return {"ingest": {"ingest": asdict(self.ingest), "seed": self.run.seed},
+        simulated = None if self.simulate is None else asdict(self.simulate)
+        return {"ingest": {"ingest": asdict(self.ingest), "seed": self.run.seed,
+                           "simulate": simulated},
                 "reference": reference, "em": em,
                 "aggregate": {**asdict(self.aggregate), "seed": self.run.seed},
                 "evaluate": asdict(self.evaluate), "report": {}}[stage]
@@ -159,8 +165,13 @@ class PipelineConfig:
 
 # -- the stages -------------------------------------------------------------------------------
 def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
-    """Read the inputs into data/ (and heldout/ when a share of annotators is held out)."""
+    """Read the inputs, or simulate the population into population/, then split them into
+    data/ and (when a share of annotators is held out) heldout/."""
     inputs = cfg.ingest.inputs
+    if cfg.simulate is not None:
+        from pluralign.simulate import simulate, write_population
+        write_population(simulate(cfg.simulate), out / "population")
+        inputs = [str(out / "population")]
     if len(inputs) == 1 and (Path(inputs[0]) / "manifest.json").is_file():
         data = load(inputs[0])
         report: dict[str, Any] = {"read": len(data), "accepted": len(data)}
@@ -283,14 +294,13 @@ RUNNERS: dict[str, Callable[[PipelineConfig, Path], dict[str, Any]]] = {
 
 # -- running and skipping -----------------------------------------------------------------
 def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
-    """What the ingest stage reads, by content: a dataset folder's fingerprint, else each
-    file's SHA-256 (plus the evaluation data's, which later stages read)."""
+    """What the ingest stage reads, by content: the SHA-256 of each file, of every file in a
+    folder (a flipped byte in a dataset folder is a change, caught by its fingerprint check
+    when ingest re-reads it), plus the evaluation data's, which later stages read."""
     out = {}
     for spec in [*cfg.ingest.inputs, *([cfg.evaluate.data] if cfg.evaluate.data else [])]:
         path = Path(spec)
-        if (path / "manifest.json").is_file():
-            out[spec] = json.loads((path / "manifest.json").read_text()).get("fingerprint")
-        elif path.is_file():
+        if path.is_file():
             out[spec] = _sha256(path)
         else:
             out[spec] = None if not path.exists() else _sha256_tree(path)
@@ -307,7 +317,7 @@ def _sha256(path: Path) -> str:
 
 def _sha256_tree(path: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
         h.update(str(p.relative_to(path)).encode() + _sha256(p).encode())
     return h.hexdigest()
 
@@ -330,10 +340,17 @@ def versions() -> dict[str, str | None]:
 
 def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
                  from_stage: str | None = None) -> Path:
-    """Run every stage not already done with the same key; returns the run folder."""
+    """Run every stage not already done with the same key and intact outputs; returns the run
+    folder. The folder is locked for the run: a second process aimed at it stops at once."""
     if from_stage is not None and from_stage not in STAGES:
         raise C.ConfigError(f"--from must be one of {', '.join(STAGES)}, got {from_stage!r}")
     out = Path(out or cfg.run.out)
+    with folder_lock(out, "run"):
+        _run_stages(cfg, out, from_stage)
+    return out
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, from_stage: str | None) -> None:
     (out / "manifests").mkdir(parents=True, exist_ok=True)
     inputs = input_fingerprint(cfg)
     upstream, forced = "", False
@@ -342,15 +359,21 @@ def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
         key = stage_key(stage, cfg, upstream, inputs)
         manifest_file = out / "manifests" / f"{stage}.json"
         done = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
-        if not forced and done is not None and done.get("key") == key:
+        damaged = [] if done is None else damaged_outputs(out, done)
+        if not forced and done is not None and done.get("key") == key and not damaged:
             print(f"[{stage}] up to date, skipped")
         else:
+            if damaged and done.get("key") == key:
+                print(f"[{stage}] outputs missing or changed since it ran ({', '.join(damaged)})"
+                      "; running it again")
+            forced = forced or bool(damaged)  # later stages read what this one rewrites
             manifest_file.unlink(missing_ok=True)  # this stage and all later are redone
             for later in STAGES[STAGES.index(stage) + 1:]:
                 (out / "manifests" / f"{later}.json").unlink(missing_ok=True)
             print(f"[{stage}] running")
             _seed(cfg.run.seed)
             t0 = time.perf_counter()
+            before = _snapshot(out)
             result = RUNNERS[stage](cfg, out)
             write_json(manifest_file, {
                 "stage": stage, "key": key, "upstream": upstream, "config_file": cfg.source,
@@ -358,10 +381,42 @@ def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
                 {"upstream_key": upstream}, "seed": cfg.run.seed, "versions": versions(),
                 "wall_seconds": round(time.perf_counter() - t0, 3),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                      1), "result": result})
+                                      1), "result": result,
+                "outputs": _outputs(out, before)})
             print(f"[{stage}] done in {time.perf_counter() - t0:.1f} s")
         upstream = key
-    return out
+
+
+#: Run-folder entries that are bookkeeping, not a stage's outputs.
+_NOT_OUTPUTS = ("manifests", "checkpoints")
+
+
+def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file in the run folder but bookkeeping and hidden files."""
+    files = {}
+    for p in out.rglob("*"):
+        rel = p.relative_to(out)
+        if p.is_file() and rel.parts[0] not in _NOT_OUTPUTS and \
+                not any(part.startswith(".") for part in rel.parts):
+            st = p.stat()
+            files[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def _outputs(out: Path, before: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """SHA-256 of each file the stage wrote (new or changed since `before`)."""
+    after = _snapshot(out)
+    return {rel: _sha256(out / rel) for rel in sorted(after) if before.get(rel) != after[rel]}
+
+
+def damaged_outputs(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """The outputs a stage's manifest records that are now missing or changed; a manifest
+    without the record (an older pluralign) counts as damaged, so the stage is redone."""
+    outputs = manifest.get("outputs")
+    if outputs is None:
+        return ["(no record of outputs)"]
+    return [rel for rel, digest in outputs.items()
+            if not (out / rel).is_file() or _sha256(out / rel) != digest]
 
 
 def _seed(seed: int) -> None:

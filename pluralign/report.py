@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from pluralign import bootstrap
-from pluralign.io import write_json, write_text, write_with
+from pluralign.em_run import check_made_from
+from pluralign.io import folder_lock, write_json, write_text, write_with
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
            "personalization")
@@ -64,6 +65,8 @@ def load_parts(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
             raise FileNotFoundError(f"{path} is missing: run `pluralign {step} --run {run}` "
                                     "first")
         parts.append(json.loads(path.read_text()))
+        if name != "em.json":
+            check_made_from(run, name, parts[-1])
     return parts[0], parts[1], parts[2]
 
 
@@ -478,6 +481,11 @@ img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 
 def write_report(run: Path) -> list[Path]:
     """Write report.json, report.md (figures in report_files/) and report.html into `run`."""
+    with folder_lock(run, "report"):
+        return _write_report(Path(run))
+
+
+def _write_report(run: Path) -> list[Path]:
     em, agg, ev = load_parts(run)
     story = summary(em, agg, ev)
     pngs = figures(em, agg, ev)

@@ -144,7 +144,7 @@ def test_failure_leaves_an_existing_folder_untouched(tmp_path, cli):
     assert cli("ingest", good, "--out", out)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = write_jsonl(tmp_path / "bad.jsonl", [ranked_row(ranking=[5])])
-    assert cli("ingest", bad, "--out", out)[0] == 2
+    assert cli("ingest", bad, "--out", out, "--overwrite")[0] == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 import unicodedata
+from pathlib import Path
 
 import pytest
 from conftest import ranked_row, write_jsonl
 
 from pluralign.cli import main
-from pluralign.data import load
+from pluralign.data import load, save
 from pluralign.ingest import ingest
 
 
@@ -120,3 +124,181 @@ def test_8_an_unwritable_place_is_one_line(small_population, cli):
     rc, _, err = cli("ingest", small_population, "--out", "/proc/pluralign-test/out")
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "/proc/pluralign-test" in err
+
+
+LINEAR = """\
+run: {{out: {out}, seed: 0}}
+ingest: {{inputs: [{data}], heldout_fraction: 0.25}}
+em: {{backend: linear, n_types: 2, n_init: 1}}
+aggregate: {{n_boot: 20}}
+evaluate: {{n_boot: 20}}
+"""
+
+
+@pytest.fixture(scope="module")
+def feature_population(tmp_path_factory):
+    d = tmp_path_factory.mktemp("robust") / "features"
+    assert main(["simulate", "--out", str(d), "--types", "2", "--annotators", "40",
+                 "--per-annotator", "6", "--seed", "2"]) == 0
+    return d
+
+
+def _linear_run(tmp_path, data, name="run"):
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(LINEAR.format(out=tmp_path / name, data=data))
+    return cfg, tmp_path / name
+
+
+def test_5_a_stage_is_up_to_date_only_when_its_outputs_are_intact(feature_population, tmp_path,
+                                                                  cli):
+    cfg, run = _linear_run(tmp_path, feature_population)
+    assert cli("run", cfg)[0] == 0
+    want = _aggregate(run)
+    rc, out, _ = cli("run", cfg)
+    assert rc == 0 and out.count("up to date, skipped") == 6
+    (run / "report.html").unlink()
+    (run / "em.json").unlink()
+    rc, out, _ = cli("run", cfg)
+    assert rc == 0 and "[em] outputs missing or changed since it ran (em.json)" in out
+    assert out.count("up to date, skipped") == 2  # ingest and reference
+    assert (run / "report.html").is_file() and _aggregate(run) == want
+    (run / "aggregate.json").write_text("garbage")
+    rc, out, _ = cli("run", cfg)
+    assert rc == 0 and "[aggregate] outputs missing or changed" in out
+    assert _aggregate(run) == want
+
+
+def _aggregate(run: Path) -> dict:
+    """aggregate.json's results (without the digest of em.json, whose timings vary)."""
+    out = json.loads((run / "aggregate.json").read_text())
+    out.pop("made_from")
+    return out
+
+
+def test_5_a_changed_byte_in_an_input_dataset_folder_is_noticed(feature_population, tmp_path,
+                                                               cli):
+    data = tmp_path / "copy"
+    shutil.copytree(feature_population, data)
+    cfg, run = _linear_run(tmp_path, data)
+    assert cli("run", cfg)[0] == 0
+    parquet = data / "annotations.parquet"
+    raw = bytearray(parquet.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(raw))
+    rc, out, err = cli("run", cfg)
+    assert rc == 2 and "[ingest] running" in out
+    assert str(data) in err and ("fingerprint" in err or "parquet" in err)
+
+
+def test_7_a_second_process_on_a_locked_run_folder_stops_naming_the_holder(feature_population,
+                                                                           tmp_path, cli):
+    from pluralign.io import FolderLockedError, folder_lock
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; from pluralign.io import folder_lock\n"
+        "with folder_lock(sys.argv[1], 'run'):\n"
+        "    pathlib.Path(sys.argv[2]).touch(); time.sleep(60)\n"),
+        str(tmp_path / "run"), str(ready)])
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        with pytest.raises(FolderLockedError, match=f"in use by another pluralign process "
+                                                    f"\\(pid {holder.pid}, pluralign run\\)"):
+            folder_lock(tmp_path / "run", "em").__enter__()
+        rc, _, err = cli("report", "--run", tmp_path / "run")
+        assert rc == 2 and f"pid {holder.pid}" in err
+        cfg, run = _linear_run(tmp_path, feature_population)
+        rc, _, err = cli("run", cfg)
+        assert rc == 2 and f"pid {holder.pid}" in err and not (run / "data").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(tmp_path / "run", "em"):  # released when its holder died
+        pass
+
+
+def test_14_em_into_an_old_run_folder_removes_what_the_old_fit_made(feature_population,
+                                                                     tmp_path, cli):
+    cfg, run = _linear_run(tmp_path, feature_population)
+    assert cli("run", cfg)[0] == 0
+    old = {n: (run / n).read_bytes() for n in ("aggregate.json", "evaluation.json")}
+    rc, _, err = cli("em", "--data", run / "data", "--out", run, "--types", "3")
+    assert rc == 0 and "removed aggregate.json" in err
+    assert not (run / "aggregate.json").exists() and not (run / "report.html").exists()
+    rc, _, err = cli("report", "--run", run)
+    assert rc == 2 and "aggregate.json is missing" in err
+    # files restored from elsewhere (a backup, a copy) are recognised as another fit's
+    for name, data in old.items():
+        (run / name).write_bytes(data)
+    rc, _, err = cli("evaluate", "--run", run)
+    assert rc == 2 and "aggregate.json is stale: it was made from an earlier em.json" in err
+    rc, _, err = cli("report", "--run", run)
+    assert rc == 2 and "is stale" in err
+
+
+def test_14_ingest_and_simulate_refuse_to_overwrite_without_the_flag(feature_population,
+                                                                     tmp_path, cli):
+    out = tmp_path / "d"
+    assert cli("ingest", feature_population, "--out", out)[0] == 0
+    before = (out / "manifest.json").read_bytes()
+    rc, _, err = cli("ingest", feature_population, "--out", out)
+    assert rc == 2 and "already holds a dataset; pass --overwrite" in err
+    rc, _, err = cli("simulate", "--out", out, "--annotators", "5")
+    assert rc == 2 and "--overwrite" in err
+    assert (out / "manifest.json").read_bytes() == before
+    assert cli("simulate", "--out", out, "--annotators", "5", "--overwrite")[0] == 0
+    assert (out / "manifest.json").read_bytes() != before
+
+
+def test_14_assign_and_suggest_on_items_never_seen_warn(tmp_path, cli):
+    common = ["--types", "2", "--per-annotator", "6", "--items", "20"]
+    assert cli("simulate", "--out", tmp_path / "train", "--annotators", "30", "--seed", "1",
+               *common)[0] == 0
+    assert cli("simulate", "--out", tmp_path / "sim", "--annotators", "6", "--seed", "9",
+               *common)[0] == 0
+    rc, _, err = cli("em", "--data", tmp_path / "train", "--out", tmp_path / "run",
+                     "--features", "onehot", "--types", "2")
+    assert rc == 0, err
+    # every other new annotator answers items the run never saw (renamed)
+    records = list(load(tmp_path / "sim"))
+    for a in records:
+        if int(a.annotator_id.lstrip("a")) % 2:
+            a.item_id = f"new-{a.item_id}"
+            a.responses = [f"new {r}" for r in a.responses]
+    save(records, tmp_path / "new")
+    unseen = sum(a.item_id.startswith("new-") for a in records)
+    assert 0 < unseen < len(records)
+    rc, out, err = cli("assign", "--run", tmp_path / "run", "--data", tmp_path / "new")
+    assert rc == 0 and "WARNING [type_blind_data]" in err
+    assert f"{unseen} of {len(records)} annotations" in err
+    rc, out, err = cli("suggest", "--run", tmp_path / "run", "--annotator", "x",
+                       "--candidates", tmp_path / "new")
+    assert rc == 0 and f"{unseen} of {len(records)} candidate queries" in err
+
+
+def test_12_the_synthetic_recipe_runs_with_one_command(tmp_path, cli):
+    from pluralign.pipeline import PipelineConfig
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic-linear.yaml"
+    cfg = PipelineConfig.load(recipe)
+    assert cfg.simulate is not None and not cfg.ingest.inputs
+    small = tmp_path / "small.yaml"  # the recipe as shipped, on a smaller population
+    small.write_text(recipe.read_text().replace("annotators: 2000", "annotators: 120")
+                     .replace("max_types: 5", "max_types: 3"))
+    rc, out, err = cli("run", small, "--out", tmp_path / "run")
+    assert rc == 0, err
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert len(load(tmp_path / "run" / "population")) == 120 * 12
+    rc, out, _ = cli("run", small, "--out", tmp_path / "run")
+    assert out.count("up to date, skipped") == 6
+
+
+def test_12_simulate_and_inputs_together_are_refused(tmp_path, cli):
+    bad = tmp_path / "both.yaml"
+    bad.write_text("simulate: {types: 2}\ningest: {inputs: [x]}\n")
+    rc, _, err = cli("run", bad)
+    assert rc == 2 and "not both" in err
+    bad.write_text("simulate: {types: 2, list_size: [3, many]}\n")
+    rc, _, err = cli("run", bad)
+    assert rc == 2 and "simulate.list_size" in err

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,8 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        with warnings.catch_warnings():  # restored on return: main() may run in a program
+            warnings.simplefilter("once", UserWarning)  # one line per distinct warning
+            warnings.showwarning = _show_warning
+            return _handle(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """Run the subcommand; user errors, a full disk, Ctrl-C and SIGTERM become one line."""
     resume = "; re-run the same command to resume" if args.command in ("run", "em") else ""
     try:
         return args.handler(args)
@@ -75,6 +88,12 @@ def _os_message(e: OSError) -> str:
             errno.EROFS: " - choose a writable --out", errno.EACCES: " - check its permissions",
             errno.EPERM: " - check its permissions"}.get(e.errno, "")
     return f"{path}: {e.strerror or e}{hint}"
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object,
+                  **__: object) -> None:
+    """A warning as one line on stderr, without the source line Python shows by default."""
+    print(f"WARNING [{category.__name__}]: {message}", file=sys.stderr)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -23,6 +23,11 @@ FEW_ANNOTATORS = 10.0
 OVERFIT_RATIO = 2.0
 
 
+#: Log-likelihood gain per annotation (nats) of the pooled fit over the reference policy below
+#: which the fit learned nothing: the results would be the reference's, all ties and zeros.
+NO_SIGNAL_PER_ANNOTATION = 1e-3
+
+
 def warning(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
 
@@ -143,3 +148,16 @@ def blind_data_warnings(blind: np.ndarray, what: str) -> list[dict[str, str]]:
                                             if share == 1 else "")
         + " (with onehot features: items the run never saw in training; give it features it "
           "can score, such as given or embedding)"))]
+
+
+def signal_warnings(gain: float, n_annotations: int) -> list[dict[str, str]]:
+    """The pooled (K = 1) fit against the reference policy: a fit that gains nothing learned
+    nothing, and every regret, accuracy and ARI computed from it is an artefact."""
+    per = gain / max(1, n_annotations)
+    if per >= NO_SIGNAL_PER_ANNOTATION:
+        return []
+    return [warning("no_signal", (
+        f"the fitted policy explains the rankings no better than the reference ({per:.2g} "
+        "nats per annotation): nothing was learned, so the types, regrets and accuracies that "
+        "follow are artefacts. Check the features (their scale and content), or that the "
+        "rankings are not random"))]

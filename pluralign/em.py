@@ -67,6 +67,12 @@ def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) ->
                      for k in range(s.shape[-1])], axis=1)
 
 
+def reference_loglik(data: Annotations) -> float:
+    """log-likelihood of the rankings under the reference scores (s = 0, every ordering of a
+    prompt's candidates equally likely): sum over annotations of -sum_{j<L} log(m - j)."""
+    return -float(sum(np.log(np.arange(a.m - a.L + 1, a.m + 1)).sum() for a in data))
+
+
 def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
                      n_annotators: int) -> np.ndarray:
     """log L_hk: the sum over each annotator's annotations, [n, K] -> [H, K]."""
@@ -247,7 +253,7 @@ class EMDPO:
         best = self._fit_k(data, k, "final")
         t2 = time.perf_counter()
         baseline = best if k == 1 else self._fit_k(data, 1, "baseline")
-        self._adopt(best, baseline)
+        self._adopt(best, baseline, data)
         t3 = time.perf_counter()
         self.timings_ = {"fit_seconds": round(t3 - t0, 3), "selection_seconds": round(t1 - t0, 3),
                          "types_seconds": round(t2 - t1, 3), "baseline_seconds": round(t3 - t2, 3)}
@@ -297,7 +303,7 @@ class EMDPO:
             return self.backend(k)
         return make_backend(self.backend, k, self.backend_options)
 
-    def _adopt(self, best: Run, baseline: Run) -> None:
+    def _adopt(self, best: Run, baseline: Run, data: Annotations) -> None:
         self.n_types_ = best.k
         self.posteriors_ = best.posteriors
         self.priors_ = best.priors
@@ -313,12 +319,14 @@ class EMDPO:
             "k1_loglik": baseline.objective, "chosen_loglik": best.objective,
             "gain": gain, "lr_statistic": 2 * gain,
             "gain_per_annotator": gain / max(1, len(self.annotator_ids_))}
+        self.heterogeneity_["reference_loglik"] = reference = reference_loglik(data)
         held = self._heldout_gain(best.k)
         if held is not None:
             self.heterogeneity_.update(heldout_gain=held[0], heldout_annotators=held[1])
         self.warnings_ = [
             *[diagnostics.warning("monotonicity", w) for w in best.warnings],
             *diagnostics.pruning_notes(self.actions_),
+            *diagnostics.signal_warnings(baseline.objective - reference, len(data)),
             *diagnostics.heterogeneity_warnings(gain, len(self.annotator_ids_), best.k,
                                                 *(held or (None, None))),
             *diagnostics.confidence_warnings(best.posteriors),

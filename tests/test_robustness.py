@@ -302,3 +302,33 @@ def test_12_simulate_and_inputs_together_are_refused(tmp_path, cli):
     bad.write_text("simulate: {types: 2, list_size: [3, many]}\n")
     rc, _, err = cli("run", bad)
     assert rc == 2 and "simulate.list_size" in err
+
+
+def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
+    records = list(load(src))
+    for a in records:
+        a.features = [[x * factor for x in v] for v in a.features]
+    save(records, dst)
+    return dst
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_3_features_at_an_extreme_scale_give_the_results_of_sane_ones(feature_population,
+                                                                      tmp_path, cli, factor):
+    scaled = _scaled_copy(feature_population, tmp_path / "scaled", factor)
+    for data, out in ((feature_population, "plain"), (scaled, "scaled")):
+        rc, _, err = cli("em", "--data", data, "--out", tmp_path / out, "--types", "2")
+        assert rc == 0, err
+    assert "divided by" in err and "outside" in err
+    plain, big = (json.loads((tmp_path / n / "em.json").read_text()) for n in ("plain", "scaled"))
+    assert big["audit"]["ari"] == pytest.approx(plain["audit"]["ari"])
+    assert plain["audit"]["ari"] > 0.9
+    assert big["priors"] == pytest.approx(plain["priors"], abs=1e-6)
+
+
+def test_3_a_fit_that_learns_nothing_says_so(feature_population, tmp_path, cli):
+    zero = _scaled_copy(feature_population, tmp_path / "zero", 0.0)
+    rc, out, err = cli("em", "--data", zero, "--out", tmp_path / "run", "--types", "2")
+    assert rc == 0 and "WARNING [no_signal]" in out + err
+    codes = [w["code"] for w in json.loads((tmp_path / "run" / "em.json").read_text())["warnings"]]
+    assert "no_signal" in codes

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,27 @@ from pluralign.rankings import Rankings
 
 #: LMs loaded for embedding features, by spec: EM builds a backend per run, the LM is the same.
 _LMS: dict[str, tuple[Any, Any, str]] = {}
+
+
+#: Given features whose root mean square lies outside this range are divided by a power of ten
+#: that brings it to ~1: at 1e30 the fit's gradients overflow float64's useful range and theta
+#: stays at zero (every result the reference's); l2 is a prior on a unit-scale reward.
+GIVEN_RMS_RANGE = (1e-3, 1e3)
+
+
+def given_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) to apply to given features [rows, d]: zeros and ones unless their scale is
+    extreme, then the power of ten nearest their RMS (a warning says so)."""
+    d = values.shape[-1]
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    rms = peak * float(np.sqrt(np.mean((values / peak) ** 2))) if peak > 0 else 0.0
+    factor = 1.0
+    if rms > 0 and not GIVEN_RMS_RANGE[0] <= rms <= GIVEN_RMS_RANGE[1]:
+        factor = 10.0 ** round(np.log10(rms))
+        warnings.warn(f"given features have root mean square {rms:.3g}, outside "
+                      f"{GIVEN_RMS_RANGE}: divided by {factor:.0e} so that the fit is well "
+                      "conditioned (saved with the policies, applied to all data)", stacklevel=3)
+    return np.zeros(d), np.full(d, factor)
 
 
 @dataclass
@@ -83,6 +105,9 @@ class LinearBackend(PolicyBackend):
         phi = np.zeros((n, m, len(data[0].features[0])))
         for i, a in enumerate(data):
             phi[i, : a.m] = a.features
+        if self.scale_ is None:
+            self.scale_ = given_scale(phi[rank.mask.numpy()])
+        phi = (phi - self.scale_[0]) / self.scale_[1]
         return Design(rank, uniform_log_ref(rank.mask), phi=torch.from_numpy(phi))
 
     def _onehot(self, data: Annotations, rank: Rankings) -> Design:

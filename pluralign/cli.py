@@ -163,6 +163,9 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--empty-responses", default="keep", choices=["keep", "reject"],
                    help="an empty-string response is a real empty answer (keep, default, with "
                         "a warning) or a bad row (reject)")
+    p.add_argument("--max-responses", type=int, default=None, metavar="N",
+                   help="reject a row with more than N responses (default: no limit; lists "
+                        "over 64 are reported)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _overwrite_arg(p)
 
@@ -187,7 +190,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _refuse_overwrite(args.out, args.overwrite)
     result = ingest(args.inputs, preset=args.preset, on_error=args.on_error,
                     mapping=parse_mapping(args.map), ties=args.ties,
-                    empty_responses=args.empty_responses)
+                    empty_responses=args.empty_responses, max_responses=args.max_responses)
     write(result, args.out, with_rejects=args.on_error == "skip")
     if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))

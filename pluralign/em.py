@@ -98,7 +98,8 @@ def e_step(log_lik: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, float]:
 def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
                      col: torch.Tensor | None = None, width: int = 0) -> np.ndarray:
     """Per-annotator preference statistics: the gradient of each annotator's PL log-likelihood
-    with respect to a linear reward's weights at zero, averaged over their annotations.
+    with respect to a linear reward's weights at zero, per choice made, averaged over their
+    annotations.
     Annotators of one type share its expected direction, which k-means++ can find."""
     import torch
 
@@ -106,7 +107,9 @@ def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
     rank = _rankings(data).from_annotations(data)
     z = torch.zeros(rank.mask.shape, dtype=torch.float64, requires_grad=True)
     plackett_luce_logprob(z, rank).sum().backward()
-    g = z.grad.masked_fill(~rank.mask, 0.0)
+    # per choice, not per annotation: a 10,000-way ranking would otherwise outweigh everything
+    choices = (rank.ranking >= 0).sum(dim=1, keepdim=True).clamp_min(1)
+    g = z.grad.masked_fill(~rank.mask, 0.0) / choices
     codes, ids = as_annotations(data).annotator_codes()
     if phi is not None:
         per = torch.einsum("nm,nmd->nd", g, phi).numpy()

@@ -44,7 +44,7 @@ from pluralign.em_run import (
     split_label_warnings,
 )
 from pluralign.io import folder_lock, write_json
-from pluralign.losses import beats, plackett_luce_logprob
+from pluralign.losses import pair_blocks, plackett_luce_logprob
 from pluralign.rankings import Rankings
 
 
@@ -54,12 +54,16 @@ def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndar
     pairwise accuracy over the pairs a ranking implies (ties count one half), and
     Kendall's tau over those pairs ((concordant - discordant) / pairs)."""
     s = torch.as_tensor(np.nan_to_num(scores, nan=-np.inf), dtype=torch.float64)
-    pairs = beats(rankings)
-    diff = s.unsqueeze(2) - s.unsqueeze(1)
-    n_pairs = pairs.sum(dim=(1, 2)).clamp_min(1)
-    concordant = ((diff > 0) & pairs).sum(dim=(1, 2))
-    discordant = ((diff < 0) & pairs).sum(dim=(1, 2))
-    ties = ((diff == 0) & pairs).sum(dim=(1, 2))
+    n = len(rankings)
+    n_pairs, concordant, discordant, ties = (torch.zeros(n, dtype=torch.float64)
+                                             for _ in range(4))
+    for rows, cols, wins in pair_blocks(rankings):  # bounded memory for any list size
+        sr = s[rows, : wins.shape[2]]
+        diff = sr[:, cols].unsqueeze(2) - sr.unsqueeze(1)
+        for total, hit in ((n_pairs, wins), (concordant, (diff > 0) & wins),
+                           (discordant, (diff < 0) & wins), (ties, (diff == 0) & wins)):
+            total.index_add_(0, rows, hit.sum(dim=(1, 2)).double())
+    n_pairs = n_pairs.clamp_min(1)
     at_max = s == s.max(dim=1, keepdim=True).values      # ties at the top share the credit
     chosen = at_max.gather(1, rankings.ranking[:, :1]).squeeze(1)
     return {"top1": (chosen / at_max.sum(dim=1)).double().numpy(),

@@ -7,7 +7,7 @@ the weights, so that a type's loss scale does not depend on its size. `LOSSES` m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -54,12 +54,49 @@ def pl_dpo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
     return weighted_mean(nll, weights)
 
 
-def beats(rankings: Rankings) -> torch.Tensor:
-    """beats[n, i, j]: the ranking places i above j (a ranked i beats every unranked j)."""
+#: Most elements in one block of pair comparisons (rows x i-candidates x j-candidates): bounds
+#: the memory of pairwise terms whatever the list size (a 10,000-response row would need 10^8).
+PAIR_BLOCK = 1 << 22
+
+
+def pair_blocks(rankings: Rankings,
+                block: int | None = None) -> Iterator[tuple[torch.Tensor, slice, torch.Tensor]]:
+    """The pairs a ranking implies (i placed above j; a ranked i beats every unranked j), in
+    blocks: yields (rows, i-slice, wins[r, b, w]) with w the widest list among `rows`. Rows are
+    grouped by list size, so short lists are never padded to a long one's width, and a single
+    wide row is split over its i-candidates: no block exceeds `block` elements (or one row x
+    one candidate)."""
+    block = block or PAIR_BLOCK
     pos = rankings.positions()
-    both = rankings.mask.unsqueeze(2) & rankings.mask.unsqueeze(1)
-    ranked = pos < rankings.ranking.shape[1]
-    return (pos.unsqueeze(2) < pos.unsqueeze(1)) & ranked.unsqueeze(2) & both
+    ranked = (pos < rankings.ranking.shape[1]) & rankings.mask
+    sizes = rankings.mask.sum(dim=1)
+    order = torch.argsort(sizes, stable=True)
+    start = 0
+    while start < len(order):
+        stop = start + 1  # grow the group while the widest list's square still fits
+        while stop < len(order) and (stop + 1 - start) * int(sizes[order[stop]]) ** 2 <= block:
+            stop += 1
+        rows = order[start:stop]
+        w = int(sizes[rows].max())
+        step = w if len(rows) * w * w <= block else max(1, block // w)
+        p, mask = pos[rows, :w], rankings.mask[rows, :w]
+        for i0 in range(0, w, step):
+            cols = slice(i0, min(w, i0 + step))
+            wins = (p[:, cols].unsqueeze(2) < p.unsqueeze(1)) & \
+                ranked[rows, cols].unsqueeze(2) & mask.unsqueeze(1)
+            yield rows, cols, wins
+        start = stop
+
+
+def beats(rankings: Rankings) -> torch.Tensor:
+    """beats[n, i, j]: the ranking places i above j, as one dense tensor (small data and tests
+    only: pair_blocks bounds the memory)."""
+    n, m = rankings.mask.shape
+    out = torch.zeros(n, m, m, dtype=torch.bool, device=rankings.mask.device)
+    for rows, cols, wins in pair_blocks(rankings):
+        w = wins.shape[2]
+        out[rows.unsqueeze(1), torch.arange(m)[cols].unsqueeze(0), :w] = wins
+    return out
 
 
 def ipo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
@@ -69,11 +106,14 @@ def ipo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
     Sequence-level log-ratios as in the paper; TRL additionally divides by token counts.
     """
     s = _clean(logratios, rankings)
-    pairs = beats(rankings)
-    diff = s.unsqueeze(2) - s.unsqueeze(1)
-    sq = ((diff - 1.0 / (2.0 * beta)) ** 2) * pairs
-    per = sq.sum(dim=(1, 2)) / pairs.sum(dim=(1, 2)).clamp_min(1)
-    return weighted_mean(per, weights)
+    total = torch.zeros(len(rankings), dtype=s.dtype, device=s.device)
+    count = torch.zeros_like(total)
+    for rows, cols, wins in pair_blocks(rankings):
+        sr = s[rows, : wins.shape[2]]
+        diff = sr[:, cols].unsqueeze(2) - sr.unsqueeze(1)
+        total = total.index_add(0, rows, (((diff - 1.0 / (2.0 * beta)) ** 2) * wins).sum((1, 2)))
+        count = count.index_add(0, rows, wins.sum((1, 2)).to(s.dtype))
+    return weighted_mean(total / count.clamp_min(1), weights)
 
 
 def distill_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,

@@ -60,6 +60,8 @@ class IngestSection:
                 "has a simulate section)"})
     preset: str = field(default="auto", metadata={"help": "input layout (pluralign ingest)"})
     on_error: str = field(default="fail", metadata={"help": "fail or skip bad rows"})
+    max_responses: int | None = field(default=None, metadata={
+        "help": "a row with more responses is a bad row (default: no limit)"})
     heldout_fraction: float = field(default=0.0, metadata={
         "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
 
@@ -177,7 +179,8 @@ def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
         report: dict[str, Any] = {"read": len(data), "accepted": len(data)}
     else:
         from pluralign.ingest import ingest
-        result = ingest(inputs, preset=cfg.ingest.preset, on_error=cfg.ingest.on_error)
+        result = ingest(inputs, preset=cfg.ingest.preset, on_error=cfg.ingest.on_error,
+                        max_responses=cfg.ingest.max_responses)
         data, report = Annotations(result.records), result.report
     train, held = split_annotators(data, cfg.ingest.heldout_fraction, cfg.run.seed)
     save(list(train), out / "data", {"source": inputs})

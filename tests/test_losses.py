@@ -190,3 +190,52 @@ def test_settings_know_every_registered_loss():
     from pluralign.backends.settings import LOSS_NAMES
     from pluralign.losses import LOSSES
     assert tuple(LOSSES) == LOSS_NAMES
+
+
+def _random_rankings(rng, n: int = 30, widths=(2, 3, 7, 40)):
+    from pluralign.data import Annotation
+    records = []
+    for i in range(n):
+        m = int(rng.choice(widths))
+        length = int(rng.integers(1, m + 1))
+        records.append(Annotation(f"h{i}", "p", [f"r{j}" for j in range(m)],
+                                  rng.permutation(m)[:length].tolist()))
+    return records
+
+
+@pytest.mark.parametrize("block", [1, 50, 1 << 22])
+def test_pair_blocks_enumerate_exactly_the_implied_pairs(block):
+    from pluralign.losses import pair_blocks
+    from pluralign.rankings import Rankings
+    rng = np.random.default_rng(0)
+    records = _random_rankings(rng)
+    rank = Rankings.from_annotations(records)
+    got = set()
+    for rows, cols, wins in pair_blocks(rank, block):
+        assert wins.numel() <= max(block, wins.shape[2])  # one row x one candidate at least
+        for r, i, j in torch.nonzero(wins).tolist():
+            got.add((int(rows[r]), cols.start + i, j))
+    want = set()  # brute force: i ranked above j, or i ranked and j unranked
+    for n, a in enumerate(records):
+        place = {c: p for p, c in enumerate(a.ranking)}
+        for i in a.ranking:
+            for j in range(a.m):
+                if j != i and place.get(j, a.m) > place[i]:
+                    want.add((n, i, j))
+    assert got == want
+
+
+def test_ipo_and_pairwise_metrics_do_not_depend_on_the_block_size(monkeypatch):
+    from pluralign import losses
+    from pluralign.evaluate import ranking_metrics
+    from pluralign.rankings import Rankings
+    rng = np.random.default_rng(1)
+    rank = Rankings.from_annotations(_random_rankings(rng))
+    s = torch.as_tensor(rng.normal(size=rank.mask.shape)).masked_fill(~rank.mask, float("nan"))
+    s[:, 0] = s[:, 1]  # some ties
+    whole = losses.ipo_loss(s, rank, 0.5), ranking_metrics(s.numpy(), rank)
+    monkeypatch.setattr(losses, "PAIR_BLOCK", 3)
+    tiny = losses.ipo_loss(s, rank, 0.5), ranking_metrics(s.numpy(), rank)
+    assert float(tiny[0]) == pytest.approx(float(whole[0]), rel=1e-12)
+    for k in whole[1]:
+        np.testing.assert_allclose(tiny[1][k], whole[1][k], rtol=1e-12)

@@ -14,6 +14,7 @@ import time
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ranked_row, write_jsonl
 
@@ -332,3 +333,33 @@ def test_3_a_fit_that_learns_nothing_says_so(feature_population, tmp_path, cli):
     assert rc == 0 and "WARNING [no_signal]" in out + err
     codes = [w["code"] for w in json.loads((tmp_path / "run" / "em.json").read_text())["warnings"]]
     assert "no_signal" in codes
+
+
+def test_1_a_very_wide_row_is_reported_limited_and_evaluated_in_bounded_memory(
+        feature_population, tmp_path, cli):
+    rng = np.random.default_rng(0)
+    m = 3000
+    rows = [a.to_dict() for a in load(feature_population)]
+    rows.append({"annotator_id": "a0", "prompt": "wide", "responses": [f"r{i}" for i in range(m)],
+                 "ranking": rng.permutation(m).tolist(),
+                 "features": rng.normal(size=(m, len(rows[0]["features"][0]))).tolist()})
+    src = write_jsonl(tmp_path / "wide.jsonl", rows)
+    rc, out, _ = cli("ingest", src, "--out", tmp_path / "data")
+    assert rc == 0 and f"1 annotation(s) list more than 64 responses (widest: {m})" in out
+    rc, _, err = cli("ingest", src, "--out", tmp_path / "limited", "--max-responses", "100")
+    assert rc == 2 and f"{src}, line {len(rows)}: field 'responses': {m} responses, more " \
+                       "than --max-responses 100" in err
+    rc, out, _ = cli("ingest", src, "--out", tmp_path / "limited", "--max-responses", "100",
+                     "--on-error", "skip")
+    assert rc == 0 and "too_many_responses" in out
+    assert cli("em", "--data", tmp_path / "data", "--out", tmp_path / "run", "--types", "2")[0] == 0
+    # m x m pair tensors for every row would be 241 x 3000 x 3000 bytes = 2.2 GB at least
+    code = ("import resource, sys; from pluralign.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+            "sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "evaluate", "--run",
+                           str(tmp_path / "run"), "--n-boot", "0"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    peak_gib = int(done.stdout.split("PEAK_KIB")[1].split()[0]) / 2**20
+    assert peak_gib < 1.5

@@ -25,6 +25,9 @@ REJECTS_FILE = "rejects.jsonl"
 CANONICAL_NAMES = frozenset({
     "annotator_id", "prompt", "responses", "ranking", "features", "item_id", "true_type",
     "group", "split", "chosen", "rejected", "scores", "response", "rank", "score"})
+#: Lists longer than this are reported: every tensor is padded per batch to its widest list,
+#: so one 10,000-response row costs memory and time out of proportion (see --max-responses).
+WIDE_LIST = 64
 #: Column names that suggest an annotator id when `annotator_id` is absent.
 ANNOTATOR_HINTS = ("worker", "worker_id", "user", "user_id", "rater", "rater_id", "annotator",
                    "labeler", "labeler_id", "judge", "participant", "respondent")
@@ -56,12 +59,16 @@ def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
 
 def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
            mapping: dict[str, str] | None = None, ties: str = "truncate",
-           empty_responses: str = "keep") -> IngestResult:
+           empty_responses: str = "keep", max_responses: int | None = None) -> IngestResult:
     """Read and validate `inputs`; raise IngestError at the first bad row when on_error='fail'.
 
     `empty_responses`: "keep" accepts an empty string as a real (empty) answer and lists where
     it occurs in the report's warnings; "reject" treats it as a bad row. A null is always bad.
+    `max_responses`: a row with more responses is a bad row (reason too_many_responses).
     """
+    if max_responses is not None and max_responses < 2:
+        raise IngestError(f"--max-responses must be >= 2, got {max_responses}",
+                          reason="bad_option")
     if on_error not in ON_ERROR:
         raise IngestError(f"unknown --on-error '{on_error}'; use fail or skip",
                           reason="bad_option")
@@ -74,7 +81,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
     if not inputs:
         raise IngestError("no inputs given", reason="bad_option")
     fixed = None if preset == "auto" else get_preset(preset)
-    run = _Run(on_error, allow_empty=empty_responses == "keep")
+    run = _Run(on_error, allow_empty=empty_responses == "keep", max_responses=max_responses)
     for spec in inputs:
         try:
             name, rows = read_source(spec)
@@ -90,13 +97,14 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
                           + (f" ({run.rejected} rejected, see the report)" if run.rejected
                              else ""), reason="no_data")
     run.warn_id_collisions()
+    run.warn_wide_lists()
     if run.empty_at:
         shown = ", ".join(run.empty_at[:5]) + (" ..." if len(run.empty_at) > 5 else "")
         run.warnings.append(f"{len(run.empty_at)} accepted annotation(s) hold an empty response "
                             f"(kept as a real empty answer; --empty-responses reject refuses "
                             f"them): {shown}")
     options = {"preset": preset, "on_error": on_error, "ties": ties,
-               "empty_responses": empty_responses,
+               "empty_responses": empty_responses, "max_responses": max_responses,
                "map": {v: k for k, v in (mapping or {}).items()}}
     return IngestResult(run.records, run.report(options), run.rejects)
 
@@ -119,8 +127,9 @@ def write(result: IngestResult, out_dir: str | os.PathLike, with_rejects: bool) 
 class _Run:
     """Accumulates accepted records, rejects and counts across input files."""
 
-    def __init__(self, on_error: str, allow_empty: bool):
+    def __init__(self, on_error: str, allow_empty: bool, max_responses: int | None = None):
         self.on_error = on_error
+        self.max_responses = max_responses
         self.allow_empty = allow_empty
         self.empty_at: list[str] = []
         self.records: list[Annotation] = []
@@ -158,6 +167,16 @@ class _Run:
             "accepted": len(self.records) - before[1], "rejected": self.rejected - before[2],
             "duplicates": self.duplicates - before[3]})
 
+    def warn_wide_lists(self) -> None:
+        """Report lists longer than WIDE_LIST: accepted, but costly (memory, time)."""
+        wide = [a.m for a in self.records if a.m > WIDE_LIST]
+        if wide:
+            self.warnings.append(
+                f"{len(wide)} annotation(s) list more than {WIDE_LIST} responses (widest: "
+                f"{max(wide)}); they are handled, but scoring and training pad a batch to its "
+                "widest list, so they cost memory and time out of proportion; "
+                "--max-responses N rejects longer lists")
+
     def warn_id_collisions(self) -> None:
         """Warn about annotator ids that differ only by case or surrounding whitespace: kept
         apart (they may be different people), but usually one person spelled two ways."""
@@ -192,6 +211,9 @@ class _Run:
             assert unit.build is not None
             a = unit.build()
             check_annotation(a, self.feature_dim, self.allow_empty)
+            if self.max_responses is not None and a.m > self.max_responses:
+                raise FieldError("responses", f"{a.m} responses, more than --max-responses "
+                                              f"{self.max_responses}", "too_many_responses")
         except FieldError as e:
             self._reject(unit, e)
             return

@@ -3,6 +3,7 @@ stops before any work, with a message naming the key and the file."""
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import inspect
 import math
@@ -51,16 +52,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file: no duplicate keys, no aliases."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
+        data = yaml.load(_text(path), Loader=_StrictLoader)  # noqa: S506
     except ConfigError as e:
         raise ConfigError(f"{path}, {e}") from None
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read YAML ({e})") from e
+        raise ConfigError(f"{path}: cannot read YAML ({' '.join(str(e).split())})") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def _text(path: Path) -> str:
+    """The file as text: UTF-8 (a byte-order mark dropped), or UTF-16 with its mark, as
+    Windows editors save."""
+    raw = path.read_bytes()
+    encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not {encoding.upper()[:6]} text (byte "
+                          f"{e.start}); save the file as UTF-8") from None
 
 
 def section(config: dict[str, Any], name: str, allowed: dict[str, Any], source: str,

@@ -93,7 +93,8 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
             raise
         run.add_file(name, _apply_mapping(rows, mapping or {}, name), fixed, ties)
     if not run.records:
-        raise IngestError("no annotation was accepted; nothing to write"
+        raise IngestError(f"no annotation was accepted from {', '.join(inputs)}; nothing to "
+                          "write"
                           + (f" ({run.rejected} rejected, see the report)" if run.rejected
                              else ""), reason="no_data")
     run.warn_id_collisions()
@@ -151,7 +152,8 @@ class _Run:
         before = (self.read, len(self.records), self.rejected, self.duplicates)
         preset_name, synthetic = None, False
         if not columns and fixed is None:  # no row could be read: report the rows themselves
-            units = (Unit(r.location, r.raw, None, r.error) for r in rows)
+            units = (Unit(r.location, r.raw, None, r.error or FieldError(
+                "(line)", "an empty record: no fields at all", "missing_field")) for r in rows)
         else:
             preset = fixed or detect(columns, name)
             preset_name, synthetic = preset.name, "annotator_id" not in columns

@@ -354,9 +354,11 @@ def test_1_a_very_wide_row_is_reported_limited_and_evaluated_in_bounded_memory(
     assert rc == 0 and "too_many_responses" in out
     assert cli("em", "--data", tmp_path / "data", "--out", tmp_path / "run", "--types", "2")[0] == 0
     # m x m pair tensors for every row would be 241 x 3000 x 3000 bytes = 2.2 GB at least
-    code = ("import resource, sys; from pluralign.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
-            "sys.exit(rc)")
+    # VmHWM, reset at the start: ru_maxrss would carry over the forking test process's peak
+    code = ("import sys; open('/proc/self/clear_refs', 'w').write('5')\n"
+            "from pluralign.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
+            "print('PEAK_KIB', hwm.split()[1]); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, "evaluate", "--run",
                            str(tmp_path / "run"), "--n-boot", "0"], capture_output=True,
                           text=True, timeout=300)

@@ -32,6 +32,7 @@ from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
 from pluralign.io import folder_lock, write_json, write_with
+from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
@@ -124,6 +125,34 @@ def candidate_contributions(rewards: np.ndarray, log_policies: np.ndarray) -> np
     return np.einsum("nkk->nk", value[:, :, :k])[:, :, None] - value
 
 
+def regret_contributions(s: np.ndarray, log_policies: np.ndarray, beta: float,
+                         objective: str = "kl") -> np.ndarray:
+    """c[n, i, j] under `objective`: `kl`, beta KL(pi_j || pi_i) on the candidates (the
+    KL-regularised value the policies maximise, minmax_merge); `paper`, the expected-reward
+    difference (candidate_contributions). s[n, M, K]: the types' log-ratios."""
+    check_objective(objective)
+    if objective == "kl":
+        return kl_contributions(log_policies, s.shape[2], beta)
+    return candidate_contributions(beta * s, log_policies)
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
+def resolve_objective(objective: str, estimator: str) -> str:
+    """`auto`: kl with the candidates estimator; paper with sampled (which scores samples under
+    the type rewards only)."""
+    if objective == "auto":
+        return "kl" if estimator == "candidates" else "paper"
+    check_objective(objective)
+    if objective == "kl" and estimator == "sampled":
+        raise ValueError("objective kl needs the candidates estimator (the sampled estimator "
+                         "measures expected reward only); use objective paper or auto")
+    return objective
+
+
 def candidate_regret(rewards: np.ndarray, log_policies: np.ndarray) -> np.ndarray:
     """The `candidates` estimator: R_ij = mean over rows of candidate_contributions. Exact
     expectations over each prompt's candidates, no generation."""
@@ -200,7 +229,8 @@ class RegretEstimator:
     scoring (candidates) or generation (sampled)."""
 
     def __init__(self, backend: PolicyBackend, data: Annotations, estimator: str = "candidates",
-                 n_samples: int = 8, random_state: int = 0, base_measure: str = "uniform"):
+                 n_samples: int = 8, random_state: int = 0, base_measure: str = "uniform",
+                 objective: str = "paper"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         check_base_measure(base_measure)
@@ -208,6 +238,7 @@ class RegretEstimator:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         self.backend, self.data, self.estimator = backend, data, estimator
         self.base_measure = base_measure
+        self.objective = resolve_objective(objective, estimator)
         self.n_samples, self.random_state = n_samples, random_state
         self._s: np.ndarray | None = None
         self._logps: dict[str, np.ndarray] = {}
@@ -229,9 +260,19 @@ class RegretEstimator:
                                  self.base_measure)
             self._logps.update({p.name: logps[..., j] for j, p in enumerate(todo)})
         columns = np.stack([self._logps[p.name] for p in policies], axis=2)
-        contrib = candidate_contributions(self.backend.beta * self._s, columns)
+        contrib = regret_contributions(self._s, columns, self.backend.beta, self.objective)
         return RegretEstimate(contrib.mean(axis=0), [p.name for p in policies], "candidates",
                               contributions=contrib, clusters=prompt_clusters(self.data))
+
+    def type_logps(self) -> np.ndarray:
+        """log pi_i of every candidate for the K type policies, [n, M, K] (candidates)."""
+        self.estimate(policies_of(self.backend))
+        return np.stack([self._logps[f"type_{i}"] for i in range(self.backend.n_types)], 2)
+
+    def provide(self, name: str, logps: np.ndarray) -> Policy:
+        """A column given by its log-probs on the candidates (a decode-time combination)."""
+        self._logps[name] = logps
+        return Policy(name, self.backend, None)
 
     def scores(self) -> dict[str, np.ndarray]:
         """What the candidates estimator computed: log pi_j of every candidate by policy name,
@@ -303,7 +344,8 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
               type_weights: Sequence[float] | None = None, n_samples: int = 8,
               random_state: int = 0, merge: bool = True,
               keep: dict[str, np.ndarray] | None = None, base_measure: str = "uniform",
-              n_boot: int = 200) -> tuple[dict[str, Any], PolicyBackend | None]:
+              n_boot: int = 200,
+              objective: str = "auto") -> tuple[dict[str, Any], PolicyBackend | None]:
     """The whole of DESIGN §6 on one dataset: R for the type policies, the pooled policy and the
     base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret,
     each with a bootstrap interval over prompts (n_boot replicates; 0: none).
@@ -311,14 +353,33 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     filled with the scores computed (RegretEstimator.scores) for evaluation to reuse."""
     extra = {"pooled": pooled} if pooled is not None else {}
     policies = policies_of(backend, extra, base=True)
-    estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state, base_measure)
+    estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state, base_measure,
+                                 objective)
+    objective = estimator_.objective
     est = estimator_.estimate(policies)
     k = backend.n_types
     mmra = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
+    mixes = baselines(est.matrix[:, :k], priors, type_weights)
+    fair = None
+    if objective == "kl":
+        if type_weights is not None:
+            raise ValueError("type_weights with objective kl: the min-max merge program weighs "
+                             "every type equally; use objective paper for weighted types")
+        log_types = estimator_.type_logps()
+        fair = MinMaxMerge(backend.beta).fit(log_types)
+        policies = [*policies, estimator_.provide("fair", merge_logps(log_types,
+                                                                      fair.weights_))]
+        # A mixture serves, at each prompt, the distribution sum_j p_j pi_j; under the KL
+        # objective its regret is that distribution's (convex: at most the LP's R p), so each
+        # mixture is measured as a column of its own
+        for name, w in _mixture_weights(mmra, mixes).items():
+            policies.append(estimator_.provide(name, mixture_logps(log_types, w)))
+        est = estimator_.estimate(policies)
+    merge_weights = mmra.weights_ if fair is None else fair.weights_
     merged = None
     if merge:
         try:
-            merged = backend.merge(mmra.weights_)
+            merged = backend.merge(merge_weights)
         except NotImplementedError:
             merged = None
         if merged is not None:
@@ -326,9 +387,14 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     r = weighted_regret(est.matrix, type_weights)
     singles = {name: {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
                for j, name in enumerate(est.names) if j >= k}
-    mixes = baselines(est.matrix[:, :k], priors, type_weights)
-    weights = {"mmra": mmra.weights_, **{n: np.asarray(b["weights"]) for n, b in mixes.items()
-                                          if n in ("uniform", "utilitarian")}}
+    weights = _mixture_weights(mmra, mixes)
+    mmra_regrets = mmra.regrets_
+    if fair is not None:  # mixtures measured as distributions: their columns replace R p
+        for name, w in weights.items():
+            singles[name]["weights"] = w.tolist()
+            mixes[name] = singles.pop(name)
+        mmra_regrets = np.asarray(mixes.pop("mmra")["regrets"])
+        weights = {}
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
            "base_measure": base_measure if estimator == "candidates" else None,
            "random_state": random_state, "annotations": len(data),
@@ -337,30 +403,71 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "policies": est.names, "regret_matrix": est.matrix.tolist(),
            "regret_stderr": None if est.stderr is None else est.stderr.tolist(),
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
-           "weights": mmra.weights_.tolist(), "max_regret": mmra.max_regret_,
-           "regrets": mmra.regrets_.tolist(), "binding": mmra.binding_.tolist(),
+           "weights": mmra.weights_.tolist(), "max_regret": float(mmra_regrets.max()),
+           "regrets": mmra_regrets.tolist(),
+           "binding": (mmra_regrets >= mmra_regrets.max() - 1e-6).tolist(),
+           "lp_max_regret": mmra.max_regret_,
            "solver": mmra.solver_, "baselines": {**mixes, **singles},
+           "objective": objective, "merged_weights": None if merged is None else
+           merge_weights.tolist(), "fair": None if fair is None else {
+               "weights": fair.weights_.tolist(), "value": fair.value_,
+               "max_regret": fair.max_regret_, "regrets": fair.regrets_.tolist(),
+               "gap": fair.gap_, "binding": fair.binding_.tolist(), "solver": fair.solver_},
            "intervals": None if n_boot < 1 else regret_intervals(
                est, weights, type_weights, n_boot, random_state)}
+    out["deploy"] = deploy(out)
     if keep is not None:
         keep.update(estimator_.scores())
     return out, merged
 
 
+def _mixture_weights(mmra: MinMaxRegretAggregator,
+                     mixes: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The mixtures every report compares: MMRA, and the uniform and utilitarian baselines."""
+    return {"mmra": mmra.weights_, **{n: np.asarray(mixes[n]["weights"])
+                                      for n in ("uniform", "utilitarian")}}
+
+
+#: What a user can serve, in the order preferred at equal worst-type regret: one model first.
+DEPLOYABLE = ("merged", "fair", "mmra")
+
+
+def deploy(out: dict[str, Any]) -> dict[str, Any]:
+    """The policy to serve: the lowest measured worst-type regret among the deployable ones
+    (the weight-space merge, the min-max merge decoded from the K adapters, the MMRA mixture),
+    a single model preferred within 1e-9; with one sentence that says why."""
+    worst = {"mmra": out["max_regret"],
+             **{n: out["baselines"][n]["max_regret"] for n in ("merged", "fair")
+                if n in out["baselines"]}}
+    best = min(worst.values())
+    name = next(n for n in DEPLOYABLE if n in worst and worst[n] <= best + 1e-9)
+    what = {"merged": "one policy (the type policies merged in weight space)",
+            "fair": "the min-max merge (each token from the K adapters' combined log-ratios)",
+            "mmra": "the MMRA mixture (one type policy drawn per request)"}[name]
+    others = ", ".join(f"{n} {v:.4f}" for n, v in sorted(worst.items(), key=lambda kv: kv[1])
+                       if n != name)
+    return {"policy": name, "max_regret": worst[name], "why": (
+        f"Deploy {name}: {what}, whose worst-type regret {worst[name]:.4f} "
+        f"({out['objective']} objective) is the lowest measured" + (
+            f" (others: {others})." if others else "."))}
+
+
 def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   estimator: str = "candidates", type_weights: Sequence[float] | None = None,
                   n_samples: int = 8, random_state: int = 0, merge: bool = True,
-                  base_measure: str = "uniform", n_boot: int = 200) -> dict[str, Any]:
+                  base_measure: str = "uniform", n_boot: int = 200,
+                  objective: str = "auto") -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
     with folder_lock(run_dir, "aggregate"):
         return _aggregate_run(run_dir, data_dir, estimator, type_weights, n_samples,
-                              random_state, merge, base_measure, n_boot)
+                              random_state, merge, base_measure, n_boot, objective)
 
 
 def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
                    type_weights: Sequence[float] | None, n_samples: int, random_state: int,
-                   merge: bool, base_measure: str, n_boot: int) -> dict[str, Any]:
+                   merge: bool, base_measure: str, n_boot: int,
+                   objective: str) -> dict[str, Any]:
     from pluralign.em_run import load_run, made_from
     run = load_run(run_dir)
     if type_weights is not None and len(type_weights) != run.backend.n_types:
@@ -370,15 +477,22 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
     out, merged = aggregate(run.backend, data, run.priors, pooled=run.baseline,
                             estimator=estimator, type_weights=type_weights,
                             n_samples=n_samples, random_state=random_state, merge=merge,
-                            keep=scores, base_measure=base_measure, n_boot=n_boot)
+                            keep=scores, base_measure=base_measure, n_boot=n_boot,
+                            objective=objective)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["made_from"] = made_from(run.path, "em.json")
     if merged is not None:
         merged.save(run.path / "merged")
         out["merged_path"] = "merged"
-    save_scores(run.path, scores, scores_key(run.path, data, out["weights"], base_measure))
+    save_scores(run.path, scores, scores_key(run.path, data, policy_weights(out), base_measure))
     write_json(run.path / "aggregate.json", out)
     return out
+
+
+def policy_weights(out: dict[str, Any]) -> list[float]:
+    """The weights that fix an aggregation's policies: the mixture's and the merges'."""
+    return [*out["weights"], *(out.get("merged_weights") or []),
+            *((out.get("fair") or {}).get("weights") or [])]
 
 
 def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float],
@@ -438,6 +552,7 @@ def format_aggregate(out: dict[str, Any]) -> str:
         return bootstrap.show(iv.get("max_regret", {}).get(name), 4)
 
     base = f", base measure {out['base_measure']}" if out.get("base_measure") else ""
+    base += f", {out.get('objective', 'paper')} objective"
     lines = [f"regret estimator: {out['estimator']}{base} on {out['annotations']} annotations "
              f"of {out.get('annotators', '?')} annotators, {out.get('prompts', '?')} prompts"
              + (f"; {100 * iv['level']:.0f}% bootstrap intervals over prompts "
@@ -446,10 +561,18 @@ def format_aggregate(out: dict[str, Any]) -> str:
                                            zip(out["types"], out["weights"], strict=True)),
              f"MMRA max regret: {out['max_regret']:.4f}{ci('mmra')} (binding: " + ", ".join(
                  t for t, b in zip(out["types"], out["binding"], strict=True) if b) + ")",
+             *([] if not out.get("fair") else [
+                 "min-max merge weights: " + ", ".join(
+                     f"{t} {w:.3f}" for t, w in zip(out["types"], out["fair"]["weights"],
+                                                    strict=True)),
+                 f"min-max merge: program value {out['fair']['value']:.6f}, measured max "
+                 f"regret {out['fair']['max_regret']:.6f}{ci('fair')}"]),
              "max regret of the alternatives:"]
     for name, b in sorted(out["baselines"].items(), key=lambda kv: kv[1]["max_regret"]):
         same = iv.get("vs_mmra", {}).get(name)
         note = "" if same is None or same["distinguishable"] else \
             "  (not distinguishable from MMRA)"
         lines.append(f"  {name:<12} {b['max_regret']:.4f}{ci(name)}{note}")
+    if out.get("deploy"):
+        lines.append(out["deploy"]["why"])
     return "\n".join(lines)

@@ -343,6 +343,10 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
                         "proportional to exp(log-ratio) (uniform, default: measures what the "
                         "policy changes) or to its own LM probability (reference: dominated by "
                         "response length)")
+    p.add_argument("--objective", choices=["auto", "kl", "paper"], default="auto",
+                   help="regret under the KL-regularised value the policies maximise (kl; "
+                        "then the min-max merge is solved too) or expected reward only (paper, "
+                        "the reference MMRA); auto: kl with candidates, paper with sampled")
     _n_boot_arg(p)
 
 
@@ -357,7 +361,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
                         type_weights=weights, n_samples=args.samples, random_state=args.seed,
                         merge=not args.no_merge, base_measure=args.base_measure,
-                        n_boot=args.n_boot)
+                        n_boot=args.n_boot, objective=args.objective)
     print(format_aggregate(out))
     print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
         f", {Path(args.run) / 'merged'}/" if out.get("merged_path") else ""))

@@ -23,12 +23,13 @@ from pluralign import bootstrap, diagnostics
 from pluralign.aggregate import (
     Policy,
     aggregate,
-    candidate_contributions,
     load_scores,
     mixture_logps,
     policies_of,
     policy_logps,
+    policy_weights,
     prompt_clusters,
+    regret_contributions,
     scores_key,
 )
 from pluralign.backends.base import PolicyBackend
@@ -45,6 +46,7 @@ from pluralign.em_run import (
 )
 from pluralign.io import folder_lock, write_json
 from pluralign.losses import pair_blocks, plackett_luce_logprob
+from pluralign.minmax_merge import merge_logps
 from pluralign.rankings import Rankings
 
 
@@ -240,7 +242,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
                                        n_boot=0)
     else:
-        merged = _merged(backend, aggregated["weights"])
+        merged = _merged(backend, aggregated.get("merged_weights") or aggregated["weights"])
     base_measure = aggregated.get("base_measure") or "uniform"
     logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
     rank = Rankings.from_annotations(data)
@@ -255,7 +257,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     metrics = annotation_metrics(implied_rewards(logps, log_ref, beta), rank)
     row_groups = [groups[c] for c in codes]
     table = group_means(metrics, row_groups, names)
-    contrib = candidate_contributions(beta * s, logps)
+    contrib = regret_contributions(s, logps, beta, aggregated.get("objective") or "paper")
     if aggregated.get("type_weights") is not None:
         contrib = contrib * np.asarray(aggregated["type_weights"])[None, :, None]
     regret = contrib.mean(axis=0)
@@ -266,7 +268,8 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         "groups": "true types" if labelled else "discovered types", "policies": names,
         "group_sizes": _group_sizes(groups, row_groups),
         "metrics": table, "spread": spread(table),
-        "regret": {"estimator": "candidates", "types": [f"type_{i}" for i in range(k)],
+        "regret": {"estimator": "candidates", "objective": aggregated.get("objective") or "paper",
+                   "types": [f"type_{i}" for i in range(k)],
                    "matrix": regret.tolist(),
                    "max_regret": dict(zip(names, regret.max(0).tolist(), strict=True)),
                    "gap": dict(zip(names, (regret.max(0) - regret.min(0)).tolist(),
@@ -308,6 +311,12 @@ def _policy_columns(run: FittedRun, data: Annotations, aggregated: dict[str, Any
     fresh = policy_logps(todo, data, {id(backend): s}, base_measure) if todo else None
     logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
                       for p in singles], axis=2)
+    if aggregated.get("fair"):  # the min-max merge, decoded from the K type policies
+        fair = scores.get("fair")
+        if fair is None:
+            fair = merge_logps(logps[..., :k], aggregated["fair"]["weights"])
+        logps = np.concatenate([logps, fair[..., None]], axis=2)
+        singles = [*singles, Policy("fair", backend, None)]
     mixes = {"mmra": aggregated["weights"],
              **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
     logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
@@ -371,7 +380,7 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
               "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
     data = run.data(data_dir)
     scores = {} if aggregated is None else load_scores(
-        run.path, scores_key(run.path, data, aggregated["weights"],
+        run.path, scores_key(run.path, data, policy_weights(aggregated),
                              aggregated.get("base_measure")))
     train = run.data() if data_dir is not None and run.info.get("data") else None
     out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)

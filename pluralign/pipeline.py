@@ -34,6 +34,7 @@ from pluralign.data import Annotations, load, save
 from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
 from pluralign.ingest.core import ON_ERROR
 from pluralign.io import folder_lock, write_json
+from pluralign.minmax_merge import OBJECTIVES
 from pluralign.simulate.population import SimulationConfig
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
@@ -87,8 +88,14 @@ class AggregateSection:
                 "response length)"})
     n_boot: int = field(default=200, metadata={
         "help": "bootstrap replicates over held-out prompts for the regret intervals (0: none)"})
+    objective: str = field(default="auto", metadata={
+        "help": "kl (regret under the KL-regularised value; the min-max merge is solved too), "
+                "paper (expected reward, the reference MMRA) or auto (kl with candidates)"})
 
     def __post_init__(self) -> None:
+        if self.objective not in ("auto", *OBJECTIVES):
+            raise ValueError(f"objective must be auto or one of {OBJECTIVES}, got "
+                             f"{self.objective!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.base_measure not in BASE_MEASURES:
@@ -272,7 +279,8 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     a = cfg.aggregate
     result = run_aggregate(out, _heldout(out), estimator=a.estimator, type_weights=a.type_weights,
                            n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge,
-                           base_measure=a.base_measure, n_boot=a.n_boot)
+                           base_measure=a.base_measure, n_boot=a.n_boot,
+                           objective=a.objective)
     print(format_aggregate(result))
     return {"max_regret": result["max_regret"], "weights": result["weights"]}
 

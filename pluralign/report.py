@@ -51,7 +51,15 @@ DEFINITIONS = (
      "these probabilities, then decode): min-max regret, equal weights, and the one maximising "
      "the prior-weighted mean value."),
     ("pooled / base / merged", "One DPO policy fitted to everybody (K = 1); the base model; one "
-     "adapter whose weights are the MMRA-weighted sum of the type adapters."),
+     "policy whose weights are the weighted sum of the type policies' (at the min-max merge's "
+     "weights under the kl objective, at the MMRA weights under paper)."),
+    ("fair (min-max merge)", "The policy proportional to prod_i pi_i^q_i, q solving the "
+     "min-max regret program: the lowest worst-type regret over all policies under the kl "
+     "objective (decoded from the K type policies' combined log-ratios)."),
+    ("objective", "kl: a type's value is its expected reward minus beta times the KL "
+     "divergence from the reference, the objective DPO's policies maximise; a type's regret of "
+     "a policy is then beta times its KL divergence from the type's own policy. paper: "
+     "expected reward only, as the reference MMRA."),
 )
 
 
@@ -92,7 +100,8 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
                  "interval": _interval(ev, "mmra"),
                  "binding": [t for t, b in zip(types, agg["binding"], strict=True) if b]},
         "max_regret": regret["max_regret"], "gap": regret["gap"],
-        "actions": em.get("actions", []),
+        "actions": em.get("actions", []), "objective": agg.get("objective", "paper"),
+        "deploy": agg.get("deploy"),
         "identifiability": em.get("identifiability"),
         "warnings": [*em.get("warnings", []), *agg.get("warnings", []),
                      *ev.get("warnings", [])]}
@@ -168,6 +177,8 @@ def findings(story: dict[str, Any]) -> list[str]:
                    f"{', '.join(mmra['binding'])}.")
     weights = ", ".join(f"type_{j} {w:.2f}" for j, w in enumerate(mmra["weights"]))
     out.append(f"Mixture weights: {weights}.")
+    if story.get("deploy"):
+        out.append(story["deploy"]["why"])
     fair = story["fairest_policy"]
     if fair["name"] != "mmra":
         out.append(f"Lowest worst-type regret among all policies: {fair['name']} "

@@ -177,7 +177,8 @@ def test_a_mixture_column_has_regret_r_p(fitted):
 
 def test_aggregate_reports_mmra_baselines_and_a_measured_merge(fitted):
     em, test = fitted
-    out, merged = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend)
+    out, merged = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend,
+                            objective="paper")
     assert out["policies"] == ["type_0", "type_1", "type_2", "pooled", "base", "merged"]
     assert np.allclose(merged.theta_[0], np.asarray(out["weights"]) @ em.backend_.theta_)
     r = np.asarray(out["regret_matrix"])
@@ -231,3 +232,26 @@ def test_lora_regret_is_not_all_zero_when_candidates_differ_in_length(tmp_path):
     assert np.abs(uni_r).max() > 1e-3 and uni_r[0, 1] > 0 and uni_r[1, 0] > 0
     s = backend.logratios(data)
     assert np.allclose(uni_r[:, :2], candidate_regret(backend.beta * s, s), atol=1e-9)
+
+
+def test_kl_objective_serves_the_min_max_merge_with_its_measured_regret(fitted):
+    em, test = fitted
+    out, merged = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend, n_boot=20)
+    assert out["objective"] == "kl"
+    assert out["policies"] == ["type_0", "type_1", "type_2", "pooled", "base", "fair", "mmra",
+                               "uniform", "utilitarian", "merged"]
+    fair = out["fair"]
+    # the served merge's measured max regret equals the program's value (strong duality)
+    assert fair["max_regret"] == pytest.approx(fair["value"], abs=1e-6)
+    assert out["baselines"]["fair"]["max_regret"] == pytest.approx(fair["max_regret"], abs=1e-9)
+    # the linear merge at the program's weights is that very policy, in one theta
+    assert np.allclose(merged.theta_[0], np.asarray(fair["weights"]) @ em.backend_.theta_)
+    assert out["baselines"]["merged"]["max_regret"] == pytest.approx(fair["max_regret"],
+                                                                     abs=1e-9)
+    # the fairest over all policies: no mixture, type policy or baseline does better
+    for name, b in out["baselines"].items():
+        assert fair["value"] <= b["max_regret"] + 1e-7, name
+    assert fair["value"] <= out["max_regret"] + 1e-7
+    assert min(min(b["regrets"]) for b in out["baselines"].values()) >= -1e-9
+    assert out["deploy"]["policy"] == "merged" and "Deploy merged" in out["deploy"]["why"]
+    assert set(out["intervals"]["max_regret"]) >= {"fair", "merged", "mmra"}

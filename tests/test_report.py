@@ -37,9 +37,12 @@ def test_aggregate_evaluate_report(run, cli):
     assert rc == 0 and "MMRA max regret" in out
     agg = json.loads((run / "run" / "aggregate.json").read_text())
     r = np.asarray(agg["regret_matrix"])
-    assert agg["policies"][:3] == ["type_0", "type_1", "type_2"] and r.shape == (3, 6)
+    assert agg["policies"][:3] == ["type_0", "type_1", "type_2"] and r.shape == (3, 10)
     assert np.allclose(np.diag(r[:, :3]), 0.0)
-    assert agg["max_regret"] == pytest.approx((r[:, :3] @ agg["weights"]).max(), abs=1e-6)
+    col = agg["policies"].index("mmra")  # KL objective: the mixture measured as a distribution
+    assert agg["max_regret"] == pytest.approx(r[:, col].max(), abs=1e-9)
+    assert agg["max_regret"] <= (r[:, :3] @ agg["weights"]).max() + 1e-9  # convexity
+    assert agg["fair"]["max_regret"] <= agg["max_regret"]
     assert agg["baselines"]["pooled"]["max_regret"] > agg["max_regret"]
     assert (run / "run" / "merged" / "linear.npz").is_file()
 
@@ -135,17 +138,18 @@ def test_report_md_escapes_data_strings():
 def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):
     """evaluate reads the log-probs aggregate saved (scores.npz) instead of scoring again, with
     the same result; scores of other data or another mixture are not used."""
-    from pluralign.aggregate import load_scores, run_aggregate, scores_key
+    from pluralign.aggregate import load_scores, policy_weights, run_aggregate, scores_key
     from pluralign.em_run import load_run
     from pluralign.evaluate import run_evaluate
     folder, held = run / "run", str(run / "held")
     agg = run_aggregate(folder, held)
     fitted = load_run(folder)
     data = fitted.data(held)
-    saved = load_scores(folder, scores_key(folder, data, agg["weights"]))
+    weights = policy_weights(agg)  # the mixture's and the merges': they fix the policies
+    saved = load_scores(folder, scores_key(folder, data, weights))
     assert set(saved) == {"_s", *agg["policies"]}
-    assert load_scores(folder, scores_key(folder, fitted.data(), agg["weights"])) == {}
-    assert load_scores(folder, scores_key(folder, data, agg["weights"][::-1])) == {}
+    assert load_scores(folder, scores_key(folder, fitted.data(), weights)) == {}
+    assert load_scores(folder, scores_key(folder, data, weights[::-1])) == {}
     reused = run_evaluate(folder, held)
     calls = []
     monkeypatch.setattr("pluralign.evaluate.load_scores", lambda *a: calls.append(a) or {})

@@ -429,8 +429,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--type", type=int, dest="type_k", metavar="K", help="type K's policy")
     who.add_argument("--annotator", metavar="ID", help="the annotator's most likely type")
-    who.add_argument("--policy", choices=["mmra"],
-                     help="mmra: draw a type policy by the mixture weights")
+    who.add_argument("--policy", choices=["mmra", "fair"],
+                     help="mmra: draw a type policy by the mixture weights; fair: decode with "
+                          "the min-max merge of every type policy (aggregate's deploy choice "
+                          "under the kl objective)")
     p.add_argument("--samples", type=int, default=1, metavar="N")
     p.add_argument("--seed", type=int, default=0, metavar="S")
 

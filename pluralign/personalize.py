@@ -25,6 +25,8 @@ from pluralign.losses import plackett_luce_logprob
 from pluralign.rankings import Rankings
 
 MAX_ANSWERS = 50_000
+#: choose_policy's answer for the min-max merge (decoded from every type policy at once).
+FAIR = -1
 
 
 def assign(run: FittedRun, data: Annotations) -> tuple[np.ndarray, list[str]]:
@@ -105,15 +107,24 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
         return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
                    f"{post[j]:.3f})" if known else
                    f"type_{j}: annotator {annotator} is unknown to the run; the most common type")
-    if policy == "mmra":
+    if policy in ("mmra", "fair"):
         agg = run.path / "aggregate.json"
         if not agg.is_file():
             raise FileNotFoundError(f"{agg} is missing: run `pluralign aggregate --run "
                                     f"{run.path}` first")
-        weights = np.asarray(json.loads(agg.read_text())["weights"])
+        info = json.loads(agg.read_text())
+        if policy == "fair":
+            if not info.get("fair"):
+                raise ValueError(f"{agg} holds no min-max merge (aggregated with objective "
+                                 f"{info.get('objective', 'paper')}); re-run `pluralign "
+                                 "aggregate --objective kl`")
+            shown = ", ".join(f"{w:.3f}" for w in info["fair"]["weights"])
+            return FAIR, (f"the min-max merge (weights {shown}; worst-type regret "
+                          f"{info['fair']['max_regret']:.4f})")
+        weights = np.asarray(info["weights"])
         j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
         return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"
-    raise ValueError("say which policy: --type K, --annotator ID or --policy mmra")
+    raise ValueError("say which policy: --type K, --annotator ID or --policy mmra|fair")
 
 
 def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> list[str]:
@@ -121,5 +132,8 @@ def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> 
     if run.info["backend"] != "lora":
         raise ValueError(f"the {run.info['backend']} backend scores given candidates and "
                          "cannot generate text; use a LoRA run")
-    row = Annotation("user", prompt, ["", ""], [0])
-    return run.backend.sample(Annotations([row]), k, n, seed)[0].responses
+    row = Annotations([Annotation("user", prompt, ["", ""], [0])])
+    if k == FAIR:
+        weights = json.loads((run.path / "aggregate.json").read_text())["fair"]["weights"]
+        return run.backend.sample_combined(row, np.asarray(weights), n, seed)[0].responses
+    return run.backend.sample(row, k, n, seed)[0].responses

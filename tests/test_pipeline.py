@@ -130,6 +130,17 @@ def test_rerun_skips_and_from_redoes(population, tmp_path, cli):
     manifest = json.loads((tmp_path / "run" / "manifests" / "em.json").read_text())
     assert manifest["seed"] == 3 and manifest["versions"]["torch"]
     assert manifest["wall_seconds"] > 0 and manifest["peak_rss_mib"] > 0
+    run = tmp_path / "run"
+    agg = json.loads((run / "aggregate.json").read_text())  # the min-max merge of 2 adapters
+    assert agg["objective"] == "kl"
+    assert agg["fair"]["max_regret"] == pytest.approx(agg["fair"]["value"], abs=1e-6)
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["regret"]["max_regret"]["fair"] == pytest.approx(agg["fair"]["max_regret"],
+                                                               abs=1e-9)
+    said = [cli("generate", "--run", run, "--prompt", "Hello", "--policy", "fair",
+                "--samples", "2", "--seed", "1") for _ in range(2)]
+    assert said[0][0] == 0 and "the min-max merge" in said[0][2]
+    assert said[0][1] == said[1][1]  # seeded
     rc, out, _ = cli("run", cfg)
     assert rc == 0 and out.count("up to date, skipped") == 6
     rc, out, _ = cli("run", cfg, "--from", "aggregate")

@@ -281,6 +281,46 @@ class LoRABackend(PolicyBackend):
                 texts[key] = [_decode(row, tok) for row in out[i * n: (i + 1) * n]]
         return [sample_row(a, texts[key]) for key, a in zip(keys, data, strict=True)]
 
+    @torch.no_grad()
+    def sample_combined(self, data: Annotations, weights: np.ndarray, n: int,
+                        seed: int) -> list[Annotation]:
+        """n responses per row from the min-max merge pi_q, decoded: each token drawn from
+        softmax(sum_k q_k log_softmax(logits_k)), one forward per adapter with q_k > 0, each
+        with its own cache. (Token by token this is a product of experts; over whole
+        candidates, pi_q = prod_k pi_k^q_k normalised, which is what the regret measures.)"""
+        q = check_mixture(weights, self.n_types)
+        active = [k for k in range(self.n_types) if q[k] > 0]
+        cfg, tok = self.config, self.tokenizer
+        device = self.accelerator.device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.model.eval()
+        texts: dict[str, list[str]] = {}
+        for a in data:
+            key = json.dumps(a.prompt, sort_keys=True)
+            if key in texts:
+                continue
+            ids = torch.tensor([prompt_ids(a.prompt, tok, cfg.max_prompt_tokens)] * n,
+                               device=device)
+            caches: dict[int, Any] = {}
+            step, out, done = ids, [], torch.zeros(n, dtype=torch.bool)
+            for _ in range(cfg.max_response_tokens):
+                logp = torch.zeros(())
+                for k in active:
+                    self.model.set_adapter(self.adapter(k))
+                    res = self.model(input_ids=step, past_key_values=caches.get(k),
+                                     use_cache=True)
+                    caches[k] = res.past_key_values
+                    logp = logp + q[k] * torch.log_softmax(res.logits[:, -1].float().cpu(), -1)
+                nxt = torch.multinomial(torch.softmax(logp, -1), 1, generator=gen)[:, 0]
+                nxt[done] = tok.pad_token_id
+                out.append(nxt)
+                done |= nxt == tok.eos_token_id
+                if done.all():
+                    break
+                step = nxt[:, None].to(device)
+            texts[key] = [_decode(row, tok) for row in torch.stack(out, 1)]
+        return [sample_row(a, texts[json.dumps(a.prompt, sort_keys=True)]) for a in data]
+
     def _generate(self, k: int | None, **kwargs: Any) -> torch.Tensor:
         if k is None:
             with self.model.disable_adapter():

@@ -34,9 +34,10 @@ TITLES = {
 #: What each column of the policy table means (the definitions box).
 DEFINITIONS = (
     ("regret", "Regret of serving type i with policy j: V_i(pi_i) - V_i(pi_j), where V_i is "
-               "type i's expected reward beta * log(pi_i / pi_ref) over each evaluation prompt's "
-               "candidate responses, in nats. 0 means the policy serves the type as well as the "
-               "type's own policy; larger is worse."),
+               "type i's value over each evaluation prompt's candidate responses, in nats: its "
+               "expected reward beta * log(pi_i / pi_ref), minus beta KL(pi_j || pi_ref) under "
+               "the kl objective (see objective). 0 means the policy serves the type as well as "
+               "the type's own policy; larger is worse."),
     ("base measure", "How a policy is restricted to a prompt's candidates: uniform (proportional "
                      "to exp(log-ratio): what the policy changes) or reference (its own LM "
                      "probability, in which response length dominates)."),
@@ -394,7 +395,8 @@ def config_rows(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> 
             ["K", f"{em['n_types']} (requested: {(em.get('em_options') or {}).get('n_types')})"],
             ["EM", f"{em['n_iter']} iteration(s), {'converged' if em['converged'] else 'stopped'}"],
             ["type floor", ", ".join(f"{k} {v}" for k, v in floor.items()) or "-"],
-            ["regret estimator", f"{agg['estimator']}, base measure {agg.get('base_measure')}"],
+            ["regret estimator", f"{agg['estimator']}, base measure {agg.get('base_measure')}, "
+                                 f"{agg.get('objective', 'paper')} objective"],
             ["bootstrap", f"{(agg.get('intervals') or {}).get('n_boot', 0)} replicates, seed "
                           f"{agg.get('random_state')}"],
             ["evaluation data", f"{ev.get('data')} ("

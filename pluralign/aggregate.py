@@ -362,11 +362,8 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     mixes = baselines(est.matrix[:, :k], priors, type_weights)
     fair = None
     if objective == "kl":
-        if type_weights is not None:
-            raise ValueError("type_weights with objective kl: the min-max merge program weighs "
-                             "every type equally; use objective paper for weighted types")
         log_types = estimator_.type_logps()
-        fair = MinMaxMerge(backend.beta).fit(log_types)
+        fair = MinMaxMerge(backend.beta, type_weights).fit(log_types)
         policies = [*policies, estimator_.provide("fair", merge_logps(log_types,
                                                                       fair.weights_))]
         # A mixture serves, at each prompt, the distribution sum_j p_j pi_j; under the KL

@@ -63,55 +63,70 @@ def merge_logps(log_types: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return normalise(np.where(np.isnan(logq[..., 0]), np.nan, mixed)[..., None])[..., 0]
 
 
-def dual_value(log_types: np.ndarray, weights: np.ndarray, beta: float) -> float:
-    """D(q) = -beta mean_x log sum_y prod_i pi_i(y|x)^q_i, on normalised restricted policies."""
+def dual_value(log_types: np.ndarray, mu: np.ndarray, beta: float) -> float:
+    """D(mu) = -beta M mean_x log sum_y prod_i pi_i(y|x)^(mu_i / M), M = sum_i mu_i: the dual of
+    min_pi max_i c_i R_i(pi) at mu = lambda * c (lambda on the simplex; c = 1: mu = q, M = 1)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    total = mu.sum()
+    return float(-beta * total * _mean_log_z(log_types, mu / total))
+
+
+def _mean_log_z(log_types: np.ndarray, q: np.ndarray) -> float:
+    """mean_x log sum_y prod_i pi_i(y|x)^q_i on normalised restricted policies."""
     logq = normalise(log_types)
-    mixed = np.einsum("nmk,k->nm", np.nan_to_num(logq, nan=0.0), np.asarray(weights, float))
+    mixed = np.einsum("nmk,k->nm", np.nan_to_num(logq, nan=0.0), q)
     mixed = np.where(np.isnan(logq[..., 0]), -np.inf, mixed)
     top = mixed.max(axis=1, keepdims=True)
-    return float(-beta * (top[:, 0] + np.log(np.exp(mixed - top).sum(axis=1))).mean())
+    return float((top[:, 0] + np.log(np.exp(mixed - top).sum(axis=1))).mean())
 
 
-def dual_gradient(log_types: np.ndarray, weights: np.ndarray, beta: float) -> np.ndarray:
-    """dD/dq_i = -beta mean_x E_{pi_q}[log pi_i]: type i's regret of pi_q up to a shared
-    constant, so at the optimum the binding types' entries are equal."""
+def dual_gradient(log_types: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
+    """dD/dmu_i = -beta (f + g_i - q . g), f = mean log Z(q), g_i = mean E_{pi_q}[log pi_i]:
+    type i's regret of pi_q up to a shared constant (equal entries for binding types)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    q = mu / mu.sum()
     logq = np.nan_to_num(normalise(log_types), nan=-np.inf)
-    merged = np.exp(np.nan_to_num(merge_logps(log_types, weights), nan=-np.inf))
-    return -beta * np.einsum("nm,nmk->k", merged, np.where(np.isfinite(logq), logq, 0.0)) \
-        / len(logq)
+    merged = np.exp(np.nan_to_num(merge_logps(log_types, q), nan=-np.inf))
+    g = np.einsum("nm,nmk->k", merged, np.where(np.isfinite(logq), logq, 0.0)) / len(logq)
+    return -beta * (_mean_log_z(log_types, q) + g - q @ g)
 
 
-def polish(log_types: np.ndarray, weights: np.ndarray, beta: float) -> np.ndarray:
-    """A few SLSQP steps on D from the conic solver's q: interior-point answers stop at ~1e-8
-    relative gap, and a type with near-zero weight can leave max regret 1e-6 above D."""
+def polish(log_types: np.ndarray, mu: np.ndarray, beta: float,
+           scale: np.ndarray) -> np.ndarray:
+    """A few SLSQP steps on D from the conic solver's mu (sum_i mu_i / scale_i = 1):
+    interior-point answers stop at ~1e-8 relative gap, and a type with near-zero weight can
+    leave max regret 1e-6 above D."""
     from scipy.optimize import minimize
-    k = len(weights)
+    k = len(mu)
     if k == 1:
-        return weights
-    res = minimize(lambda w: -dual_value(log_types, w, beta), weights,
+        return mu
+    res = minimize(lambda w: -dual_value(log_types, w, beta), mu,
                    jac=lambda w: -dual_gradient(log_types, w, beta), method="SLSQP",
-                   bounds=[(0.0, 1.0)] * k,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
-                                 "jac": lambda w: np.ones_like(w)}],
+                   bounds=[(0.0, None)] * k,
+                   constraints=[{"type": "eq", "fun": lambda w: (w / scale).sum() - 1.0,
+                                 "jac": lambda w: 1.0 / scale}],
                    options={"ftol": 1e-15, "maxiter": 200})
     w = np.clip(res.x, 0.0, None)
-    w = w / w.sum()
-    return w if dual_value(log_types, w, beta) >= dual_value(log_types, weights, beta) \
-        else weights
+    w = w / (w / scale).sum()
+    return w if dual_value(log_types, w, beta) >= dual_value(log_types, mu, beta) else mu
 
 
 class MinMaxMerge:
     """The min-max regret merge of K type policies under the KL-regularised objective.
 
     `fit(log_types)` with log_types[n, M, K] (log pi_i per candidate, NaN padding) solves the
-    dual program; learned state: `weights_` (q), `value_` (D(q*), the min-max regret over all
-    policies), `regrets_` (each type's regret of pi_q, measured), `max_regret_`, `binding_`
+    dual program (with `type_weights` c: min_pi max_i c_i R_i(pi), the same merge family at
+    q proportional to lambda * c); learned state: `weights_` (q), `value_` (D, the min-max
+    regret over all policies), `regrets_` (each type's weighted regret of pi_q, measured),
+    `max_regret_`, `binding_`
     (types within tol of the max), `gap_` (max regret minus value: the certificate) and
     `solver_`.
     """
 
-    def __init__(self, beta: float = 1.0, solver: str | None = None, tol: float = 1e-6):
+    def __init__(self, beta: float = 1.0, type_weights: np.ndarray | None = None,
+                 solver: str | None = None, tol: float = 1e-6):
         self.beta = beta
+        self.type_weights = type_weights
         self.solver = solver
         self.tol = tol
 
@@ -121,32 +136,34 @@ class MinMaxMerge:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         logq = normalise(np.asarray(log_types, dtype=np.float64))
         n, _, k = logq.shape
-        q = cp.Variable(k, nonneg=True)
+        c = np.ones(k) if self.type_weights is None else \
+            np.asarray(self.type_weights, dtype=np.float64)
+        if c.shape != (k,) or not (c > 0).all() or not np.isfinite(c).all():
+            raise ValueError(f"type_weights must be {k} positive numbers, got {c.tolist()}")
+        mu = cp.Variable(k, nonneg=True)  # mu = lambda * c, lambda on the simplex
         sizes = (~np.isnan(logq[..., 0])).sum(axis=1)
-        terms = []
-        for m in np.unique(sizes):  # one log-sum-exp block per list size: no padding
-            rows = logq[sizes == m][:, :m, :]                          # [r, m, K]
-            flat = rows.reshape(-1, k) @ q                             # [r * m]
-            terms.append(cp.sum(cp.log_sum_exp(cp.reshape(flat, (len(rows), m), order="C"),
-                                               axis=1)))
-        problem = cp.Problem(cp.Maximize(-self.beta / n * cp.sum(cp.hstack(terms))),
-                             [cp.sum(q) == 1])
+        terms = [self._block(cp, logq[sizes == m][:, :m, :], mu, np.allclose(c, 1.0))
+                 for m in np.unique(sizes)]  # one block per list size: no padding
+        objective, constraints = cp.sum(cp.hstack([t for t, _ in terms])), \
+            [cp.sum(cp.multiply(mu, 1.0 / c)) == 1] + [x for _, cs in terms for x in cs]
+        problem = cp.Problem(cp.Maximize(-self.beta / n * objective), constraints)
         with warnings.catch_warnings():  # "may be inaccurate": the gap below certifies it
             warnings.simplefilter("ignore", UserWarning)
             if self.solver in (None, "CLARABEL"):  # tight: the served merge's measured max
                 problem.solve(solver="CLARABEL", **CLARABEL_TIGHT)  # regret = the value
             else:
                 problem.solve(solver=self.solver)
-        if q.value is None:
+        if mu.value is None:
             raise RuntimeError(f"the min-max merge program did not solve: {problem.status}")
-        w = np.clip(q.value, 0.0, None)
-        self.weights_ = polish(logq, w / w.sum(), self.beta)
-        # D(q) is a lower bound on the min-max regret over all policies and max_i R_i(pi_q) an
-        # upper bound: both computed here, so their gap certifies the solver's answer
-        self.value_ = dual_value(logq, self.weights_, self.beta)
+        w = np.clip(mu.value, 0.0, None)
+        w = polish(logq, w / (w / c).sum(), self.beta, c)
+        self.weights_ = w / w.sum()  # q: the merge's exponents
+        # D is a lower bound on the min-max (weighted) regret over all policies and
+        # max_i c_i R_i(pi_q) an upper bound: both computed here, their gap certifies the solver
+        self.value_ = dual_value(logq, w, self.beta)
         merged = merge_logps(logq, self.weights_)[..., None]
         columns = np.concatenate([logq, merged], axis=2)
-        self.regrets_ = kl_contributions(columns, k, self.beta).mean(axis=0)[:, k]
+        self.regrets_ = c * kl_contributions(columns, k, self.beta).mean(axis=0)[:, k]
         self.max_regret_ = float(self.regrets_.max())
         self.gap_ = self.max_regret_ - self.value_
         if self.gap_ > self.tol:
@@ -156,3 +173,18 @@ class MinMaxMerge:
         self.binding_ = self.regrets_ >= self.max_regret_ - self.tol
         self.solver_ = problem.solver_stats.solver_name
         return self
+
+    @staticmethod
+    def _block(cp, rows: np.ndarray, mu, unweighted: bool) -> tuple:
+        """Sum over rows [r, m, K] of M lse(L mu / M), M = sum mu, with its constraints: plain
+        log-sum-exp when M = 1 (no type weights), else the perspective through exponential
+        cones: t >= M lse(z / M) iff sum_y M exp((z_y - t) / M) <= M."""
+        r, m, k = rows.shape
+        z = cp.reshape(rows.reshape(-1, k) @ mu, (r, m), order="C")
+        if unweighted:
+            return cp.sum(cp.log_sum_exp(z, axis=1)), []
+        t, u = cp.Variable(r), cp.Variable((r, m))
+        total = cp.sum(mu)
+        cone = cp.constraints.ExpCone(z - cp.reshape(t, (r, 1), order="C") @ np.ones((1, m)),
+                                      total * np.ones((r, m)), u)
+        return cp.sum(t), [cone, cp.sum(u, axis=1) <= total]

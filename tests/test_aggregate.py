@@ -255,3 +255,16 @@ def test_kl_objective_serves_the_min_max_merge_with_its_measured_regret(fitted):
     assert min(min(b["regrets"]) for b in out["baselines"].values()) >= -1e-9
     assert out["deploy"]["policy"] == "merged" and "Deploy merged" in out["deploy"]["why"]
     assert set(out["intervals"]["max_regret"]) >= {"fair", "merged", "mmra"}
+
+
+def test_kl_objective_with_type_weights_minimises_the_weighted_worst_regret(fitted):
+    em, test = fitted
+    c = [2.0, 1.0, 0.5]
+    out, _ = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend,
+                       type_weights=c, n_boot=0)
+    fair = out["fair"]
+    assert fair["max_regret"] == pytest.approx(fair["value"], abs=1e-6)
+    plain = np.asarray(out["regret_matrix"])[:, out["policies"].index("fair")]
+    assert fair["regrets"] == pytest.approx((np.asarray(c) * plain).tolist(), abs=1e-9)
+    for name, b in out["baselines"].items():  # every policy judged on the weighted regrets
+        assert fair["value"] <= b["max_regret"] + 1e-7, name

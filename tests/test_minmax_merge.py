@@ -23,12 +23,13 @@ def _grid(k: int, steps: int) -> np.ndarray:
     return np.array([[*c, steps - sum(c)] for c in pts], dtype=float) / steps
 
 
-def _merge_max_regrets(log_types: np.ndarray, weights: np.ndarray, beta: float) -> np.ndarray:
+def _merge_max_regrets(log_types: np.ndarray, weights: np.ndarray, beta: float,
+                       scale: np.ndarray) -> np.ndarray:
     k = log_types.shape[2]
     out = []
     for w in weights:
         cols = np.concatenate([log_types, merge_logps(log_types, w)[..., None]], axis=2)
-        out.append(kl_contributions(cols, k, beta).mean(axis=0)[:, k].max())
+        out.append((scale * kl_contributions(cols, k, beta).mean(axis=0)[:, k]).max())
     return np.array(out)
 
 
@@ -58,18 +59,21 @@ def instances(draw):
     logits = rng.normal(size=(n, m, k)) * scale
     sizes = rng.integers(2, m + 1, size=n)
     logits[np.arange(m)[None, :] >= sizes[:, None]] = np.nan  # ragged lists
-    return logits, draw(st.sampled_from([0.1, 1.0, 2.0]))
+    weighted = draw(st.booleans())  # type importance weights c: min max_i c_i R_i
+    scale = rng.uniform(0.3, 3.0, size=k) if weighted else None
+    return logits, draw(st.sampled_from([0.1, 1.0, 2.0])), scale
 
 
 @settings(max_examples=40, deadline=None)
 @given(instance=instances())
 def test_program_equals_grid_search_and_beats_every_mixture(instance):
-    log_types, beta = instance
+    log_types, beta, scale = instance
     k = log_types.shape[2]
-    fit = MinMaxMerge(beta=beta).fit(log_types)
+    fit = MinMaxMerge(beta=beta, type_weights=scale).fit(log_types)
+    c = np.ones(k) if scale is None else scale
     steps = 400 if k == 2 else 60
     points = _grid(k, steps)
-    grid = _merge_max_regrets(log_types, points, beta)
+    grid = _merge_max_regrets(log_types, points, beta, c)
     # the program is the min over ALL policies: no merge on the grid does better, and the grid
     # reaches it to its resolution: within the largest change between neighbouring grid points
     assert fit.value_ <= grid.min() + 1e-7
@@ -79,7 +83,7 @@ def test_program_equals_grid_search_and_beats_every_mixture(instance):
     # the best randomised mixture of the type policies, under the same objective
     r = kl_contributions(log_types, k, beta).mean(axis=0)
     assert (r >= -1e-9).all() and (fit.regrets_ >= -1e-9).all()
-    mixture = MinMaxRegretAggregator().fit(r)
+    mixture = MinMaxRegretAggregator(scale).fit(r)
     assert fit.value_ <= mixture.max_regret_ + 1e-7
 
 

@@ -425,6 +425,10 @@ def _mixture_weights(mmra: MinMaxRegretAggregator,
                                       for n in ("uniform", "utilitarian")}}
 
 
+#: The min-max merge as a loadable policy: its weights over the run's type policies.
+FAIR_POLICY = Path("fair") / "policy.json"
+
+
 #: What a user can serve, in the order preferred at equal worst-type regret: one model first.
 DEPLOYABLE = ("merged", "fair", "mmra")
 
@@ -481,6 +485,17 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
     if merged is not None:
         merged.save(run.path / "merged")
         out["merged_path"] = "merged"
+    fair_file = run.path / FAIR_POLICY
+    if out["fair"] is not None:
+        write_json(fair_file, {
+            "policy": "min-max merge: pi proportional to prod_k pi_k^q_k, decoded token by "
+                      "token from the type policies", "weights": out["fair"]["weights"],
+            "type_policies": run.info["policies"], "backend": run.info["backend"],
+            "beta": run.backend.beta, "objective": out["objective"],
+            "value": out["fair"]["value"], "max_regret": out["fair"]["max_regret"]})
+        out["fair_path"] = str(fair_file.relative_to(run.path))
+    else:
+        fair_file.unlink(missing_ok=True)
     save_scores(run.path, scores, scores_key(run.path, data, policy_weights(out), base_measure))
     write_json(run.path / "aggregate.json", out)
     return out

@@ -99,7 +99,7 @@ def _types(text: str | None) -> int | str | None:
 
 
 #: What later steps write into a run folder from its EM fit; a new fit removes them.
-DOWNSTREAM = ("aggregate.json", "scores.npz", "merged", "evaluation.json", "report.json",
+DOWNSTREAM = ("aggregate.json", "scores.npz", "merged", "fair", "evaluation.json", "report.json",
               "report.md", "report.html", "report_files")
 
 

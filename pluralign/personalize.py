@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pluralign import diagnostics
+from pluralign.aggregate import FAIR_POLICY
 from pluralign.data import Annotation, Annotations
 from pluralign.em import type_posteriors
 from pluralign.em_run import FittedRun
@@ -114,17 +115,23 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
                                     f"{run.path}` first")
         info = json.loads(agg.read_text())
         if policy == "fair":
-            if not info.get("fair"):
-                raise ValueError(f"{agg} holds no min-max merge (aggregated with objective "
-                                 f"{info.get('objective', 'paper')}); re-run `pluralign "
-                                 "aggregate --objective kl`")
-            shown = ", ".join(f"{w:.3f}" for w in info["fair"]["weights"])
+            fair = fair_policy(run)
+            shown = ", ".join(f"{w:.3f}" for w in fair["weights"])
             return FAIR, (f"the min-max merge (weights {shown}; worst-type regret "
-                          f"{info['fair']['max_regret']:.4f})")
+                          f"{fair['max_regret']:.4f})")
         weights = np.asarray(info["weights"])
         j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
         return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"
     raise ValueError("say which policy: --type K, --annotator ID or --policy mmra|fair")
+
+
+def fair_policy(run: FittedRun) -> dict[str, Any]:
+    """The run's min-max merge (fair/policy.json, written by `pluralign aggregate`)."""
+    path = run.path / FAIR_POLICY
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the run has no min-max merge; run "
+                                f"`pluralign aggregate --run {run.path}` (objective kl)")
+    return json.loads(path.read_text())
 
 
 def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> list[str]:
@@ -134,6 +141,6 @@ def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> 
                          "cannot generate text; use a LoRA run")
     row = Annotations([Annotation("user", prompt, ["", ""], [0])])
     if k == FAIR:
-        weights = json.loads((run.path / "aggregate.json").read_text())["fair"]["weights"]
+        weights = fair_policy(run)["weights"]
         return run.backend.sample_combined(row, np.asarray(weights), n, seed)[0].responses
     return run.backend.sample(row, k, n, seed)[0].responses

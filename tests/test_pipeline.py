@@ -137,6 +137,8 @@ def test_rerun_skips_and_from_redoes(population, tmp_path, cli):
     ev = json.loads((run / "evaluation.json").read_text())
     assert ev["regret"]["max_regret"]["fair"] == pytest.approx(agg["fair"]["max_regret"],
                                                                abs=1e-9)
+    policy = json.loads((run / "fair" / "policy.json").read_text())  # the loadable merge
+    assert policy["weights"] == agg["fair"]["weights"] and policy["type_policies"] == "adapters"
     said = [cli("generate", "--run", run, "--prompt", "Hello", "--policy", "fair",
                 "--samples", "2", "--seed", "1") for _ in range(2)]
     assert said[0][0] == 0 and "the min-max merge" in said[0][2]

@@ -174,6 +174,13 @@ def test_report_renders_in_headless_chromium(run, cli, tmp_path):
     shot = tmp_path / "report.png"
     assert browser_check(page, screenshot=shot) == (len(FIGURES), len(FIGURES))
     assert shot.stat().st_size > 10_000
+    # what to serve, in one sentence, and every candidate for it with its interval
+    text = page.read_text()
+    agg = json.loads((run / "run" / "aggregate.json").read_text())
+    assert text.count(f"Deploy {agg['deploy']['policy']}:") == 1
+    for name in ("mmra", "fair", "merged", "pooled", "uniform", "utilitarian"):
+        assert re.search(rf"<td[^>]*>{name}</td><td[^>]*>[0-9.]+ \[[0-9.]+, [0-9.]+\]",
+                         text), name
     broken = tmp_path / "broken.html"  # the check can fail: one image's data cut short
     broken.write_text(page.read_text().replace("base64,iVBOR", "base64,XXXX", 1))
     assert browser_check(broken) == (len(FIGURES) - 1, len(FIGURES))

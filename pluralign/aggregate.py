@@ -460,7 +460,7 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   objective: str = "auto") -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
-    with folder_lock(run_dir, "aggregate"):
+    with folder_lock(run_dir, "aggregate", create=False):
         return _aggregate_run(run_dir, data_dir, estimator, type_weights, n_samples,
                               random_state, merge, base_measure, n_boot, objective)
 

@@ -364,7 +364,7 @@ def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int 
                  seed: int = 0) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
-    with folder_lock(run_dir, "evaluate"):
+    with folder_lock(run_dir, "evaluate", create=False):
         return _evaluate_run(Path(run_dir), data_dir, n_boot, seed)
 
 

@@ -48,11 +48,15 @@ class FolderLockedError(RuntimeError):
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, what: str, create: bool = True) -> Iterator[None]:
     """Hold an advisory lock on `folder` while writing into it, so that a second pluralign
     process aimed at the same folder stops at once, naming the holder, instead of mixing two
-    runs' files. The lock dies with its process (kill -9 included): nothing stale to clean."""
+    runs' files. The lock dies with its process (kill -9 included): nothing stale to clean.
+    With `create` False a missing folder is not made (the caller's own error names it)."""
     folder = Path(folder)
+    if not create and not folder.is_dir():
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     if key in _HELD:

@@ -71,8 +71,9 @@ def load_parts(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
                        ("evaluation.json", "evaluate")):
         path = run / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `pluralign {step} --run {run}` "
-                                    "first")
+            how = f"pluralign em --data DATA --out {run}" if step == "em" else \
+                f"pluralign {step} --run {run}"
+            raise FileNotFoundError(f"{path} is missing: run `{how}` first")
         parts.append(json.loads(path.read_text()))
         if name != "em.json":
             check_made_from(run, name, parts[-1])
@@ -494,7 +495,7 @@ img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 
 def write_report(run: Path) -> list[Path]:
     """Write report.json, report.md (figures in report_files/) and report.html into `run`."""
-    with folder_lock(run, "report"):
+    with folder_lock(run, "report", create=False):
         return _write_report(Path(run))
 
 

@@ -19,7 +19,6 @@ Every regret comes with a bootstrap interval over held-out prompts (pluralign.bo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import numpy as np
 from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
-from pluralign.io import folder_lock, write_json, write_with
+from pluralign.io import folder_lock, sha256_file, write_json, write_with
 from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
@@ -385,12 +384,13 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     singles = {name: {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
                for j, name in enumerate(est.names) if j >= k}
     weights = _mixture_weights(mmra, mixes)
-    mmra_regrets = mmra.regrets_
+    mmra_regrets, binding = mmra.regrets_, mmra.binding_
     if fair is not None:  # mixtures measured as distributions: their columns replace R p
         for name, w in weights.items():
             singles[name]["weights"] = w.tolist()
             mixes[name] = singles.pop(name)
         mmra_regrets = np.asarray(mixes.pop("mmra")["regrets"])
+        binding = mmra_regrets >= mmra_regrets.max() - mmra.tol
         weights = {}
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
            "base_measure": base_measure if estimator == "candidates" else None,
@@ -402,7 +402,7 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
            "weights": mmra.weights_.tolist(), "max_regret": float(mmra_regrets.max()),
            "regrets": mmra_regrets.tolist(),
-           "binding": (mmra_regrets >= mmra_regrets.max() - 1e-6).tolist(),
+           "binding": binding.tolist(),
            "lp_max_regret": mmra.max_regret_,
            "solver": mmra.solver_, "baselines": {**mixes, **singles},
            "objective": objective, "merged_weights": None if merged is None else
@@ -511,7 +511,7 @@ def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float],
                base_measure: str | None = "uniform") -> str:
     """What saved scores must match to be reused: the fitted run (em.json), the data, the
     mixture weights (which fix the merged policy) and the base measure."""
-    em = hashlib.sha256((Path(run_dir) / "em.json").read_bytes()).hexdigest()
+    em = sha256_file(Path(run_dir) / "em.json")
     return json.dumps([em, data.fingerprint(), [round(float(w), 12) for w in weights],
                        base_measure])
 

@@ -104,7 +104,7 @@ def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
     import torch
 
     from pluralign.losses import plackett_luce_logprob
-    rank = _rankings(data).from_annotations(data)
+    rank = _rankings(data)
     z = torch.zeros(rank.mask.shape, dtype=torch.float64, requires_grad=True)
     plackett_luce_logprob(z, rank).sum().backward()
     # per choice, not per annotation: a 10,000-way ranking would otherwise outweigh everything

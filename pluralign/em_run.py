@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import shutil
 import sys
@@ -22,7 +21,7 @@ from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
 from pluralign.em import EMDPO, make_backend
-from pluralign.io import folder_lock, write_json, write_text
+from pluralign.io import folder_lock, sha256_file, write_json, write_text
 
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
 #: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
@@ -131,21 +130,19 @@ def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
     write_json(out / "em.json", report)
     stale = [name for name in DOWNSTREAM if (out / name).exists()]
     for name in stale:
-        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
     if stale:
         print(f"removed {', '.join(stale)}: made from an earlier EM fit in {out}",
               file=sys.stderr)
     return report
 
 
-def digest(path: Path) -> str:
-    """SHA-256 of a file: how later steps record which em.json / aggregate.json they used."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def made_from(run_dir: Path, *names: str) -> dict[str, str | None]:
     """{file: its digest (None when absent)} for the run-folder files a step reads."""
-    return {n: digest(run_dir / n) if (run_dir / n).is_file() else None for n in names}
+    return {n: sha256_file(run_dir / n) if (run_dir / n).is_file() else None for n in names}
 
 
 def check_made_from(run_dir: Path, name: str, record: dict[str, Any]) -> None:
@@ -153,7 +150,7 @@ def check_made_from(run_dir: Path, name: str, record: dict[str, Any]) -> None:
     EM fit or aggregation redone since): its numbers would belong to another run."""
     for source, want in (record.get("made_from") or {}).items():
         path = Path(run_dir) / source
-        have = digest(path) if path.is_file() else None
+        have = sha256_file(path) if path.is_file() else None
         if have != want:
             step = {"aggregate.json": "aggregate", "evaluation.json": "evaluate"}[name]
             raise ValueError(f"{Path(run_dir) / name} is stale: it was made from an earlier "

@@ -58,41 +58,43 @@ def kl_contributions(log_policies: np.ndarray, k: int, beta: float) -> np.ndarra
 
 def merge_logps(log_types: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """log pi_q on each row's candidates: normalised sum_i q_i log pi_i ([n, M, K] -> [n, M])."""
-    logq = normalise(log_types)
-    mixed = np.einsum("nmk,k->nm", np.nan_to_num(logq, nan=0.0), np.asarray(weights, float))
-    return normalise(np.where(np.isnan(logq[..., 0]), np.nan, mixed)[..., None])[..., 0]
+    scores = _merge_scores(normalise(log_types), np.asarray(weights, dtype=np.float64))
+    return normalise(np.where(np.isinf(scores), np.nan, scores)[..., None])[..., 0]
 
 
-def dual_value(log_types: np.ndarray, mu: np.ndarray, beta: float) -> float:
-    """D(mu) = -beta M mean_x log sum_y prod_i pi_i(y|x)^(mu_i / M), M = sum_i mu_i: the dual of
-    min_pi max_i c_i R_i(pi) at mu = lambda * c (lambda on the simplex; c = 1: mu = q, M = 1)."""
-    mu = np.asarray(mu, dtype=np.float64)
-    total = mu.sum()
-    return float(-beta * total * _mean_log_z(log_types, mu / total))
-
-
-def _mean_log_z(log_types: np.ndarray, q: np.ndarray) -> float:
-    """mean_x log sum_y prod_i pi_i(y|x)^q_i on normalised restricted policies."""
-    logq = normalise(log_types)
+def _merge_scores(logq: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """sum_i q_i log pi_i per candidate ([n, M], -inf padding), logq normalised, NaN padding."""
     mixed = np.einsum("nmk,k->nm", np.nan_to_num(logq, nan=0.0), q)
-    mixed = np.where(np.isnan(logq[..., 0]), -np.inf, mixed)
+    return np.where(np.isnan(logq[..., 0]), -np.inf, mixed)
+
+
+def _mean_log_z(logq: np.ndarray, q: np.ndarray) -> float:
+    """mean_x log sum_y prod_i pi_i(y|x)^q_i (logq normalised)."""
+    mixed = _merge_scores(logq, q)
     top = mixed.max(axis=1, keepdims=True)
     return float((top[:, 0] + np.log(np.exp(mixed - top).sum(axis=1))).mean())
 
 
-def dual_gradient(log_types: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
+def _dual(logq: np.ndarray, mu: np.ndarray, beta: float) -> float:
+    """D(mu) = -beta M mean_x log sum_y prod_i pi_i(y|x)^(mu_i / M), M = sum_i mu_i: the dual of
+    min_pi max_i c_i R_i(pi) at mu = lambda * c (lambda on the simplex; c = 1: mu = q, M = 1).
+    logq: the type policies normalised over each row's candidates."""
+    total = mu.sum()
+    return -beta * total * _mean_log_z(logq, mu / total)
+
+
+def _dual_gradient(logq: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
     """dD/dmu_i = -beta (f + g_i - q . g), f = mean log Z(q), g_i = mean E_{pi_q}[log pi_i]:
     type i's regret of pi_q up to a shared constant (equal entries for binding types)."""
-    mu = np.asarray(mu, dtype=np.float64)
     q = mu / mu.sum()
-    logq = np.nan_to_num(normalise(log_types), nan=-np.inf)
-    merged = np.exp(np.nan_to_num(merge_logps(log_types, q), nan=-np.inf))
-    g = np.einsum("nm,nmk->k", merged, np.where(np.isfinite(logq), logq, 0.0)) / len(logq)
-    return -beta * (_mean_log_z(log_types, q) + g - q @ g)
+    scores = _merge_scores(logq, q)
+    log_z = np.logaddexp.reduce(scores, axis=1, keepdims=True)
+    merged = np.exp(scores - log_z)                                     # pi_q, 0 on padding
+    g = np.einsum("nm,nmk->k", merged, np.nan_to_num(logq, nan=0.0)) / len(logq)
+    return -beta * (float(log_z.mean()) + g - q @ g)
 
 
-def polish(log_types: np.ndarray, mu: np.ndarray, beta: float,
-           scale: np.ndarray) -> np.ndarray:
+def _polish(logq: np.ndarray, mu: np.ndarray, beta: float, scale: np.ndarray) -> np.ndarray:
     """A few SLSQP steps on D from the conic solver's mu (sum_i mu_i / scale_i = 1):
     interior-point answers stop at ~1e-8 relative gap, and a type with near-zero weight can
     leave max regret 1e-6 above D."""
@@ -100,15 +102,15 @@ def polish(log_types: np.ndarray, mu: np.ndarray, beta: float,
     k = len(mu)
     if k == 1:
         return mu
-    res = minimize(lambda w: -dual_value(log_types, w, beta), mu,
-                   jac=lambda w: -dual_gradient(log_types, w, beta), method="SLSQP",
+    res = minimize(lambda w: -_dual(logq, w, beta), mu,
+                   jac=lambda w: -_dual_gradient(logq, w, beta), method="SLSQP",
                    bounds=[(0.0, None)] * k,
                    constraints=[{"type": "eq", "fun": lambda w: (w / scale).sum() - 1.0,
                                  "jac": lambda w: 1.0 / scale}],
                    options={"ftol": 1e-15, "maxiter": 200})
     w = np.clip(res.x, 0.0, None)
     w = w / (w / scale).sum()
-    return w if dual_value(log_types, w, beta) >= dual_value(log_types, mu, beta) else mu
+    return w if _dual(logq, w, beta) >= _dual(logq, mu, beta) else mu
 
 
 class MinMaxMerge:
@@ -116,11 +118,10 @@ class MinMaxMerge:
 
     `fit(log_types)` with log_types[n, M, K] (log pi_i per candidate, NaN padding) solves the
     dual program (with `type_weights` c: min_pi max_i c_i R_i(pi), the same merge family at
-    q proportional to lambda * c); learned state: `weights_` (q), `value_` (D, the min-max
+    q proportional to lambda * c). Learned state: `weights_` (q), `value_` (D, the min-max
     regret over all policies), `regrets_` (each type's weighted regret of pi_q, measured),
-    `max_regret_`, `binding_`
-    (types within tol of the max), `gap_` (max regret minus value: the certificate) and
-    `solver_`.
+    `max_regret_`, `binding_` (types within tol of the max), `gap_` (max regret minus value:
+    the certificate) and `solver_`.
     """
 
     def __init__(self, beta: float = 1.0, type_weights: np.ndarray | None = None,
@@ -156,11 +157,11 @@ class MinMaxMerge:
         if mu.value is None:
             raise RuntimeError(f"the min-max merge program did not solve: {problem.status}")
         w = np.clip(mu.value, 0.0, None)
-        w = polish(logq, w / (w / c).sum(), self.beta, c)
+        w = _polish(logq, w / (w / c).sum(), self.beta, c)
         self.weights_ = w / w.sum()  # q: the merge's exponents
         # D is a lower bound on the min-max (weighted) regret over all policies and
         # max_i c_i R_i(pi_q) an upper bound: both computed here, their gap certifies the solver
-        self.value_ = dual_value(logq, w, self.beta)
+        self.value_ = _dual(logq, w, self.beta)
         merged = merge_logps(logq, self.weights_)[..., None]
         columns = np.concatenate([logq, merged], axis=2)
         self.regrets_ = c * kl_contributions(columns, k, self.beta).mean(axis=0)[:, k]

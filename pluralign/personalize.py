@@ -108,18 +108,17 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
         return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
                    f"{post[j]:.3f})" if known else
                    f"type_{j}: annotator {annotator} is unknown to the run; the most common type")
-    if policy in ("mmra", "fair"):
+    if policy == "fair":
+        fair = fair_policy(run)
+        shown = ", ".join(f"{w:.3f}" for w in fair["weights"])
+        return FAIR, (f"the min-max merge (weights {shown}; worst-type regret "
+                      f"{fair['max_regret']:.4f})")
+    if policy == "mmra":
         agg = run.path / "aggregate.json"
         if not agg.is_file():
             raise FileNotFoundError(f"{agg} is missing: run `pluralign aggregate --run "
                                     f"{run.path}` first")
-        info = json.loads(agg.read_text())
-        if policy == "fair":
-            fair = fair_policy(run)
-            shown = ", ".join(f"{w:.3f}" for w in fair["weights"])
-            return FAIR, (f"the min-max merge (weights {shown}; worst-type regret "
-                          f"{fair['max_regret']:.4f})")
-        weights = np.asarray(info["weights"])
+        weights = np.asarray(json.loads(agg.read_text())["weights"])
         j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
         return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"
     raise ValueError("say which policy: --type K, --annotator ID or --policy mmra|fair")

@@ -33,7 +33,7 @@ from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
 from pluralign.ingest.core import ON_ERROR
-from pluralign.io import folder_lock, write_json
+from pluralign.io import folder_lock, sha256_file, write_json
 from pluralign.minmax_merge import OBJECTIVES
 from pluralign.simulate.population import SimulationConfig
 
@@ -312,24 +312,16 @@ def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     for spec in [*cfg.ingest.inputs, *([cfg.evaluate.data] if cfg.evaluate.data else [])]:
         path = Path(spec)
         if path.is_file():
-            out[spec] = _sha256(path)
+            out[spec] = sha256_file(path)
         else:
             out[spec] = None if not path.exists() else _sha256_tree(path)
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sha256_tree(path: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode() + _sha256(p).encode())
+        h.update(str(p.relative_to(path)).encode() + sha256_file(p).encode())
     return h.hexdigest()
 
 
@@ -417,7 +409,7 @@ def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
 def _outputs(out: Path, before: dict[str, tuple[int, int]]) -> dict[str, str]:
     """SHA-256 of each file the stage wrote (new or changed since `before`)."""
     after = _snapshot(out)
-    return {rel: _sha256(out / rel) for rel in sorted(after) if before.get(rel) != after[rel]}
+    return {rel: sha256_file(out / rel) for rel in sorted(after) if before.get(rel) != after[rel]}
 
 
 def damaged_outputs(out: Path, manifest: dict[str, Any]) -> list[str]:
@@ -427,7 +419,7 @@ def damaged_outputs(out: Path, manifest: dict[str, Any]) -> list[str]:
     if outputs is None:
         return ["(no record of outputs)"]
     return [rel for rel, digest in outputs.items()
-            if not (out / rel).is_file() or _sha256(out / rel) != digest]
+            if not (out / rel).is_file() or sha256_file(out / rel) != digest]
 
 
 def _seed(seed: int) -> None:

@@ -67,18 +67,18 @@ def test_10_nfd_text_of_a_row_is_a_duplicate(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_population(tmp_path_factory):
-    d = tmp_path_factory.mktemp("robust") / "pop"
-    assert main(["simulate", "--out", str(d), "--types", "2", "--annotators", "12",
-                 "--per-annotator", "4", "--seed", "1"]) == 0
+def feature_population(tmp_path_factory):
+    d = tmp_path_factory.mktemp("robust") / "features"
+    assert main(["simulate", "--out", str(d), "--types", "2", "--annotators", "40",
+                 "--per-annotator", "6", "--seed", "2"]) == 0
     return d
 
 
-def test_11_ingest_reads_a_canonical_dataset_folder(small_population, tmp_path, cli):
-    rc, out, err = cli("ingest", small_population, "--out", tmp_path / "again")
+def test_11_ingest_reads_a_canonical_dataset_folder(feature_population, tmp_path, cli):
+    rc, out, err = cli("ingest", feature_population, "--out", tmp_path / "again")
     assert rc == 0, err
     again = load(tmp_path / "again")
-    assert len(again) == 48 and again.fingerprint() == load(small_population).fingerprint()
+    assert len(again) == 240 and again.fingerprint() == load(feature_population).fingerprint()
 
 
 def test_11_a_bad_config_is_reported_before_torch_is_imported(tmp_path):
@@ -108,21 +108,21 @@ def test_11_sigterm_says_so_and_exits_143(tmp_path):
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"),
                                          (errno.EROFS, "Read-only file system")])
-def test_8_full_or_read_only_disk_is_one_line_naming_the_path(small_population, tmp_path, cli,
+def test_8_full_or_read_only_disk_is_one_line_naming_the_path(feature_population, tmp_path, cli,
                                                               monkeypatch, code, words):
     def refuse(src, dst):
         raise OSError(code, os.strerror(code), src)
     monkeypatch.setattr(os, "replace", refuse)
     out = tmp_path / "copy"
-    rc, _, err = cli("ingest", small_population, "--out", out)
+    rc, _, err = cli("ingest", feature_population, "--out", out)
     assert rc == 2
     (line,) = err.strip().splitlines()
     assert line.startswith(f"pluralign ingest: error: {out / 'annotations.parquet'}: {words}")
     assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary left behind
 
 
-def test_8_an_unwritable_place_is_one_line(small_population, cli):
-    rc, _, err = cli("ingest", small_population, "--out", "/proc/pluralign-test/out")
+def test_8_an_unwritable_place_is_one_line(feature_population, cli):
+    rc, _, err = cli("ingest", feature_population, "--out", "/proc/pluralign-test/out")
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "/proc/pluralign-test" in err
 
@@ -134,14 +134,6 @@ em: {{backend: linear, n_types: 2, n_init: 1}}
 aggregate: {{n_boot: 20}}
 evaluate: {{n_boot: 20}}
 """
-
-
-@pytest.fixture(scope="module")
-def feature_population(tmp_path_factory):
-    d = tmp_path_factory.mktemp("robust") / "features"
-    assert main(["simulate", "--out", str(d), "--types", "2", "--annotators", "40",
-                 "--per-annotator", "6", "--seed", "2"]) == 0
-    return d
 
 
 def _linear_run(tmp_path, data, name="run"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import unicodedata
 from collections import Counter
@@ -16,7 +15,7 @@ from pluralign.ingest.errors import IngestError
 from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
 from pluralign.ingest.readers import RawRow, read_source
 from pluralign.ingest.report import describe
-from pluralign.io import write_json, write_jsonl
+from pluralign.io import sha256_file, write_json, write_jsonl
 
 ON_ERROR = ("fail", "skip")
 EMPTY = ("keep", "reject")
@@ -97,6 +96,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
                           "write"
                           + (f" ({run.rejected} rejected, see the report)" if run.rejected
                              else ""), reason="no_data")
+    run.warn_repeats()
     run.warn_id_collisions()
     run.warn_wide_lists()
     if run.empty_at:
@@ -164,7 +164,8 @@ class _Run:
             self.read += 1
             self._take(unit, preset_name, synthetic)
         self.files.append({
-            "path": name, "sha256": _sha256(name), "preset": preset_name,
+            "path": name, "sha256": sha256_file(name) if Path(name).is_file() else None,
+            "preset": preset_name,
             "synthetic_annotators": synthetic, "read": self.read - before[0],
             "accepted": len(self.records) - before[1], "rejected": self.rejected - before[2],
             "duplicates": self.duplicates - before[3]})
@@ -179,6 +180,13 @@ class _Run:
                 "widest list, so they cost memory and time out of proportion; "
                 "--max-responses N rejects longer lists")
 
+    def warn_repeats(self) -> None:
+        """Report equal rows kept apart because the file names no annotator."""
+        if self.same_content:
+            self.warnings.append(
+                f"{self.same_content} row(s) without an annotator field repeat another row's "
+                "judgement; each is kept as its own annotation (they may be different people)")
+
     def warn_id_collisions(self) -> None:
         """Warn about annotator ids that differ only by case or surrounding whitespace: kept
         apart (they may be different people), but usually one person spelled two ways."""
@@ -187,10 +195,6 @@ class _Run:
             folded = unicodedata.normalize("NFC", a.annotator_id).strip().casefold()
             spellings.setdefault(folded, set()).add(a.annotator_id)
         clashes = [sorted(v) for v in spellings.values() if len(v) > 1]
-        if self.same_content:
-            self.warnings.append(
-                f"{self.same_content} row(s) without an annotator field repeat another row's "
-                "judgement; each is kept as its own annotation (they may be different people)")
         if not clashes:
             return
         shown = "; ".join(" / ".join(repr(i) for i in c) for c in clashes[:5])
@@ -289,12 +293,3 @@ def _apply_mapping(rows: list[RawRow], mapping: dict[str, str], name: str) -> li
     return rows
 
 
-def _sha256(spec: str) -> str | None:
-    p = Path(spec)
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

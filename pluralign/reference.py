@@ -164,6 +164,27 @@ def batches(order: list[int], seqs: Sequences, token_budget: int) -> Iterator[li
         yield group
 
 
+#: A training micro-batch is split where padding would exceed this share of its real tokens.
+PAD_SLACK = 1.25
+
+
+def snug(order: list[int], seqs: Sequences, slack: float = PAD_SLACK) -> Iterator[list[int]]:
+    """Consecutive groups of length-sorted sequence ids, each padded to at most `slack` times
+    its real tokens: one micro-batch of mixed lengths costs its real tokens, not
+    count x longest (on HH pairs, padding was half of a batch)."""
+    group: list[int] = []
+    longest = real = 0
+    for i in order:
+        n = len(seqs.prompts[i]) + len(seqs.responses[i])
+        if group and max(longest, n) * (len(group) + 1) > slack * (real + n):
+            yield group
+            group, longest, real = [], 0, 0
+        group.append(i)
+        longest, real = max(longest, n), real + n
+    if group:
+        yield group
+
+
 def by_length(seqs: Sequences, ids: list[int] | None = None) -> list[int]:
     """Sequence ids sorted by length, longest first (less padding per batch)."""
     ids = list(range(len(seqs))) if ids is None else ids

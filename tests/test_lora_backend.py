@@ -149,3 +149,38 @@ def test_sampling_is_seeded_and_scored_by_every_type(data):
     est = RegretEstimator(b, data, "sampled", n_samples=2).estimate(policies_of(b, base=True))
     assert est.names == ["type_0", "type_1", "base"] and est.matrix.shape == (2, 3)
     assert np.allclose(np.diag(est.matrix), 0.0) and np.isfinite(est.stderr).all()
+
+
+def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypatch):
+    """policy_logps in snug length groups equals one padded batch of every sequence (values in
+    the caller's order, and gradients), and each group's padding stays within the slack."""
+    import pluralign.backends.lora as lora
+    from pluralign.reference import PAD_SLACK, snug
+    from pluralign.data import Annotation
+    mixed = Annotations([Annotation(f"a{i}", f"Question {i}?", ["Yes." * (1 + 3 * i), "No."],
+                                    [0, 1]) for i in range(6)])  # 2 to 70 response tokens
+    backend = LoRABackend(types=2, top_layers=2, **{**SMALL, "max_response_tokens": 80})
+    _randomise(backend)
+    prep = backend.prepare(mixed)
+    ids = list(range(len(prep.seqs)))[::-1]
+    groups = list(snug(ids, prep.seqs))
+    lengths = {i: len(prep.seqs.prompts[i]) + len(prep.seqs.responses[i]) for i in ids}
+    assert len(groups) > 1 and sorted(i for g in groups for i in g) == sorted(ids)
+    for g in groups:
+        if len(g) > 1:
+            assert max(lengths[i] for i in g) * len(g) <= PAD_SLACK * sum(lengths[i] for i in g)
+    results = []
+    for split in (True, False):
+        if not split:
+            monkeypatch.setattr(lora, "snug", lambda order, seqs: iter([list(order)]))
+        backend.model.set_adapter(backend.adapter(0))
+        backend.model.zero_grad()
+        out = backend.policy_logps(prep, ids)
+        out.sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in
+                                       backend.model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-4)
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5), name

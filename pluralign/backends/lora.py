@@ -43,6 +43,7 @@ from pluralign.reference import (
     compute_reference,
     make_batch,
     prompt_ids,
+    snug,
     tokenize,
 )
 from pluralign.trunk import (
@@ -135,7 +136,16 @@ class LoRABackend(PolicyBackend):
         return self._prepared[key]
 
     def policy_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
-        """log pi(response) of sequences `ids` under the active adapter (grad if enabled)."""
+        """log pi(response) of sequences `ids` under the active adapter (grad if enabled), in
+        the order of `ids`; computed in length groups so that padding stays small (snug)."""
+        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
+        if len(groups) == 1:
+            return self._group_logps(prep, ids)
+        out = torch.cat([self._group_logps(prep, g) for g in groups])
+        where = {seq: j for j, seq in enumerate(i for g in groups for i in g)}
+        return out[torch.tensor([where[i] for i in ids], device=out.device)]
+
+    def _group_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
         device = self.accelerator.device
         batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id).to(device)
         if self.trunk:

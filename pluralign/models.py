@@ -51,6 +51,7 @@ def load_model(spec: str, trust_remote_code: bool = False,
     """The model and tokenizer named by `spec`, in eval mode."""
     if spec == TINY:
         model, tok = tiny_model()
+        model = model.to(dtype)
     elif spec == SMOLLM2:
         model, tok = _smollm2(dtype)
     elif spec.startswith("builtin:"):

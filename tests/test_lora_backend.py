@@ -155,8 +155,8 @@ def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypat
     """policy_logps in snug length groups equals one padded batch of every sequence (values in
     the caller's order, and gradients), and each group's padding stays within the slack."""
     import pluralign.backends.lora as lora
-    from pluralign.reference import PAD_SLACK, snug
     from pluralign.data import Annotation
+    from pluralign.reference import PAD_SLACK, snug
     mixed = Annotations([Annotation(f"a{i}", f"Question {i}?", ["Yes." * (1 + 3 * i), "No."],
                                     [0, 1]) for i in range(6)])  # 2 to 70 response tokens
     backend = LoRABackend(types=2, top_layers=2, **{**SMALL, "max_response_tokens": 80})
@@ -184,3 +184,47 @@ def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypat
     assert ga.keys() == gb.keys() and ga
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-5), name
+
+
+def test_device_and_dtype_are_checked_and_key_the_reference_cache(data, tmp_path):
+    from pluralign.backends.settings import LoRAConfig
+    for bad, field in (({"dtype": "fp8"}, "dtype"), ({"device": "tpu"}, "device")):
+        with pytest.raises(ValueError, match=field):
+            LoRAConfig(**bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            LoRABackend(types=1, device="cuda", **SMALL)
+    opts = {**SMALL, "cache": str(tmp_path)}
+    fp32 = LoRABackend(types=1, device="cpu", **opts)
+    bf16 = LoRABackend(types=1, device="cpu", dtype="bfloat16", **opts)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert bf16.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert fp32.model_id != bf16.model_id and fp32.model_id.endswith(":cpu:float32")
+    ref32, ref16 = fp32.reference_logps(data), bf16.reference_logps(data)
+    assert not bf16.prepare(data).ref.from_cache  # its own pass, not fp32's cached one
+    # bf16 log-probs are close to fp32's but not equal: the key keeps them apart
+    assert np.nanmax(np.abs(ref32 - ref16)) > 0 and np.allclose(ref32, ref16, rtol=0.05,
+                                                                 equal_nan=True)
+    stats = bf16.fit(0, data, np.ones(len(data)))
+    assert np.isfinite(stats["loss"]).all()
+    lora_dtypes = {p.dtype for n, p in bf16.model.named_parameters() if "lora_" in n}
+    assert lora_dtypes == {torch.float32}  # adapters train in float32 on bf16 weights
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(data):
+    grads = []
+    for ckpt in (False, True):
+        b = LoRABackend(types=1, top_layers=2, gradient_checkpointing=ckpt, **SMALL)
+        assert {getattr(layer, "gradient_checkpointing", False)
+                for layer in b.decoder.layers} == {ckpt}
+        _randomise(b)
+        b.model.train()
+        b.model.zero_grad()
+        w = np.ones(len(data))
+        loss, _ = b._micro_loss(b.prepare(data), np.arange(len(data)), w, 1.0)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in b.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

@@ -57,6 +57,28 @@ from pluralign.trunk import (
 log = logging.getLogger(__name__)
 
 
+def resolve_device(spec: str, default: torch.device) -> torch.device:
+    """The device `spec` names (auto: the accelerator's, which is this rank's GPU when there
+    is one), with a clear error when it asks for a GPU that is not there."""
+    if spec == "auto":
+        return torch.device(default)
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r}: no CUDA GPU is visible to torch here; use "
+                           "device: auto or cpu")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype: auto is bfloat16 on a GPU that supports it, float16 on one that
+    does not, float32 on cpu."""
+    if spec != "auto":
+        return getattr(torch, spec)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _decode(tokens: torch.Tensor, tokenizer) -> str:
     """Generated ids up to the first end-of-sequence, as text."""
     ids = tokens.tolist()
@@ -81,9 +103,17 @@ class LoRABackend(PolicyBackend):
         from peft import LoraConfig, get_peft_model
         self.config = cfg = config or LoRAConfig(**overrides)
         self.n_types, self.beta = cfg.types, cfg.beta
-        self.accelerator = Accelerator()
-        base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code)
-        self.model_id = model_fingerprint(base, cfg.model)
+        self.accelerator = Accelerator(cpu=cfg.device == "cpu")
+        device = resolve_device(cfg.device, self.accelerator.device)
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code, self.dtype)
+        # the reference cache is keyed by where and how the pass ran: bf16 or GPU log-probs
+        # are not the fp32 CPU ones
+        self.model_id = (f"{model_fingerprint(base, cfg.model)}:{device.type}:"
+                         f"{str(self.dtype).removeprefix('torch.')}")
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         n_layers = base.config.num_hidden_layers
         top = min(cfg.top_layers or n_layers, n_layers)
         self.start_layer = n_layers - top
@@ -104,7 +134,8 @@ class LoRABackend(PolicyBackend):
             self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
             for k in range(1, cfg.types):
                 self.model.add_adapter(self.adapter(k), lora)
-        self.model.to(self.accelerator.device)
+        self.model.to(device)
+        self._device = device
         self.model.eval()
         self.decoder, self.head = decoder_and_head(self.model)
         self.loss_fn = get_loss(cfg.loss)
@@ -146,7 +177,7 @@ class LoRABackend(PolicyBackend):
         return out[torch.tensor([where[i] for i in ids], device=out.device)]
 
     def _group_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
-        device = self.accelerator.device
+        device = self._device
         batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id).to(device)
         if self.trunk:
             dtype = next(self.model.parameters()).dtype
@@ -242,7 +273,7 @@ class LoRABackend(PolicyBackend):
         weighted mean over all rows (an unbiased estimate, whatever the batch's weights)."""
         index = prep.seqs.index[torch.as_tensor(mb)]
         ids = torch.unique(index[index >= 0]).tolist()
-        s_seq = self.policy_logps(prep, ids) - prep.ref.logps[ids].to(self.accelerator.device,
+        s_seq = self.policy_logps(prep, ids) - prep.ref.logps[ids].to(self._device,
                                                                       torch.float32)
         local = torch.zeros(len(prep.seqs), dtype=torch.long)
         local[ids] = torch.arange(len(ids))
@@ -282,8 +313,8 @@ class LoRABackend(PolicyBackend):
             torch.manual_seed(seed + b)
             out = self._generate(
                 k,
-                input_ids=input_ids.to(self.accelerator.device),
-                attention_mask=mask.to(self.accelerator.device), do_sample=True,
+                input_ids=input_ids.to(self._device),
+                attention_mask=mask.to(self._device), do_sample=True,
                 temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
                 max_new_tokens=cfg.max_response_tokens, pad_token_id=pad,
                 eos_token_id=tok.eos_token_id)[:, width:].cpu()
@@ -301,7 +332,7 @@ class LoRABackend(PolicyBackend):
         q = check_mixture(weights, self.n_types)
         active = [k for k in range(self.n_types) if q[k] > 0]
         cfg, tok = self.config, self.tokenizer
-        device = self.accelerator.device
+        device = self._device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         self.model.eval()
         texts: dict[str, list[str]] = {}
@@ -388,7 +419,7 @@ class LoRABackend(PolicyBackend):
             folder = Path(path) / self.adapter(k)
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: no saved adapter for type {k}")
-            state = load_peft_weights(str(folder), device=str(self.accelerator.device))
+            state = load_peft_weights(str(folder), device=str(self._device))
             set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))
         history = Path(path) / "history.json"
         if history.is_file():

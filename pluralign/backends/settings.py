@@ -51,6 +51,7 @@ class LinearConfig:
 
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
@@ -88,6 +89,15 @@ class LoRAConfig:
     cache: str | None = field(default=None, metadata={
         "help": "reference cache folder; None: $PLURALIGN_CACHE/reference; '': no cache"})
     seed: int = field(default=0, metadata={"help": "seed of shuffling"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda when present, else cpu), cpu, cuda or cuda:N"})
+    dtype: str = field(default="auto", metadata={
+        "help": "weights' dtype: auto (bfloat16 on a GPU that supports it, float16 on one "
+                "that does not, float32 on cpu), float32, bfloat16 or float16; adapters train "
+                "in float32 whatever it is"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass (less memory, about a third more "
+                "time): for large models"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     trust_remote_code: bool = field(default=False, metadata={"help": "for hub models only"})
 
@@ -107,3 +117,8 @@ class LoRAConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check_loss(self.loss)
         self.target_modules = tuple(self.target_modules)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or (
+                self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from common import random_model
 
 from pluralign.backends.lora import LoRABackend
 from pluralign.data import load
@@ -44,15 +45,6 @@ def measure(model: str, data, top_layers: int | None, cache: str, types: int) ->
             "score_s": t_score, "score_tps": scored / t_score, "tokens": prep.seqs.n_tokens(),
             "layers_run": backend.model.config.num_hidden_layers - backend.start_layer
             if backend.trunk else backend.model.config.num_hidden_layers}
-
-
-def random_model(config_dir: str) -> str:
-    """Save a randomly initialised model of `config_dir`'s architecture; returns its folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    out = tempfile.mkdtemp(prefix="random-model-")
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(out)
-    AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
-    return out
 
 
 def main() -> None:

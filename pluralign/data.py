@@ -211,6 +211,8 @@ class Annotations(Sequence[Annotation]):
         self.records = list(records)
         self.manifest = manifest or {}
         self._fingerprint: str | None = None
+        self._codes: tuple[np.ndarray, list[str]] | None = None
+        self._rankings: Any = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -229,10 +231,22 @@ class Annotations(Sequence[Annotation]):
         return list(dict.fromkeys(a.annotator_id for a in self.records))
 
     def annotator_codes(self) -> tuple[np.ndarray, list[str]]:
-        """Integer code of each record's annotator, and the ids the codes index."""
-        ids = self.annotator_ids
-        index = {a: i for i, a in enumerate(ids)}
-        return np.array([index[a.annotator_id] for a in self.records], dtype=np.int64), ids
+        """Integer code of each record's annotator, and the ids the codes index (computed
+        once: EM asks at every run)."""
+        if self._codes is None:
+            ids = self.annotator_ids
+            index = {a: i for i, a in enumerate(ids)}
+            self._codes = (np.array([index[a.annotator_id] for a in self.records],
+                                    dtype=np.int64), ids)
+        return self._codes[0].copy(), list(self._codes[1])
+
+    def rankings(self) -> Any:
+        """The padded rankings (`pluralign.rankings.Rankings`), built once: losses, E-steps and
+        backends all read them, and building them walks every record."""
+        if self._rankings is None:
+            from pluralign.rankings import Rankings  # torch: imported only when computing
+            self._rankings = Rankings.from_annotations(self.records)
+        return self._rankings
 
     def subset(self, indices: Iterable[int]) -> Annotations:
         """The records at `indices`, in that order."""
@@ -256,10 +270,18 @@ def as_annotations(data: Annotations | Sequence[Annotation]) -> Annotations:
 
 
 def fingerprint(records: Iterable[Annotation]) -> str:
-    """SHA-256 over the canonical JSON of each record, in order."""
+    """SHA-256 over each record in order: its canonical JSON, features apart as float64 bytes
+    (the decimal text of 10^7 floats took most of a million-record hash)."""
     h = hashlib.sha256()
     for a in records:
-        h.update(_canonical_json(a.to_dict()).encode())
+        d = a.to_dict()
+        features = d.pop("features", None)
+        h.update(_canonical_json(d).encode())
+        if features is not None:
+            try:
+                h.update(b"\x00" + np.asarray(features, dtype=np.float64).tobytes())
+            except ValueError:  # ragged widths: check_annotation refuses them, JSON still hashes
+                h.update(b"\x01" + _canonical_json(features).encode())
         h.update(b"\n")
     return h.hexdigest()
 

@@ -33,7 +33,7 @@ from pluralign.aggregate import (
     scores_key,
 )
 from pluralign.backends.base import PolicyBackend
-from pluralign.data import Annotations
+from pluralign.data import Annotations, as_annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
 from pluralign.em_run import (
     FittedRun,
@@ -245,7 +245,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         merged = _merged(backend, aggregated.get("merged_weights") or aggregated["weights"])
     base_measure = aggregated.get("base_measure") or "uniform"
     logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
-    rank = Rankings.from_annotations(data)
+    rank = as_annotations(data).rankings()
     codes, ids = data.annotator_codes()
     per = annotation_loglik(s, rank, beta)
     gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), run.priors)

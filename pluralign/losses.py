@@ -27,11 +27,39 @@ def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Ten
     # A large finite negative, not -inf, for padding: finite values keep gradients NaN-free.
     floor = torch.finfo(scores.dtype).min / 4
     ordered = scores.masked_fill(~rankings.mask, floor).gather(1, rankings.order())
-    denominators = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)
-    length = (rankings.ranking >= 0).sum(dim=1, keepdim=True)
-    placed = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < length
-    terms = (ordered - denominators).masked_fill(~placed, 0.0)
-    return terms.sum(dim=1)
+    length = (rankings.ranking >= 0).sum(dim=1)
+    return _OrderedPL.apply(ordered, length)
+
+
+class _OrderedPL(torch.autograd.Function):
+    """sum_{j<L} (a_j - log sum_{i>=j} exp a_i) for scores `a[n, M]` already in ranking order,
+    with its closed-form gradient. Written out because autograd's logcumsumexp, flips and masks
+    cost 5x more: the linear backend evaluates this on 10^6 rows at every L-BFGS step. Rows run
+    down the columns ([M, n] layout), so every step is one contiguous vector operation."""
+
+    @staticmethod
+    def forward(ctx, ordered: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        a = ordered.T.contiguous()                                   # [M, n]
+        tails = torch.empty_like(a)                                  # log sum_{i>=j} exp a_i
+        tails[-1] = a[-1]
+        for j in range(a.shape[0] - 2, -1, -1):
+            torch.logaddexp(a[j], tails[j + 1], out=tails[j])
+        placed = torch.arange(a.shape[0], device=a.device).unsqueeze(1) < length.unsqueeze(0)
+        ctx.save_for_backward(a, tails, placed)
+        return (a - tails).masked_fill_(~placed, 0.0).sum(dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # d/da_i = [i placed] - sum_{j<=i, j placed} exp(a_i - T_j); the sum is exp(a_i + c_i)
+        # with c_i = log sum_{j<=i, j placed} exp(-T_j), a forward cumulative log-sum-exp.
+        a, tails, placed = ctx.saved_tensors
+        neg = (-tails).masked_fill_(~placed, -torch.inf)
+        c = torch.empty_like(a)
+        c[0] = neg[0]
+        for j in range(1, a.shape[0]):
+            torch.logaddexp(c[j - 1], neg[j], out=c[j])
+        d = placed.to(a.dtype) - torch.exp(a + c)
+        return (d * grad.unsqueeze(0)).T, None
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

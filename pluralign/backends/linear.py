@@ -35,6 +35,11 @@ from pluralign.rankings import Rankings
 _LMS: dict[str, tuple[Any, Any, str]] = {}
 
 
+#: The last `given` design built, with its scale: EM builds a backend per run and restart,
+#: and at 10^6 annotations building the feature array takes seconds. Designs are read-only.
+_GIVEN: dict[str, tuple[Design, tuple[np.ndarray, np.ndarray]]] = {}
+
+
 #: Given features whose root mean square lies outside this range are divided by a power of ten
 #: that brings it to ~1: at 1e30 the fit's gradients overflow float64's useful range and theta
 #: stays at zero (every result the reference's); l2 is a prior on a unit-scale reward.
@@ -90,9 +95,17 @@ class LinearBackend(PolicyBackend):
         """Features of `data`, memoised per dataset."""
         key = as_annotations(data).fingerprint()
         if key not in self._designs:
-            maker = {"given": self._given, "onehot": self._onehot,
-                     "embedding": self._embedding}[self.config.features]
-            self._designs[key] = maker(data, Rankings.from_annotations(data))
+            shared = _GIVEN.get(key) if self.config.features == "given" else None
+            if shared is not None and (self.scale_ is None or all(
+                    np.array_equal(a, b) for a, b in zip(self.scale_, shared[1], strict=True))):
+                self._designs[key], self.scale_ = shared
+            else:
+                maker = {"given": self._given, "onehot": self._onehot,
+                         "embedding": self._embedding}[self.config.features]
+                self._designs[key] = maker(data, as_annotations(data).rankings())
+                if self.config.features == "given":
+                    _GIVEN.clear()
+                    _GIVEN[key] = (self._designs[key], self.scale_)
             self._grow(self._dim(self._designs[key]))
         return self._designs[key]
 
@@ -102,9 +115,12 @@ class LinearBackend(PolicyBackend):
             raise ValueError(f"features='given' needs `features` on every annotation; "
                              f"annotation {missing} has none (try onehot or embedding)")
         n, m = rank.mask.shape
-        phi = np.zeros((n, m, len(data[0].features[0])))
-        for i, a in enumerate(data):
-            phi[i, : a.m] = a.features
+        if bool(rank.mask.all()):  # every list full width: one array copy, no row loop
+            phi = np.asarray([a.features for a in data], dtype=np.float64).reshape(n, m, -1)
+        else:
+            phi = np.zeros((n, m, len(data[0].features[0])))
+            for i, a in enumerate(data):
+                phi[i, : a.m] = a.features
         if self.scale_ is None:
             self.scale_ = given_scale(phi[rank.mask.numpy()])
         phi = (phi - self.scale_[0]) / self.scale_[1]
@@ -119,15 +135,15 @@ class LinearBackend(PolicyBackend):
         return Design(rank, uniform_log_ref(rank.mask), col=col)
 
     def _embedding(self, data: Annotations, rank: Rankings) -> Design:
-        from pluralign.models import load_model, model_fingerprint
+        from pluralign.models import load_model, model_id
         from pluralign.reference import TokenSettings, compute_reference, tokenize
         cfg = self.config
         if cfg.model not in _LMS:  # read-only here: every linear backend can share one copy
             model, tok = load_model(cfg.model)
-            _LMS[cfg.model] = (model, tok, model_fingerprint(model, cfg.model))
-        model, tok, model_id = _LMS[cfg.model]
+            _LMS[cfg.model] = (model, tok, model_id(model, cfg.model))
+        model, tok, name = _LMS[cfg.model]
         seqs = tokenize(data, tok, TokenSettings(cfg.max_prompt_tokens, cfg.max_response_tokens))
-        ref = compute_reference(model, model_id, seqs, tok.pad_token_id, embeddings=True,
+        ref = compute_reference(model, name, seqs, tok.pad_token_id, embeddings=True,
                                 token_budget=cfg.token_budget, cache=cfg.cache,
                                 progress=cfg.progress)
         emb = ref.embeddings.double().numpy()

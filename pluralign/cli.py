@@ -1,4 +1,5 @@
-"""The `pluralign` command: ingest, simulate, export, em, aggregate, evaluate, report."""
+"""The `pluralign` command: one subcommand per step, each with a line below; `pluralign COMMAND
+--help` for its options."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pluralign import __version__
+from pluralign import __version__, distributed
 
 EXIT_BAD_INPUT = 2
 
@@ -53,6 +54,10 @@ def _handle(args: argparse.Namespace) -> int:
     """Run the subcommand; user errors, a full disk, Ctrl-C and SIGTERM become one line."""
     resume = "; re-run the same command to resume" if args.command in ("run", "em") else ""
     try:
+        if distributed.launched() and args.command not in SCALES_OUT:
+            raise UsageError(f"`pluralign {args.command}` runs in one process; under a "
+                             f"launcher use `pluralign {' or '.join(SCALES_OUT)}` (the stage "
+                             "that trains), then the rest without it")
         return args.handler(args)
     except OSError as e:  # errno None: one of ours (FileNotFoundError with a message) or pyarrow's
         if e.errno is not None and e.errno not in DISK_ERRORS:
@@ -70,6 +75,10 @@ def _handle(args: argparse.Namespace) -> int:
     except Terminated:
         print(f"pluralign {args.command}: terminated (SIGTERM){resume}", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+#: Commands that run under `torchrun` / `accelerate launch` (ranks split the work).
+SCALES_OUT = ("em",)
 
 
 #: OS errors that are the machine's state, not a bug: reported in one line naming the path.
@@ -102,6 +111,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UsageError, ValueError, FloatingPointError]
     for module, name in (("pluralign.ingest.errors", "IngestError"),
                          ("pluralign.io", "FolderLockedError"),
+                         ("pluralign.distributed", "RankMismatchError"),
+                         ("pluralign.distributed", "UnsupportedEngineError"),
                          ("pluralign.models", "ModelError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
@@ -297,7 +308,8 @@ def cmd_em(args: argparse.Namespace) -> int:
     settings = EMSettings.from_sources(args.config, args)
     data = load(args.data)
     summary = run_em(data, settings, Path(args.out), data_path=args.data)
-    print(summary)
+    if distributed.is_main():
+        print(summary)
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import logsumexp
 
-from pluralign import diagnostics, identifiability, prune
+from pluralign import diagnostics, distributed, identifiability, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
@@ -52,8 +52,7 @@ class MonotonicityWarning(UserWarning):
 def _rankings(data: Annotations) -> Rankings:
     """The rankings as tensors. torch is imported here and in the functions that compute, not
     at the top, so that `pluralign run` checks a config before paying for torch."""
-    from pluralign.rankings import Rankings
-    return Rankings.from_annotations(data)
+    return as_annotations(data).rankings()
 
 
 # -- the E-step -----------------------------------------------------------------------------
@@ -237,6 +236,12 @@ class EMDPO:
         """Discover types in `data` and fit one policy per type."""
         self._validate()
         data = as_annotations(data)
+        if distributed.launched():  # a rank reading other data would hang a collective later
+            settings = json.dumps([data.fingerprint(), repr(self.backend), self.backend_options,
+                                   self.n_types, self.max_iter, self.random_state],
+                                  sort_keys=True, default=str)
+            distributed.check_same(hashlib.sha256(settings.encode()).hexdigest(),
+                                   "the data or the EM settings")
         t0 = time.perf_counter()
         self.identifiability_ = identifiability.assess(data)
         if self.identifiability_["verdict"] == identifiability.NOT_IDENTIFIABLE and not self.force:
@@ -394,6 +399,9 @@ class EMDPO:
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
         """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
+        prepare = getattr(self._make_backend(k), "prepare", None)
+        if prepare is not None:  # one reference pass computing embeddings and trunk states
+            prepare(data, embeddings=True)  # together serves the linear start and the LoRA run
         run = self._linear_em(k)._fit_k(data, k, "linear-init")  # no K=1 baseline
         self.init_actions_ = [{**a, "stage": "linear start"} for a in run.actions]
         return run.posteriors
@@ -588,6 +596,16 @@ def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, key: str, it: in
     remove older policy folders: a kill at any moment leaves a consistent last iteration."""
     if ckpt is None:
         return
+    if distributed.is_main():  # every rank holds the same state; one writes it
+        _write_checkpoint(ckpt, backend, key, it, gamma, history, warns, skipped, done,
+                          converged, log_lik)
+    distributed.barrier()
+
+
+def _write_checkpoint(ckpt: Path, backend: PolicyBackend, key: str, it: int,
+                      gamma: np.ndarray, history: list[float], warns: list[str],
+                      skipped: list[float], done: bool, converged: bool,
+                      log_lik: np.ndarray | None) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     folder = ckpt / f"backend-{it}"
     if folder.exists():
@@ -604,12 +622,17 @@ def _save_checkpoint(ckpt: Path | None, backend: PolicyBackend, key: str, it: in
 
 def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend,
                      key: str) -> dict[str, Any] | None:
-    if ckpt is None or not (ckpt / "state.json").is_file():
+    if ckpt is None:
         return None
-    state = json.loads((ckpt / "state.json").read_text())
+    state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() \
+        else None
+    distributed.barrier()  # every rank has read it before rank 0 may remove it
+    if state is None:
+        return None
     if state.get("key") != key:
-        log.warning("%s holds a run of other data or settings; starting afresh", ckpt)
-        shutil.rmtree(ckpt)
+        if distributed.is_main():
+            log.warning("%s holds a run of other data or settings; starting afresh", ckpt)
+            shutil.rmtree(ckpt)
         return None
     backend.load(ckpt / state["backend"])
     log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pluralign import config as C
-from pluralign import diagnostics
+from pluralign import diagnostics, distributed
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
@@ -117,16 +117,23 @@ def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
     em = EMDPO(settings.backend, backend_options=settings.backend_options,
                init_options=settings.init_options or None, checkpoint_dir=out / "checkpoints",
                callback=_progress, **kwargs).fit(data)
-    write_posteriors(out / "posteriors.csv", em.annotator_ids_, em.posteriors_)
     policies = out / ("adapters" if settings.backend == "lora" else "linear")
-    em.backend_.save(policies)
-    em.baseline_.backend.save(out / "baseline")  # K=1: plain (PL-)DPO, the pooled policy
     report = {**em.to_dict(), "backend": settings.backend,
               "backend_options": settings.backend_options, "em_options": kwargs,
               "config": settings.source, "data_fingerprint": data.fingerprint(),
               "data": None if data_path is None else _relative(Path(data_path), out),
               "annotations": len(data), "annotators": len(em.annotator_ids_),
               "policies": policies.name, "audit": audit(data, em)}
+    if distributed.is_main():  # every rank fitted the same; one writes
+        _write(em, report, out, policies)
+    distributed.barrier()
+    return report
+
+
+def _write(em: EMDPO, report: dict[str, Any], out: Path, policies: Path) -> None:
+    write_posteriors(out / "posteriors.csv", em.annotator_ids_, em.posteriors_)
+    em.backend_.save(policies)
+    em.baseline_.backend.save(out / "baseline")  # K=1: plain (PL-)DPO, the pooled policy
     write_json(out / "em.json", report)
     stale = [name for name in DOWNSTREAM if (out / name).exists()]
     for name in stale:
@@ -137,7 +144,6 @@ def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
     if stale:
         print(f"removed {', '.join(stale)}: made from an earlier EM fit in {out}",
               file=sys.stderr)
-    return report
 
 
 def made_from(run_dir: Path, *names: str) -> dict[str, str | None]:
@@ -308,4 +314,5 @@ def summarise(report: dict[str, Any], out: Path) -> str:
 
 
 def _progress(k: int, it: int, objective: float) -> None:
-    print(f"  K={k} iteration {it + 1}: objective {objective:.3f}", file=sys.stderr)
+    if distributed.is_main():
+            print(f"  K={k} iteration {it + 1}: objective {objective:.3f}", file=sys.stderr)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pluralign import distributed
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -64,8 +66,8 @@ def folder_lock(folder: str | os.PathLike, what: str, create: bool = True) -> It
     runs' files. The lock dies with its process (kill -9 included): nothing stale to clean.
     With `create` False a missing folder is not made (the caller's own error names it)."""
     folder = Path(folder)
-    if not create and not folder.is_dir():
-        yield
+    if (not create and not folder.is_dir()) or not distributed.is_main():
+        yield  # the other ranks of a launched run work under rank 0's lock
         return
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())

@@ -160,3 +160,12 @@ def model_fingerprint(model: PreTrainedModel, spec: str) -> str:
         h.update(name.encode())
         h.update(p.detach().flatten()[:64].to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def model_id(model: PreTrainedModel, spec: str, device: torch.device | None = None) -> str:
+    """The weights' fingerprint plus where and in what precision they run (":cpu:float32"):
+    the key of reference passes, whose log-probs differ between bf16, GPU and fp32 CPU. Every
+    backend names a model this way, so one backend's pass serves another's."""
+    p = next(model.parameters())
+    where = (device or p.device).type
+    return f"{model_fingerprint(model, spec)}:{where}:{str(p.dtype).removeprefix('torch.')}"

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pluralign import distributed
 from pluralign.data import Annotation, Annotations
 from pluralign.io import write_with
 from pluralign.models import cache_dir
@@ -222,12 +223,16 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     None for the default cache, or "" to disable caching.
     """
     key = fingerprint(model_id, seqs, trunk_dtype)
+    last = _LAST.get(fingerprint(model_id, seqs, ""))
+    same_trunk = trunk_layer is None or last is not None and last[0] == trunk_dtype
+    if last is not None and _covers(last[1], trunk_layer if same_trunk else -1, embeddings):
+        return replace(last[2], from_cache=True)
     path = None if cache == "" else Path(cache or cache_dir() / "reference") / f"{key}.pt"
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
         if _covers(state, trunk_layer, embeddings):
             ref = Reference(**state, from_cache=True)
-            _remember(model_id, seqs, ref)
+            _remember(model_id, seqs, ref, trunk_dtype)
             return ref
         # compute the union, so the new file still serves what the old one did
         embeddings = embeddings or state.get("embeddings") is not None
@@ -243,8 +248,9 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     embs = None
     trunk_parts: dict[int, torch.Tensor] = {}
     dtype = getattr(torch, trunk_dtype)
+    mine = distributed.shard(list(batches(by_length(seqs), seqs, token_budget)))
     with base_model_only(model):
-        for ids in tqdm(list(batches(by_length(seqs), seqs, token_budget)), disable=not progress,
+        for ids in tqdm(mine, disable=not progress or not distributed.is_main(),
                         desc="reference pass", unit="batch"):
             batch = make_batch(seqs, ids, pad_id).to(device)
             hidden, captured = full_forward(decoder, batch, trunk_layer)
@@ -256,18 +262,47 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
             if captured is not None:
                 for b, i in enumerate(ids):
                     trunk_parts[i] = captured[b, : int(batch.lengths[b])].to(dtype).cpu()
+    if distributed.world() > 1:  # each rank computed its batches: every rank gets all
+        logps, embs, trunk_parts = _gather_pass(logps, embs, trunk_parts, embeddings)
     ref = Reference(logps, embs)
     if trunk_layer is not None:
         sizes = torch.tensor([trunk_parts[i].shape[0] for i in range(n)])
         ref.trunk = torch.cat([trunk_parts[i] for i in range(n)])
         ref.trunk_offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
         ref.trunk_layer = trunk_layer
-    if path is not None:
+    if path is not None and distributed.is_main():
         state = {"logps": ref.logps, "embeddings": ref.embeddings, "trunk": ref.trunk,
                  "trunk_offsets": ref.trunk_offsets, "trunk_layer": ref.trunk_layer}
         write_with(path, lambda p: torch.save(state, p))
-    _remember(model_id, seqs, ref)
+    distributed.barrier()  # the file is whole before any rank looks for it again
+    _remember(model_id, seqs, ref, trunk_dtype)
     return ref
+
+
+def _gather_pass(logps: torch.Tensor, embs: torch.Tensor | None,
+                 trunk_parts: dict[int, torch.Tensor], embeddings: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
+    """Merge the ranks' shares of a reference pass: log-probs and embeddings by summing (zeros
+    where another rank computed), trunk states by gathering each rank's sequences."""
+    distributed.all_sum_(logps)
+    if embeddings:
+        width = distributed.gather_objects(None if embs is None else embs.shape[1])
+        embs = embs if embs is not None else torch.zeros(len(logps), next(
+            w for w in width if w is not None))
+        distributed.all_sum_(embs)
+    merged: dict[int, torch.Tensor] = {}
+    for part in distributed.gather_objects(trunk_parts):
+        merged.update(part)
+    return logps, embs, merged
+
+
+#: The last passes computed or loaded in this process, whole (trunk states included): EM's
+#: linear start and its LoRA backend ask for the same data one after the other, and one pass
+#: computing the union serves both, with or without the disk cache. The two newest are kept
+#: (the linear start's LM and the LoRA model may differ in device or precision), so memory
+#: stays bounded.
+_LAST: dict[str, tuple[str, dict, Reference]] = {}
+LAST_KEPT = 2
 
 
 #: Per-sequence log-probs and embeddings seen in this process, by model: a subset of a known
@@ -275,7 +310,13 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
 _MEMO: dict[str, dict[tuple[int, ...], tuple[float, torch.Tensor | None]]] = {}
 
 
-def _remember(model_id: str, seqs: Sequences, ref: Reference) -> None:
+def _remember(model_id: str, seqs: Sequences, ref: Reference, trunk_dtype: str) -> None:
+    key = fingerprint(model_id, seqs, "")
+    _LAST.pop(key, None)
+    _LAST[key] = (trunk_dtype, {"embeddings": ref.embeddings, "trunk_layer": ref.trunk_layer},
+                  ref)
+    while len(_LAST) > LAST_KEPT:
+        _LAST.pop(next(iter(_LAST)))
     memo = _MEMO.setdefault(model_id, {})
     for i, ids in enumerate(seqs.token_ids()):
         memo[tuple(ids)] = (float(ref.logps[i]),

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from accelerate import Accelerator
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from pluralign import distributed
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
 from pluralign.backends.settings import LoRAConfig
 from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json
 from pluralign.losses import get_loss
-from pluralign.models import load_model, model_fingerprint
+from pluralign.models import load_model, model_id
 from pluralign.rankings import Rankings
 from pluralign.reference import (
     Reference,
@@ -60,8 +62,9 @@ log = logging.getLogger(__name__)
 def resolve_device(spec: str, default: torch.device) -> torch.device:
     """The device `spec` names (auto: the accelerator's, which is this rank's GPU when there
     is one), with a clear error when it asks for a GPU that is not there."""
-    if spec == "auto":
-        return torch.device(default)
+    if spec == "auto":  # accelerate names the CPU "cpu:0" with several processes, which
+        default = torch.device(default)  # safetensors refuses: the CPU has no index
+        return torch.device("cpu") if default.type == "cpu" else default
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {spec!r}: no CUDA GPU is visible to torch here; use "
@@ -77,6 +80,20 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _sum_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the adapter's gradients over ranks, in one collective (each rank's loss is its share
+    of the micro-batch's, so the sum is the one-process gradient); nothing with one process."""
+    if distributed.world() == 1:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params])
+    distributed.all_sum_(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 def _decode(tokens: torch.Tensor, tokenizer) -> str:
@@ -103,14 +120,15 @@ class LoRABackend(PolicyBackend):
         from peft import LoraConfig, get_peft_model
         self.config = cfg = config or LoRAConfig(**overrides)
         self.n_types, self.beta = cfg.types, cfg.beta
-        self.accelerator = Accelerator(cpu=cfg.device == "cpu")
+        cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+        distributed.setup(cpu)  # several processes: join their group before anything else
+        self.accelerator = Accelerator(cpu=cpu)
         device = resolve_device(cfg.device, self.accelerator.device)
         self.dtype = resolve_dtype(cfg.dtype, device)
         base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code, self.dtype)
         # the reference cache is keyed by where and how the pass ran: bf16 or GPU log-probs
         # are not the fp32 CPU ones
-        self.model_id = (f"{model_fingerprint(base, cfg.model)}:{device.type}:"
-                         f"{str(self.dtype).removeprefix('torch.')}")
+        self.model_id = model_id(base, cfg.model, device)
         if cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -163,7 +181,7 @@ class LoRABackend(PolicyBackend):
                 trunk_layer=self.start_layer if self.trunk else None,
                 trunk_dtype=cfg.trunk_dtype, embeddings=embeddings, token_budget=cfg.token_budget,
                 cache=cfg.cache, progress=cfg.progress)
-            self._prepared[key] = Prepared(seqs, ref, Rankings.from_annotations(data))
+            self._prepared[key] = Prepared(seqs, ref, as_annotations(data).rankings())
         return self._prepared[key]
 
     def policy_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
@@ -194,16 +212,18 @@ class LoRABackend(PolicyBackend):
         prep = self.prepare(data)
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
-        groups = list(batches(by_length(prep.seqs), prep.seqs, self.config.token_budget))
+        groups = distributed.shard(list(batches(by_length(prep.seqs), prep.seqs,
+                                                self.config.token_budget)))
         self.model.eval()
-        bar = tqdm(total=len(groups) * self.n_types, disable=not self.config.progress,
-                   desc="scoring", unit="batch")
+        bar = tqdm(total=len(groups) * self.n_types, desc="scoring", unit="batch",
+                   disable=not self.config.progress or not distributed.is_main())
         for k in range(self.n_types):
             self.model.set_adapter(self.adapter(k))
             s = torch.zeros(n_seq, dtype=torch.float64)
             for ids in groups:
                 s[ids] = self.policy_logps(prep, ids).double().cpu()
                 bar.update()
+            distributed.all_sum_(s)  # every rank scored its batches; each gets all scores
             out[..., k] = prep.seqs.per_candidate(s - prep.ref.logps).numpy()
         bar.close()
         return out
@@ -235,22 +255,25 @@ class LoRABackend(PolicyBackend):
         w_mean = float(w[rows].mean())
         t0 = time.perf_counter()
         self.model.train()
-        bar = tqdm(total=total, disable=not cfg.progress, desc=f"fit {name}", unit="step")
+        bar = tqdm(total=total, desc=f"fit {name}", unit="step",
+                   disable=not cfg.progress or not distributed.is_main())
         try:
             for _ in range(cfg.epochs):
                 order = rows[torch.randperm(rows.size, generator=gen).numpy()]
                 micro = [order[i: i + cfg.batch_size] for i in range(0, order.size,
                                                                       cfg.batch_size)]
                 for j, mb in enumerate(micro):
-                    loss, n_tok = self._micro_loss(prep, mb, w, w_mean)
-                    if not torch.isfinite(loss):
+                    loss, n_tok, rest = self._micro_loss(prep, mb, w, w_mean)
+                    if not torch.isfinite(loss):  # every rank holds the whole loss: one verdict
                         raise FloatingPointError(
                             f"{name}: loss is {loss.item()} at step {stats['steps'] + 1}; lower "
                             "the learning_rate or beta, or check the data")
                     self.accelerator.backward(loss / cfg.grad_accum)
+                    rest()
                     stats["tokens"] += n_tok
                     stats["loss"].append(round(loss.item(), 6))
                     if (j + 1) % cfg.grad_accum == 0 or j + 1 == len(micro):
+                        _sum_grads(params)
                         self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                         opt.step()
                         sched.step()
@@ -268,13 +291,14 @@ class LoRABackend(PolicyBackend):
         return stats
 
     def _micro_loss(self, prep: Prepared, mb: np.ndarray, w: np.ndarray,
-                    w_mean: float) -> tuple[torch.Tensor, int]:
+                    w_mean: float) -> tuple[torch.Tensor, int, Callable[[], None]]:
         """Weighted loss of annotations `mb`, scaled so that micro-batches average to the
-        weighted mean over all rows (an unbiased estimate, whatever the batch's weights)."""
+        weighted mean over all rows (an unbiased estimate, whatever the batch's weights); and
+        what completes its backward pass on this rank (see _shared_logps)."""
         index = prep.seqs.index[torch.as_tensor(mb)]
         ids = torch.unique(index[index >= 0]).tolist()
-        s_seq = self.policy_logps(prep, ids) - prep.ref.logps[ids].to(self._device,
-                                                                      torch.float32)
+        logps, rest = self._shared_logps(prep, ids)
+        s_seq = logps - prep.ref.logps[ids].to(self._device, torch.float32)
         local = torch.zeros(len(prep.seqs), dtype=torch.long)
         local[ids] = torch.arange(len(ids))
         device = s_seq.device
@@ -283,7 +307,34 @@ class LoRABackend(PolicyBackend):
         s = torch.where(valid, gathered, torch.zeros((), dtype=s_seq.dtype, device=device))
         wt = torch.as_tensor(w[mb], dtype=s.dtype, device=device)
         loss = self.loss_fn(s, prep.rankings.select(mb).to(s.device), self.beta, weights=wt)
-        return loss * (wt.sum() / (len(mb) * w_mean)), prep.seqs.n_tokens(ids)
+        return loss * (wt.sum() / (len(mb) * w_mean)), prep.seqs.n_tokens(ids), rest
+
+    def _shared_logps(self, prep: Prepared,
+                      ids: list[int]) -> tuple[torch.Tensor, Callable[[], None]]:
+        """log pi of sequences `ids` with gradient, and a function to call after the loss's
+        backward. One process: policy_logps, nothing after. Several: each rank runs its share
+        of the same length groups one process would run (so every value is bit for bit the
+        one-process value), the values are summed over ranks into a leaf that every rank's
+        loss uses whole, and the function carries the leaf's gradient into this rank's
+        groups; summing parameter gradients over ranks then gives the one-process gradient."""
+        if distributed.world() == 1:
+            return self.policy_logps(prep, ids), lambda: None
+        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
+        groups = groups if len(groups) > 1 else [ids]
+        where = {i: j for j, i in enumerate(ids)}
+        parts = [(torch.tensor([where[i] for i in g]), self._group_logps(prep, g))
+                 for g in distributed.shard(groups)]
+        full = torch.zeros(len(ids), device=self._device)
+        for pos, values in parts:
+            full[pos.to(full.device)] = values.detach().float()
+        leaf = distributed.all_sum_(full).requires_grad_()
+
+        def rest() -> None:
+            if parts and leaf.grad is not None:
+                torch.autograd.backward([v for _, v in parts],
+                                        [leaf.grad[p.to(leaf.device)].to(v.dtype)
+                                         for p, v in parts])
+        return leaf, rest
 
     def loss(self, k: int, data: Annotations, weights: np.ndarray) -> float:
         """Type k's weighted loss on `data` (no training)."""

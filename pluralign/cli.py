@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
+import os
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from pluralign import __version__, distributed
+from pluralign import __version__, distributed, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -58,7 +61,8 @@ def _handle(args: argparse.Namespace) -> int:
             raise UsageError(f"`pluralign {args.command}` runs in one process; under a "
                              f"launcher use `pluralign {' or '.join(SCALES_OUT)}` (the stage "
                              "that trains), then the rest without it")
-        return args.handler(args)
+        with _output(args):
+            return args.handler(args)
     except OSError as e:  # errno None: one of ours (FileNotFoundError with a message) or pyarrow's
         if e.errno is not None and e.errno not in DISK_ERRORS:
             raise
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="pluralign", description=__doc__)
     p.add_argument("--version", action="version", version=f"pluralign {__version__}")
+    _verbosity_args(p, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add(sub, "ingest", cmd_ingest, _ingest_args,
          "read preference files into a canonical dataset folder, with a report")
@@ -150,9 +155,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verbosity_args(p: argparse.ArgumentParser, default: object) -> None:
+    """-q/-v, accepted before or after the command."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars or progress lines: results, warnings and errors only")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also debug notices, and the model libraries' own logs and bars")
+
+
+@contextmanager
+def _output(args: argparse.Namespace) -> Iterator[None]:
+    """Progress and logging as asked: pluralign's notices at INFO (WARNING with --quiet, DEBUG
+    with --verbose), model-loading bars and library chatter off unless --verbose. The
+    environment is restored after, as main() may run inside a program."""
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose contradict each other; pick one")
+    before = dict(os.environ)
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "transformers" in sys.modules:  # already imported: its switches, not the env
+            sys.modules["transformers"].utils.logging.set_verbosity_error()
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if quiet:
+        os.environ[progress.QUIET_ENV] = "1"
+    log = logging.getLogger("pluralign")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if distributed.launched() and not distributed.is_main():
+        log.setLevel(logging.ERROR)  # rank 0 speaks for the run
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = True
+        os.environ.clear()
+        os.environ.update(before)
+
+
 def _add(sub, name: str, run: Callable, configure: Callable, help_text: str) -> None:
     sp = sub.add_parser(name, help=help_text, description=help_text)
     configure(sp)
+    _verbosity_args(sp, argparse.SUPPRESS)
     sp.set_defaults(handler=run)
 
 
@@ -411,17 +461,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _assign_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--data", required=True, metavar="NEW_DATA",
-                   help="a dataset folder with the new annotators' annotations")
+                   help="the new annotators' annotations: a dataset folder or any input "
+                        "`pluralign ingest` reads (a file in any of its formats, a datasets "
+                        "folder), validated as ingest does")
+    p.add_argument("--preset", default="auto", help="input format of a file (as ingest)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the posteriors as CSV here (default: print them)")
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from pluralign.data import load
     from pluralign.em_run import load_run, write_posteriors
+    from pluralign.ingest import to_annotations
     from pluralign.personalize import assign, blind_warnings
     run = load_run(args.run)
-    data = load(args.data)
+    data = to_annotations(args.data, args.preset)
     gamma, ids = assign(run, data)
     _warn(blind_warnings(run, data, "annotations"))
     if args.out:
@@ -447,6 +500,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                           "under the kl objective)")
     p.add_argument("--samples", type=int, default=1, metavar="N")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="longest answer in tokens (default: the run's max_response_tokens)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="> 0; below 1 sharper, above 1 more varied (default 1: the policy)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: draw from the most likely tokens holding mass P "
+                        "(default 1: all)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -455,7 +515,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed)
     print(f"policy: {why}", file=sys.stderr)
-    for text in generate(run, args.prompt, k, args.samples, args.seed):
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for text in generate(run, args.prompt, k, args.samples, args.seed,
+                         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p):
         print(text)
     return 0
 
@@ -465,25 +529,23 @@ def _suggest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", required=True, metavar="ID")
     p.add_argument("--candidates", required=True, metavar="FILE",
                    help="candidate queries (a prompt with 3+ responses each): a dataset folder "
-                        "or a file `pluralign ingest` reads (rankings may be placeholders)")
-    p.add_argument("--answers", default=None, metavar="DIR",
-                   help="the annotator's annotations so far (default: the run's posterior)")
+                        "or any input `pluralign ingest` reads (rankings may be placeholders)")
+    p.add_argument("--answers", default=None, metavar="DATA",
+                   help="the annotator's annotations so far, in any form --candidates takes "
+                        "(default: the run's posterior)")
+    p.add_argument("--preset", default="auto", help="input format of the files (as ingest)")
     p.add_argument("--ranking-length", type=int, default=None, metavar="L",
                    help="how many places the annotator will rank (default: all)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="queries to show")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from pluralign.data import Annotations, load
     from pluralign.em_run import load_run
+    from pluralign.ingest import to_annotations
     from pluralign.personalize import annotator_posterior, blind_warnings, rank_queries
     run = load_run(args.run)
-    if (Path(args.candidates) / "manifest.json").is_file():
-        queries = load(args.candidates)
-    else:
-        from pluralign.ingest import ingest
-        queries = Annotations(ingest([args.candidates]).records)
-    answers = load(args.answers) if args.answers else None
+    queries = to_annotations(args.candidates, args.preset)
+    answers = to_annotations(args.answers, args.preset) if args.answers else None
     _warn(blind_warnings(run, queries, "candidate queries"))
     if answers is not None:
         _warn(blind_warnings(run, answers, "answers"))

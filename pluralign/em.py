@@ -16,15 +16,16 @@ import logging
 import shutil
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import logsumexp
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
-from pluralign import diagnostics, distributed, identifiability, prune
+from pluralign import diagnostics, distributed, em_params, identifiability, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[int], PolicyBackend]
+BackendFactory = em_params.BackendFactory
 SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
 
@@ -181,7 +182,7 @@ class Run:
         return self.history[-1] if self.history else -np.inf
 
 
-class EMDPO:
+class EMDPO(BaseEstimator):
     """EM-DPO in scikit-learn style: parameters in __init__, `fit(data)` returns self.
 
     backend: "linear", "lora", or a callable K -> PolicyBackend; `backend_options` go to the
@@ -197,45 +198,23 @@ class EMDPO:
     two types separated by less than merge_nats per annotator are merged, and EM is re-fitted
     with one type fewer each time (every action lands in `actions_`); K selection takes the
     smallest K within se_factor standard errors of the best held-out log-likelihood.
+
+    max_time: a budget in seconds for the whole fit. Past it, each EM run stops after its
+    current iteration (not converged, with a warning saying so) and no further restart begins;
+    K selection and the K=1 baseline still get one iteration each. None: no budget.
     """
 
-    def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
-                 max_types: int = 4, backend_options: dict[str, Any] | None = None,
-                 init: str | np.ndarray = "auto", n_init: int = 3, max_iter: int = 100,
-                 tol: float = 1e-4, selection: str = "cv", heldout_fraction: float = 0.25,
-                 sparse_threshold: float = 0.0, warm_start: bool = True, force: bool = False,
-                 checkpoint_dir: str | Path | None = None, random_state: int = 0,
-                 callback: Callable[[int, int, float], None] | None = None,
-                 init_options: dict[str, Any] | None = None, min_type_share: float = 0.05,
-                 min_type_annotators: float = 3.0, merge_nats: float = 1.0,
-                 se_factor: float = 1.645):
-        self.backend = backend
-        self.n_types = n_types
-        self.max_types = max_types
-        self.backend_options = backend_options
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.selection = selection
-        self.heldout_fraction = heldout_fraction
-        self.sparse_threshold = sparse_threshold
-        self.warm_start = warm_start
-        self.force = force
-        self.checkpoint_dir = checkpoint_dir
-        self.random_state = random_state
-        self.callback = callback
-        self.init_options = init_options
-        self.min_type_share = min_type_share
-        self.min_type_annotators = min_type_annotators
-        self.merge_nats = merge_nats
-        self.se_factor = se_factor
+    __init__ = em_params.em_init  # parameters in em_params: a config is checked without sklearn
 
     # -- public API -------------------------------------------------------------------------
-    def fit(self, data: Annotations) -> EMDPO:
-        """Discover types in `data` and fit one policy per type."""
+    def fit(self, X: Any, y: None = None) -> EMDPO:
+        """Discover types in the annotations `X` and fit one policy per type. `X`: anything
+        `pluralign.ingest.to_annotations` reads (a dataset folder or file, an Annotations, a
+        pandas DataFrame, a list of dicts); `y` is ignored (scikit-learn's convention: types are
+        latent)."""
+        from pluralign.ingest import to_annotations
         self._validate()
-        data = as_annotations(data)
+        data = to_annotations(X)
         if distributed.launched():  # a rank reading other data would hang a collective later
             settings = json.dumps([data.fingerprint(), repr(self.backend), self.backend_options,
                                    self.n_types, self.max_iter, self.random_state],
@@ -243,6 +222,7 @@ class EMDPO:
             distributed.check_same(hashlib.sha256(settings.encode()).hexdigest(),
                                    "the data or the EM settings")
         t0 = time.perf_counter()
+        self._deadline = None if self.max_time is None else t0 + self.max_time
         self.identifiability_ = identifiability.assess(data)
         if self.identifiability_["verdict"] == identifiability.NOT_IDENTIFIABLE and not self.force:
             raise IdentifiabilityError(
@@ -267,9 +247,21 @@ class EMDPO:
                          "types_seconds": round(t2 - t1, 3), "baseline_seconds": round(t3 - t2, 3)}
         return self
 
-    def predict_proba(self, data: Annotations) -> tuple[np.ndarray, list[str]]:
-        """Type posteriors of the annotators in `data` under the fitted policies and priors."""
-        return type_posteriors(self.backend_, self.priors_, data)
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Type posteriors [H, K] of the annotators in `X` (any input `fit` takes), one row per
+        annotator in order of first appearance (`pluralign.data.Annotations.annotator_ids`),
+        under the fitted policies and priors; no training."""
+        return self.assign(X)[0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Each annotator's most probable type (0..K-1), rows as in predict_proba."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def assign(self, X: Any) -> tuple[np.ndarray, list[str]]:
+        """predict_proba's posteriors with the annotator ids its rows follow."""
+        from pluralign.ingest import to_annotations
+        check_is_fitted(self, "posteriors_")
+        return type_posteriors(self.backend_, self.priors_, to_annotations(X))
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as plain JSON (for em.json)."""
@@ -295,6 +287,9 @@ class EMDPO:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if isinstance(self.init, str) and self.init not in INITS:
             raise ValueError(f"init must be one of {INITS} or an array, got {self.init!r}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"max_time must be a positive number of seconds or None, got "
+                             f"{self.max_time!r}")
         if self.max_types < 1 or self.n_init < 1 or self.max_iter < 1:
             raise ValueError("max_types, n_init and max_iter must be >= 1")
         if not 0 < self.heldout_fraction < 1:
@@ -302,6 +297,10 @@ class EMDPO:
         if self.se_factor < 0:
             raise ValueError(f"se_factor must be >= 0, got {self.se_factor}")
         self._floor()  # checks the floor's values
+
+    def _out_of_time(self) -> bool:
+        deadline = getattr(self, "_deadline", None)
+        return deadline is not None and time.perf_counter() > deadline
 
     def _floor(self) -> prune.TypeFloor:
         return prune.TypeFloor(self.min_type_share, self.min_type_annotators, self.merge_nats)
@@ -332,7 +331,8 @@ class EMDPO:
         if held is not None:
             self.heterogeneity_.update(heldout_gain=held[0], heldout_annotators=held[1])
         self.warnings_ = [
-            *[diagnostics.warning("monotonicity", w) for w in best.warnings],
+            *[diagnostics.warning("max_time" if "max_time" in w else "monotonicity", w)
+              for w in best.warnings],
             *diagnostics.pruning_notes(self.actions_),
             *diagnostics.signal_warnings(baseline.objective - reference, len(data)),
             *diagnostics.heterogeneity_warnings(gain, len(self.annotator_ids_), best.k,
@@ -411,6 +411,8 @@ class EMDPO:
         single = k == 1 or self._init_mode() in ("given", "linear")
         best: Run | None = None
         for restart in range(1 if single else self.n_init):
+            if best is not None and self._out_of_time():
+                break  # the budget is spent: keep the best restart so far
             ckpt = None if self.checkpoint_dir is None else \
                 Path(self.checkpoint_dir) / f"{tag}-K{k}" / f"init{restart}"
             run = self._run(data, k, restart, ckpt)
@@ -487,6 +489,12 @@ class EMDPO:
             if self.callback is not None:
                 self.callback(k, it, objective)
             if converged:
+                break
+            if self._out_of_time() and not done:
+                msg = (f"K={k}: stopped after iteration {it + 1} of at most {self.max_iter}: "
+                       f"max_time ({self.max_time:g} s) is spent; the fit has not converged")
+                warns.append(msg)
+                warnings.warn(msg, stacklevel=2)
                 break
         return Run(k, gamma, gamma.mean(0), history, backend, it + 1, converged, warns,
                    float(np.mean(skipped)) if skipped else 0.0, log_lik)

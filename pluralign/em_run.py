@@ -8,26 +8,30 @@ import csv
 import json
 import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pluralign import config as C
-from pluralign import diagnostics, distributed
+from pluralign import diagnostics, distributed, progress
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
-from pluralign.em import EMDPO, make_backend
+from pluralign.em_params import em_init
 from pluralign.io import folder_lock, sha256_file, write_json, write_text
 
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
+if TYPE_CHECKING:
+    from pluralign.em import EMDPO
+
 #: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
 EM_KEYS = ("backend", "n_types", "max_types", "init", "n_init", "max_iter", "tol", "selection",
            "heldout_fraction", "sparse_threshold", "warm_start", "force", "random_state",
-           "min_type_share", "min_type_annotators", "merge_nats", "se_factor")
+           "min_type_share", "min_type_annotators", "merge_nats", "se_factor", "max_time")
 
 
 @dataclass
@@ -56,7 +60,7 @@ class EMSettings:
                  args: argparse.Namespace | None = None) -> EMSettings:
         """Sections em, linear and lora of a parsed YAML (other sections are the caller's),
         with flags from `args` on top; every key checked before any work."""
-        em_fields = C.signature_fields(EMDPO.__init__)
+        em_fields = C.signature_fields(em_init)
         em = C.section(raw, "em", {k: em_fields[k] for k in EM_KEYS}, source)
         if args is not None:
             _override(em, "backend", args.backend)
@@ -113,10 +117,12 @@ def run_em(data: Annotations, settings: EMSettings, out: Path,
 
 def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
                    data_path: str | Path | None) -> dict[str, Any]:
+    from pluralign.em import EMDPO
     kwargs = {k: v for k, v in settings.em.items() if k != "backend"}
     em = EMDPO(settings.backend, backend_options=settings.backend_options,
                init_options=settings.init_options or None, checkpoint_dir=out / "checkpoints",
-               callback=_progress, **kwargs).fit(data)
+               callback=_Progress(kwargs.get("max_iter", 100), kwargs.get("max_time")),
+               **kwargs).fit(data)
     policies = out / ("adapters" if settings.backend == "lora" else "linear")
     report = {**em.to_dict(), "backend": settings.backend,
               "backend_options": settings.backend_options, "em_options": kwargs,
@@ -205,6 +211,7 @@ def load_run(path: str | Path) -> FittedRun:
                                 "first)")
     info = json.loads(info_file.read_text())
     options = dict(info.get("backend_options") or {})
+    from pluralign.em import make_backend
     backend = make_backend(info["backend"], info["n_types"], options)
     backend.load(path / info["policies"])
     baseline = make_backend(info["backend"], 1, options)
@@ -313,6 +320,25 @@ def summarise(report: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-def _progress(k: int, it: int, objective: float) -> None:
-    if distributed.is_main():
-            print(f"  K={k} iteration {it + 1}: objective {objective:.3f}", file=sys.stderr)
+class _Progress:
+    """One line per EM iteration: the objective, the iteration's time, and what is left at
+    worst (max_iter) and within the budget (max_time)."""
+
+    def __init__(self, max_iter: int, max_time: float | None):
+        self.max_iter, self.max_time = max_iter, max_time
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, k: int, it: int, objective: float) -> None:
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        if not distributed.is_main() or progress.quiet():
+            return
+        left = (self.max_iter - it - 1) * took
+        if self.max_time is not None:
+            left = min(left, max(self.max_time - (now - self.start), 0.0))
+        print(f"  K={k} iteration {it + 1}/{self.max_iter}: objective {objective:.3f} "
+              f"({_clock(took)}; this run ends within {_clock(left)})", file=sys.stderr)
+
+
+def _clock(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

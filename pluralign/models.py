@@ -27,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from pluralign import hub
+
 log = logging.getLogger(__name__)
 
 TINY = "builtin:tiny"
@@ -62,6 +64,10 @@ def load_model(spec: str, trust_remote_code: bool = False,
             raise ModelError(f"{spec}: no such GGUF file")
         model, tok = _from_gguf(path, dtype)
     else:
+        if not Path(spec).exists():
+            if hub.only_local(spec):
+                raise ModelError(f"{spec}: no such model folder (and not a hub id)")
+            hub.offline_unless_reachable()
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype,
                                                          trust_remote_code=trust_remote_code)

@@ -133,13 +133,16 @@ def fair_policy(run: FittedRun) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0) -> list[str]:
-    """n responses to `prompt` from type k's policy (the LoRA backend generates)."""
+def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0,
+             **decoding: Any) -> list[str]:
+    """n responses to `prompt` from type k's policy (the LoRA backend generates). `decoding`:
+    max_new_tokens, temperature, top_p (LoRABackend.sample)."""
     if run.info["backend"] != "lora":
         raise ValueError(f"the {run.info['backend']} backend scores given candidates and "
                          "cannot generate text; use a LoRA run")
     row = Annotations([Annotation("user", prompt, ["", ""], [0])])
     if k == FAIR:
         weights = fair_policy(run)["weights"]
-        return run.backend.sample_combined(row, np.asarray(weights), n, seed)[0].responses
-    return run.backend.sample(row, k, n, seed)[0].responses
+        return run.backend.sample_combined(row, np.asarray(weights), n, seed,
+                                           **decoding)[0].responses
+    return run.backend.sample(row, k, n, seed, **decoding)[0].responses

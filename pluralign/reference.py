@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pluralign import distributed
 from pluralign.data import Annotation, Annotations
 from pluralign.io import write_with
 from pluralign.models import cache_dir
+from pluralign.progress import bar
 from pluralign.trunk import Batch, decoder_and_head, full_forward, response_logps, response_means
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,17 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
                 responses.append(ids)
             index[n, j] = seq_of[tokens, response]
     if cut_p or cut_r:
-        log.warning("truncated %d prompt(s) to their last %d tokens and %d response(s) to their "
-                    "first %d tokens", cut_p, settings.max_prompt_tokens, cut_r,
-                    settings.max_response_tokens)
+        message = (f"truncated {cut_p} prompt(s) to their last {settings.max_prompt_tokens} "
+                   f"tokens and {cut_r} response(s) to their first "
+                   f"{settings.max_response_tokens} tokens")
+        # EM tokenises the same data for every backend, restart and fold: say it once
+        log.log(logging.DEBUG if message in _SAID else logging.WARNING, message)
+        _SAID.add(message)
     return Sequences(prompts, responses, index, cut_p, cut_r, lengths)
+
+
+#: Truncation notices already logged by this process (each is logged once).
+_SAID: set[str] = set()
 
 
 @dataclass
@@ -250,8 +257,7 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     dtype = getattr(torch, trunk_dtype)
     mine = distributed.shard(list(batches(by_length(seqs), seqs, token_budget)))
     with base_model_only(model):
-        for ids in tqdm(mine, disable=not progress or not distributed.is_main(),
-                        desc="reference pass", unit="batch"):
+        for ids in bar(mine, desc="reference pass", unit="batch", enabled=progress):
             batch = make_batch(seqs, ids, pad_id).to(device)
             hidden, captured = full_forward(decoder, batch, trunk_layer)
             logps[ids] = response_logps(head, hidden, batch).double().cpu()
@@ -308,6 +314,13 @@ LAST_KEPT = 2
 #: Per-sequence log-probs and embeddings seen in this process, by model: a subset of a known
 #: set (an annotator split for K selection, a held-out part) then needs no forward pass.
 _MEMO: dict[str, dict[tuple[int, ...], tuple[float, torch.Tensor | None]]] = {}
+
+
+def forget() -> None:
+    """Drop what this process remembers of earlier passes (memory; a benchmark that must pay
+    for a cold pass)."""
+    _LAST.clear()
+    _MEMO.clear()
 
 
 def _remember(model_id: str, seqs: Sequences, ref: Reference, trunk_dtype: str) -> None:

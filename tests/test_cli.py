@@ -45,3 +45,39 @@ def test_bad_simulate_values_exit_2(tmp_path, cli):
     assert rc == 2 and "--list-size expects N or MIN-MAX" in err
     rc, _, err = cli("simulate", "--out", tmp_path, "--misspecify", "lazy=0.2")
     assert rc == 2 and "unknown misspecification" in err
+
+
+def _timed(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    import time
+    t0 = time.perf_counter()
+    p = _run(*args)
+    return p, time.perf_counter() - t0
+
+
+def test_a_bad_path_or_config_fails_fast_without_a_hub_lookup(tmp_path):
+    """Mistyped paths are not tried on the hub (that waited ~55 s offline), and a config is
+    checked before torch is imported. 10 s is a generous bound for a loaded machine."""
+    cases = [
+        (("ingest", tmp_path / "nope" / "prefs.jsonl", "--out", tmp_path / "o"),
+         "not a file or folder"),
+        (("ingest", "./prefs.csv", "--out", tmp_path / "o"), "not a file or folder"),
+        (("em", "--data", tmp_path / "missing", "--out", tmp_path / "r"), "missing"),
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {out: " + str(tmp_path / "run") + "}\ningest: {inputs: [x]}\n"
+                   "em: {n_typez: 2}\n")
+    cases.append((("run", bad), "unknown key 'n_typez'"))
+    for args, message in cases:
+        p, seconds = _timed(*args)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+        assert seconds < 10, (args, seconds)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()
+
+
+def test_hub_names_and_paths_are_told_apart():
+    from pluralign.hub import only_local
+    for spec in ("Anthropic/hh-rlhf", "imdb", "org/name@train", "HuggingFaceTB/SmolLM2-135M"):
+        assert not only_local(spec), spec
+    for spec in ("/data/x", "./x", "~/x", "data/demo/extra", "prefs.jsonl", "a/b.csv.gz",
+                 "my file", "x/y/z"):
+        assert only_local(spec), spec

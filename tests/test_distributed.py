@@ -82,26 +82,30 @@ def test_two_processes_fit_what_one_does_distributed(one_process):
     _same_fit(tmp / "one", tmp / "two")
     # rank 0 alone reports and writes: one summary, one line per EM iteration
     assert done.stdout.count("wrote ") == 1
-    assert done.stderr.count("K=2 iteration 1:") == 1
+    assert done.stderr.count("K=2 iteration 1/3:") == 1
 
 
 def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process):
     tmp, data = one_process
     kills = 0
-    for wait in (12.0, 8.0, 5.0):  # seconds into the run: mid-EM on this machine
+    for delay in (0.0, 1.5):  # at a checkpoint just written, then a little into the resumed run
+        start = time.time()
         proc = subprocess.Popen(_em(tmp, data, "killed", 2), env=ENV, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+        while proc.poll() is None and time.time() - start < TIMEOUT and not any(
+                f.stat().st_mtime > start
+                for f in (tmp / "killed" / "checkpoints").glob("*/*/state.json")):
+            time.sleep(0.05)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-EM
             proc.wait()
             kills += 1
     assert kills >= 1
-    assert (tmp / "killed" / "checkpoints").is_dir()  # it got as far as an EM checkpoint
     done = subprocess.run(_em(tmp, data, "killed", 2), env=ENV, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr  # it did pick up a checkpoint
     _same_fit(tmp / "one", tmp / "killed")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -65,10 +66,12 @@ def test_linear_em_recovers_types_and_never_decreases(three_types):
     assert em.posteriors_.shape == (150, 3) and np.allclose(em.posteriors_.sum(1), 1)
     assert em.priors_ == pytest.approx(em.posteriors_.mean(0))
     assert em.heterogeneity_["gain"] > 50  # K=3 explains far more than plain DPO (K=1)
-    gamma, ids = em.predict_proba(data)
+    gamma = em.predict_proba(data)
     # predict_proba uses priors_ (the mean of the final posteriors); the last E-step used the
     # previous iteration's mean: at convergence the two agree closely.
-    assert ids == em.annotator_ids_ and np.allclose(gamma, em.posteriors_, atol=1e-3)
+    assert isinstance(gamma, np.ndarray) and np.allclose(gamma, em.posteriors_, atol=1e-3)
+    assert em.assign(data)[1] == em.annotator_ids_ == data.annotator_ids
+    assert np.array_equal(em.predict(data), gamma.argmax(1))
 
 
 @pytest.mark.parametrize("selection", ["cv", "heldout"])
@@ -213,3 +216,63 @@ def test_too_few_annotators_give_a_feasible_k_or_a_clear_message():
     one = Annotations([a for a in data if a.annotator_id == data.annotator_ids[0]])
     em = EMDPO("linear", n_types="auto").fit(one)
     assert em.n_types_ == 1 and "only feasible" in em.selection_[0]["note"]
+
+
+def test_readme_sklearn_example_runs_and_clone_keeps_every_parameter():
+    """The README's example, executed as written; then the scikit-learn contract itself."""
+    import re
+    from pathlib import Path
+
+    from sklearn.base import clone
+    from sklearn.metrics import adjusted_rand_score
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"<!-- example: sklearn -->\n```python\n(.*?)```", readme, re.S).group(1)
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)  # noqa: S102 - our own README
+    proba, labels, auto, pop, rows = (env[n] for n in ("proba", "labels", "auto", "pop", "rows"))
+    ids = list(dict.fromkeys(r["annotator_id"] for r in rows))
+    assert proba.shape == (40, 2) and np.allclose(proba.sum(1), 1)
+    truth = [pop.truth["annotators"][h]["type"] for h in ids]
+    assert adjusted_rand_score(truth, labels) > 0.9 and auto.n_types_ == 2
+    em = EMDPO("linear", n_types=4, max_iter=7, init_options={"l2": 2.0}, random_state=5)
+    twin = clone(em)
+    assert twin is not em and twin.get_params() == em.get_params()
+    assert twin.set_params(n_types=2) is twin and twin.n_types == 2 and em.n_types == 4
+    assert "max_iter=7" in repr(em)
+
+
+def test_fit_reads_every_input_form_and_names_a_bad_row(three_types, tmp_path):
+    import pandas as pd
+
+    from pluralign.data import save
+    from pluralign.ingest import IngestError
+    _, data = three_types
+    rows = [a.to_dict() for a in data]
+    want = EMDPO("linear", n_types=3, random_state=0).fit(data).posteriors_
+    folder = tmp_path / "ds"
+    save(list(data), folder)
+    file = tmp_path / "rows.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for form in (rows, pd.DataFrame(rows), folder, str(file), list(data)):
+        got = EMDPO("linear", n_types=3, random_state=0).fit(form).posteriors_
+        assert np.allclose(got, want, atol=1e-9), type(form).__name__
+    bad = [dict(r) for r in rows[:5]]
+    bad[3]["ranking"] = [0, 0]
+    with pytest.raises(IngestError, match=r"rows, row 4: field 'ranking'"):
+        EMDPO("linear", n_types=2).fit(bad)
+    with pytest.raises(TypeError, match="cannot read annotations from int"):
+        EMDPO("linear", n_types=2).fit(7)
+    with pytest.raises(FileNotFoundError, match="nope: not a file or folder"):
+        EMDPO("linear", n_types=2).fit(tmp_path / "nope")
+
+
+def test_max_time_stops_each_run_with_a_warning(three_types):
+    _, data = three_types
+    with pytest.warns(UserWarning, match="max_time"):
+        em = EMDPO("linear", n_types=3, n_init=3, max_iter=50, tol=1e-12, max_time=1e-3,
+                   random_state=0).fit(data)
+    assert em.n_iter_ == 1 and not em.converged_  # one iteration, then the budget stopped it
+    assert any(w["code"] == "max_time" and "max_time (0.001 s) is spent" in w["message"]
+               for w in em.warnings_)
+    with pytest.raises(ValueError, match="max_time must be a positive"):
+        EMDPO("linear", max_time=0).fit(data)

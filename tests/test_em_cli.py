@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,13 +31,31 @@ def test_em_writes_posteriors_report_and_policies(population, tmp_path, cli):
     assert (tmp_path / "linear" / "linear.npz").is_file()
     assert (tmp_path / "baseline" / "linear.npz").is_file()
     assert "audit against known labels: ARI" in out
+    # one line per iteration with its time and what is left at worst
+    assert re.search(r"K=2 iteration 1/100: objective -?\d+\.\d+ \(\d+\.\d s; this run ends "
+                     r"within \d+\.\d (s|min)\)", err), err
+
+
+def test_quiet_and_verbose(population, tmp_path, cli):
+    rc, out, err = cli("--quiet", "em", "--data", population, "--out", tmp_path / "q",
+                       "--types", 2)
+    assert rc == 0 and "objective" not in err and "audit against known labels" in out
+    rc, out2, err = cli("em", "--data", population, "--out", tmp_path / "q2", "--types", 2,
+                        "-q")  # after the command too
+    assert rc == 0 and "objective" not in err and out2.splitlines()[-1] == \
+        out.splitlines()[-1].replace("/q/", "/q2/")
+    rc, _, err = cli("em", "--data", population, "--out", tmp_path / "v", "-q", "-v")
+    assert rc == 2 and "--quiet and --verbose contradict each other" in err
+    import os
+    assert "PLURALIGN_QUIET" not in os.environ  # main() restored the environment
 
 
 def test_rerun_resumes_from_checkpoints(population, tmp_path, cli):
     assert cli("em", "--data", population, "--out", tmp_path, "--types", 2)[0] == 0
     first = (tmp_path / "posteriors.csv").read_text()
     rc, _, err = cli("em", "--data", population, "--out", tmp_path, "--types", 2)
-    assert rc == 0 and "iteration" not in err  # every run was already done: nothing re-fit
+    assert rc == 0 and "objective" not in err  # every run was already done: nothing re-fit
+    assert "resuming" in err and "after iteration" in err  # and it says so
     assert (tmp_path / "posteriors.csv").read_text() == first
 
 

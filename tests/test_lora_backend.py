@@ -149,6 +149,36 @@ def test_sampling_is_seeded_and_scored_by_every_type(data):
     est = RegretEstimator(b, data, "sampled", n_samples=2).estimate(policies_of(b, base=True))
     assert est.names == ["type_0", "type_1", "base"] and est.matrix.shape == (2, 3)
     assert np.allclose(np.diag(est.matrix), 0.0) and np.isfinite(est.stderr).all()
+    # builtin:tiny's tokens are bytes: N new tokens decode to at most N characters
+    longer = b.sample(data[:3], 1, 2, seed=5, max_new_tokens=12)
+    assert max(len(r) for a in longer for r in a.responses) > 3  # the bound below can bind
+    short = b.sample(data[:3], 1, 2, seed=5, max_new_tokens=3, temperature=0.7, top_p=0.9)
+    assert all(len(r) <= 3 for a in short for r in a.responses)
+    merged = b.sample_combined(data[:2], np.array([0.5, 0.5]), 2, seed=1, max_new_tokens=2,
+                               top_p=0.5)
+    assert all(len(r) <= 2 for a in merged for r in a.responses)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        b.sample(data[:1], 0, 1, seed=0, temperature=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        b.sample_combined(data[:1], np.array([1.0, 0.0]), 1, seed=0, top_p=1.5)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    """Against brute force: for every row, the kept tokens are the most likely ones, their mass
+    reaches top_p, dropping the least likely kept one would not, and the rest is renormalised."""
+    from pluralign.backends.lora import nucleus
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(50, 12, generator=gen) * 2, -1)
+    for top_p in (0.05, 0.3, 0.8, 0.999, 1.0):
+        kept = nucleus(probs, top_p)
+        assert torch.allclose(kept.sum(-1), torch.ones(50, dtype=kept.dtype))
+        for row, out in zip(probs, kept, strict=True):
+            order = row.argsort(descending=True)
+            mass = row[order].cumsum(0)
+            n = int((mass < top_p).sum()) + 1  # the smallest prefix reaching top_p
+            want = torch.zeros_like(row)
+            want[order[:n]] = row[order[:n]] / row[order[:n]].sum()
+            assert torch.allclose(out, want, atol=1e-6), top_p
 
 
 def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypatch):

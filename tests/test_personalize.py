@@ -84,8 +84,16 @@ def test_cli_assign_suggest_and_generate_errors(world, cli):
     rc, out, _ = cli("assign", "--run", root / "run", "--data", root / "new")
     assert rc == 0 and out.splitlines()[0].startswith("annotator_id,type,confidence")
     assert len(out.splitlines()) == 61
+    from pluralign.data import load
+    rows = root / "new.jsonl"  # the same annotations as a file ingest reads: the same answer
+    load(root / "new").to_jsonl(rows)
+    assert cli("assign", "--run", root / "run", "--data", rows)[1] == out
+    rc, _, err = cli("assign", "--run", root / "run", "--data", root / "new-typo.jsonl")
+    assert rc == 2 and "new-typo.jsonl: not a file or folder" in err
     rc, out, _ = cli("suggest", "--run", root / "run", "--annotator", "nobody",
                      "--candidates", root / "new", "--top", "3")
+    assert cli("suggest", "--run", root / "run", "--annotator", "nobody", "--candidates",
+               rows, "--top", "3", "--answers", rows)[0] == 0
     lines = out.splitlines()
     assert rc == 0 and lines[0].startswith("current posterior") and len(lines) == 4
     gains = [float(x.split()[0]) for x in lines[1:]]

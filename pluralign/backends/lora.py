@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.nn.utils.rnn import pad_sequence
-from tqdm.auto import tqdm
 
 from pluralign import distributed
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
@@ -35,6 +34,7 @@ from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json
 from pluralign.losses import get_loss
 from pluralign.models import load_model, model_id
+from pluralign.progress import bar
 from pluralign.rankings import Rankings
 from pluralign.reference import (
     Reference,
@@ -94,6 +94,26 @@ def _sum_grads(params: list[torch.nn.Parameter]) -> None:
     for p in params:
         p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
         offset += p.numel()
+
+
+def check_decoding(temperature: float, top_p: float) -> None:
+    """Sampling settings a decoder can use, or a ValueError naming the bad one."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` [B, V] restricted to each row's smallest set of most likely tokens whose mass
+    reaches top_p (nucleus sampling), renormalised; unchanged at top_p = 1."""
+    if top_p >= 1:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def _decode(tokens: torch.Tensor, tokenizer) -> str:
@@ -215,17 +235,17 @@ class LoRABackend(PolicyBackend):
         groups = distributed.shard(list(batches(by_length(prep.seqs), prep.seqs,
                                                 self.config.token_budget)))
         self.model.eval()
-        bar = tqdm(total=len(groups) * self.n_types, desc="scoring", unit="batch",
-                   disable=not self.config.progress or not distributed.is_main())
+        shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
+                    enabled=self.config.progress)
         for k in range(self.n_types):
             self.model.set_adapter(self.adapter(k))
             s = torch.zeros(n_seq, dtype=torch.float64)
             for ids in groups:
                 s[ids] = self.policy_logps(prep, ids).double().cpu()
-                bar.update()
+                shown.update()
             distributed.all_sum_(s)  # every rank scored its batches; each gets all scores
             out[..., k] = prep.seqs.per_candidate(s - prep.ref.logps).numpy()
-        bar.close()
+        shown.close()
         return out
 
     def reference_logps(self, data: Annotations) -> np.ndarray:
@@ -255,8 +275,7 @@ class LoRABackend(PolicyBackend):
         w_mean = float(w[rows].mean())
         t0 = time.perf_counter()
         self.model.train()
-        bar = tqdm(total=total, desc=f"fit {name}", unit="step",
-                   disable=not cfg.progress or not distributed.is_main())
+        shown = bar(total=total, desc=f"fit {name}", unit="step", enabled=cfg.progress)
         try:
             for _ in range(cfg.epochs):
                 order = rows[torch.randperm(rows.size, generator=gen).numpy()]
@@ -279,10 +298,10 @@ class LoRABackend(PolicyBackend):
                         sched.step()
                         opt.zero_grad(set_to_none=True)
                         stats["steps"] += 1
-                        bar.update()
-                        bar.set_postfix(loss=f"{loss.item():.4f}")
+                        shown.update()
+                        shown.set_postfix(loss=f"{loss.item():.4f}")
         finally:
-            bar.close()
+            shown.close()
             opt.zero_grad(set_to_none=True)
             self.model.eval()
         stats["seconds"] = round(time.perf_counter() - t0, 3)
@@ -345,16 +364,21 @@ class LoRABackend(PolicyBackend):
     # -- sampling and merging ---------------------------------------------------------------
     @torch.no_grad()
     def sample(self, data: Annotations, k: int | None, n: int, seed: int,
-               prompts_per_batch: int = 8) -> list[Annotation]:
-        """Generate n responses per row from policy k (None: the base model) at temperature 1,
-        at most max_response_tokens new tokens, prompts left-padded in batches; seeded."""
+               prompts_per_batch: int = 8, max_new_tokens: int | None = None,
+               temperature: float = 1.0, top_p: float = 1.0) -> list[Annotation]:
+        """Generate n responses per row from policy k (None: the base model), at most
+        max_new_tokens (default max_response_tokens) new tokens, prompts left-padded in
+        batches; seeded. Temperature 1 and top_p 1 (the defaults) sample the policy itself,
+        which the regret estimators need; other values are for reading its text."""
+        check_decoding(temperature, top_p)
         cfg, tok = self.config, self.tokenizer
         keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
         unique = {key: a for key, a in zip(keys, data, strict=True)}
         texts: dict[str, list[str]] = {}
         self.model.eval()
         items = list(unique.items())
-        for b in range(0, len(items), prompts_per_batch):
+        for b in bar(range(0, len(items), prompts_per_batch), desc="sampling", unit="batch",
+                     enabled=cfg.progress):
             chunk = items[b: b + prompts_per_batch]
             ids = [prompt_ids(a.prompt, tok, cfg.max_prompt_tokens) for _, a in chunk]
             width = max(map(len, ids))
@@ -366,20 +390,22 @@ class LoRABackend(PolicyBackend):
                 k,
                 input_ids=input_ids.to(self._device),
                 attention_mask=mask.to(self._device), do_sample=True,
-                temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
-                max_new_tokens=cfg.max_response_tokens, pad_token_id=pad,
+                temperature=temperature, top_k=0, top_p=top_p, num_return_sequences=n,
+                max_new_tokens=max_new_tokens or cfg.max_response_tokens, pad_token_id=pad,
                 eos_token_id=tok.eos_token_id)[:, width:].cpu()
             for i, (key, _) in enumerate(chunk):
                 texts[key] = [_decode(row, tok) for row in out[i * n: (i + 1) * n]]
         return [sample_row(a, texts[key]) for key, a in zip(keys, data, strict=True)]
 
     @torch.no_grad()
-    def sample_combined(self, data: Annotations, weights: np.ndarray, n: int,
-                        seed: int) -> list[Annotation]:
+    def sample_combined(self, data: Annotations, weights: np.ndarray, n: int, seed: int,
+                        max_new_tokens: int | None = None, temperature: float = 1.0,
+                        top_p: float = 1.0) -> list[Annotation]:
         """n responses per row from the min-max merge pi_q, decoded: each token drawn from
         softmax(sum_k q_k log_softmax(logits_k)), one forward per adapter with q_k > 0, each
         with its own cache. (Token by token this is a product of experts; over whole
         candidates, pi_q = prod_k pi_k^q_k normalised, which is what the regret measures.)"""
+        check_decoding(temperature, top_p)
         q = check_mixture(weights, self.n_types)
         active = [k for k in range(self.n_types) if q[k] > 0]
         cfg, tok = self.config, self.tokenizer
@@ -387,7 +413,7 @@ class LoRABackend(PolicyBackend):
         gen = torch.Generator(device="cpu").manual_seed(seed)
         self.model.eval()
         texts: dict[str, list[str]] = {}
-        for a in data:
+        for a in bar(data, desc="sampling (min-max merge)", unit="prompt", enabled=cfg.progress):
             key = json.dumps(a.prompt, sort_keys=True)
             if key in texts:
                 continue
@@ -395,7 +421,7 @@ class LoRABackend(PolicyBackend):
                                device=device)
             caches: dict[int, Any] = {}
             step, out, done = ids, [], torch.zeros(n, dtype=torch.bool)
-            for _ in range(cfg.max_response_tokens):
+            for _ in range(max_new_tokens or cfg.max_response_tokens):
                 logp = torch.zeros(())
                 for k in active:
                     self.model.set_adapter(self.adapter(k))
@@ -403,7 +429,8 @@ class LoRABackend(PolicyBackend):
                                      use_cache=True)
                     caches[k] = res.past_key_values
                     logp = logp + q[k] * torch.log_softmax(res.logits[:, -1].float().cpu(), -1)
-                nxt = torch.multinomial(torch.softmax(logp, -1), 1, generator=gen)[:, 0]
+                probs = nucleus(torch.softmax(logp / temperature, -1), top_p)
+                nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
                 nxt[done] = tok.pad_token_id
                 out.append(nxt)
                 done |= nxt == tok.eos_token_id

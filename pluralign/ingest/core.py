@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pluralign import __version__
-from pluralign.data import Annotation, FieldError, check_annotation, save
+from pluralign.data import Annotation, Annotations, FieldError, check_annotation, load, save
 from pluralign.ingest.errors import IngestError
 from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
-from pluralign.ingest.readers import RawRow, read_source
+from pluralign.ingest.readers import RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.io import sha256_file, write_json, write_jsonl
 
@@ -293,3 +293,37 @@ def _apply_mapping(rows: list[RawRow], mapping: dict[str, str], name: str) -> li
     return rows
 
 
+def to_annotations(data: Any, preset: str = "auto") -> Annotations:
+    """Any input a user has at hand as a canonical dataset: an Annotations (itself), a dataset
+    folder made by `pluralign ingest` (loaded), any other path `pluralign ingest` reads (a file,
+    a datasets folder), a pandas DataFrame or a list of dicts (rows in any preset's columns),
+    or a list of Annotation. Rows are validated as ingestion does: the first bad one raises
+    IngestError naming the row and the field."""
+    if isinstance(data, Annotations):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        if (Path(data) / "manifest.json").is_file():
+            return load(data)
+        if not Path(data).exists():
+            raise FileNotFoundError(f"{data}: not a file or folder")
+        return Annotations(ingest([str(data)], preset=preset).records)
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
+        return _from_rows(data.to_dict("records"), "DataFrame", preset)
+    if isinstance(data, (list, tuple)):
+        if data and all(isinstance(a, Annotation) for a in data):
+            return Annotations(data)
+        if data and all(isinstance(r, dict) for r in data):
+            return _from_rows(list(data), "rows", preset)
+    raise TypeError(f"cannot read annotations from {type(data).__name__}: pass a dataset "
+                    "folder or file path, an Annotations, a pandas DataFrame, or a non-empty "
+                    "list of dicts or of Annotation")
+
+
+def _from_rows(items: list[dict], name: str, preset: str) -> Annotations:
+    """In-memory rows through the ingestion's presets and checks (row numbers from 1)."""
+    run = _Run("fail", allow_empty=True)
+    run.add_file(name, rows_of(items, name), None if preset == "auto" else get_preset(preset),
+                 "truncate")
+    if not run.records:
+        raise IngestError(f"no annotation in the {len(items)} {name}", reason="no_data")
+    return Annotations(run.records)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pluralign import hub
 from pluralign.data import FieldError
 from pluralign.ingest.errors import IngestError, Location
 
@@ -43,6 +44,9 @@ def read_source(spec: str) -> tuple[str, list[RawRow]]:
     if path.is_dir():
         return spec, _read_hf_folder(path)
     if not path.exists():
+        if hub.only_local(spec):  # no hub lookup for what can only be a path
+            raise IngestError("not a file or folder", spec, reason="not_found")
+        hub.offline_unless_reachable()
         return spec, _read_hub(spec)
     inner = path.name[:-3] if path.name.endswith(".gz") else path.name
     fmt = FORMATS.get(Path(inner).suffix.lower())
@@ -192,10 +196,10 @@ def _read_parquet(data: bytes, name: str) -> list[RawRow]:
         table = pq.read_table(io.BytesIO(data))
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise IngestError(f"not a readable parquet file ({e})", name, reason="bad_file") from e
-    return _rows_of(table.to_pylist(), name)
+    return rows_of(table.to_pylist(), name)
 
 
-def _rows_of(items: list[dict], name: str, split: str | None = None) -> list[RawRow]:
+def rows_of(items: list[dict], name: str, split: str | None = None) -> list[RawRow]:
     rows = []
     for number, item in enumerate(items, start=1):
         item = {k: _nan_to_none(v) for k, v in item.items()}
@@ -216,9 +220,9 @@ def _dataset_rows(ds: Any, name: str) -> list[RawRow]:
     if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
         rows: list[RawRow] = []
         for split in ds:
-            rows.extend(_rows_of(list(ds[split]), f"{name}[{split}]", split))
+            rows.extend(rows_of(list(ds[split]), f"{name}[{split}]", split))
         return rows
-    return _rows_of(list(ds), name)
+    return rows_of(list(ds), name)
 
 
 def _read_canonical(path: Path) -> list[RawRow]:
@@ -230,7 +234,7 @@ def _read_canonical(path: Path) -> list[RawRow]:
     except (OSError, ValueError) as e:
         raise IngestError(f"a pluralign dataset folder that cannot be read ({e})", str(path),
                           reason="bad_file") from e
-    return _rows_of([a.to_dict() for a in data], str(path))
+    return rows_of([a.to_dict() for a in data], str(path))
 
 
 def _read_hf_folder(path: Path) -> list[RawRow]:

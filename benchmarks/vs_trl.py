@@ -37,7 +37,7 @@ from pluralign.backends.lora import LoRABackend
 from pluralign.backends.settings import LoRAConfig
 from pluralign.data import Annotations
 from pluralign.models import load_model
-from pluralign.reference import prompt_text
+from pluralign.reference import forget, prompt_text
 
 MAX_TOKENS = 128
 
@@ -53,6 +53,7 @@ def run_pluralign(model: str, pairs: Annotations, top: int | None, steps: int, b
     cfg = LoRAConfig(model=model, types=2, top_layers=top, cache=cache, batch_size=batch,
                      max_prompt_tokens=MAX_TOKENS, max_response_tokens=MAX_TOKENS,
                      progress=False)
+    forget()  # each configuration pays its own cold reference pass
     with PeakRSS() as mem:
         backend = LoRABackend(cfg)
         with Clock() as ref:

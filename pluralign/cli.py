@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -155,6 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Repeats(logging.Filter):
+    """Show a notice once: later ones that differ only in their numbers (the same truncation
+    or pruning notice for every fold and restart) are counted, then summarised in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+(\.\d+)?", "#", record.getMessage())
+        if key not in self.seen:
+            self.seen[key] = [record.getMessage(), 0]
+            return True
+        self.seen[key][1] += 1
+        return False
+
+    def summarise(self) -> None:
+        for first, more in self.seen.values():
+            if more:
+                print(f"({more} more like \"{first[:60]}...\" not shown; -v shows them)",
+                      file=sys.stderr)
+
+
 def _verbosity_args(p: argparse.ArgumentParser, default: object) -> None:
     """-q/-v, accepted before or after the command."""
     p.add_argument("-q", "--quiet", action="store_true", default=default,
@@ -183,6 +207,9 @@ def _output(args: argparse.Namespace) -> Iterator[None]:
     log = logging.getLogger("pluralign")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    repeats = _Repeats()
+    if not verbose:
+        handler.addFilter(repeats)
     level = log.level
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
@@ -192,6 +219,7 @@ def _output(args: argparse.Namespace) -> Iterator[None]:
     try:
         yield
     finally:
+        repeats.summarise()
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = True

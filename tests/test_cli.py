@@ -81,3 +81,22 @@ def test_hub_names_and_paths_are_told_apart():
     for spec in ("/data/x", "./x", "~/x", "data/demo/extra", "prefs.jsonl", "a/b.csv.gz",
                  "my file", "x/y/z"):
         assert only_local(spec), spec
+
+
+def test_repeated_notices_are_summarised_not_repeated(capsys):
+    import logging
+
+    from pluralign.cli import _Repeats
+    repeats, shown = _Repeats(), []
+    for message in ["truncated 185 prompt(s) to their last 16 tokens", "K=4: prior 0.000 < 0.05",
+                    "truncated 95 prompt(s) to their last 16 tokens", "K=4: prior 0.000 < 0.05",
+                    "truncated 7 prompt(s) to their last 16 tokens"]:
+        record = logging.LogRecord("pluralign", logging.INFO, __file__, 1, message, None, None)
+        if repeats.filter(record):
+            shown.append(message)
+    repeats.summarise()
+    assert shown == ["truncated 185 prompt(s) to their last 16 tokens", "K=4: prior 0.000 < 0.05"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ['(2 more like "truncated 185 prompt(s) to their last 16 tokens..." not shown; '
+                   '-v shows them)',
+                   '(1 more like "K=4: prior 0.000 < 0.05..." not shown; -v shows them)']

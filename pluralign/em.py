@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from pluralign import diagnostics, distributed, em_params, identifiability, prune
+from pluralign import diagnostics, distributed, em_params, identifiability, progress, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
@@ -298,6 +298,16 @@ class EMDPO(BaseEstimator):
             raise ValueError(f"se_factor must be >= 0, got {self.se_factor}")
         self._floor()  # checks the floor's values
 
+    def _announce(self, backend: PolicyBackend, data: Annotations, k: int, left: int) -> None:
+        """Before a long (LoRA) EM run: its estimated time per iteration and at most."""
+        each = backend.iteration_seconds(data)
+        most = each * left
+        budget = ""
+        if self.max_time is not None:
+            budget = f"; max_time {progress.clock(self.max_time)}"
+        log.info("K=%d: about %s per EM iteration (a timed probe), at most %d iteration(s): up "
+                 "to %s%s", k, progress.clock(each), left, progress.clock(most), budget)
+
     def _out_of_time(self) -> bool:
         deadline = getattr(self, "_deadline", None)
         return deadline is not None and time.perf_counter() > deadline
@@ -461,6 +471,8 @@ class EMDPO(BaseEstimator):
                            warns, float(np.mean(skipped)) if skipped else 0.0, log_lik)
         converged = False
         it = first - 1
+        if first < self.max_iter and hasattr(backend, "iteration_seconds"):
+            self._announce(backend, data, k, self.max_iter - first)
         for it in range(first, self.max_iter):
             priors = gamma.mean(axis=0)
             weights = gamma[codes]
@@ -646,3 +658,4 @@ def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend,
     log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)
     return {**state, "gamma": np.asarray(state["posteriors"]),
             "log_lik": None if state.get("log_lik") is None else np.asarray(state["log_lik"])}
+

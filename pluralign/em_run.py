@@ -336,10 +336,9 @@ class _Progress:
         left = (self.max_iter - it - 1) * took
         if self.max_time is not None:
             left = min(left, max(self.max_time - (now - self.start), 0.0))
-        ends = f"; this run ends within {_clock(left)}" if it + 1 < self.max_iter else ""
+        ends = f"; this run ends within {progress.clock(left)}" if it + 1 < self.max_iter else ""
         print(f"  K={k} iteration {it + 1}/{self.max_iter}: objective {objective:.3f} "
-              f"({_clock(took)}{ends})", file=sys.stderr)
+              f"({progress.clock(took)}{ends})", file=sys.stderr)
 
 
-def _clock(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+

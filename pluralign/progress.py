@@ -25,3 +25,10 @@ def bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str, total: i
     quiet, or this is not rank 0."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=not enabled or quiet() or not distributed.is_main())
+
+
+def clock(seconds: float) -> str:
+    """Seconds as a person reads them: 42.0 s, 3.5 min, 2.1 h."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

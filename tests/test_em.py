@@ -167,16 +167,21 @@ def test_one_pair_per_annotator_is_refused_and_forcing_finds_nothing():
     assert abs(_ari(pop, forced)) < 0.1  # the theory: one comparison each identifies nothing
 
 
-def test_lora_em_runs_from_linear_initialisation(tmp_path):
+def test_lora_em_runs_from_linear_initialisation(tmp_path, caplog):
     pop = simulate(SimulationConfig(flavour="text", types=2, annotators=6, per_annotator=2,
                                     seed=1))
     data = Annotations(pop.records)
     opts = dict(model="builtin:tiny", top_layers=2, max_prompt_tokens=32,
                 max_response_tokens=32, cache=str(tmp_path / "cache"), progress=False,
                 batch_size=4)
-    em = EMDPO("lora", n_types=2, backend_options=opts, max_iter=2,  # 6 annotators: no
-               min_type_share=0, min_type_annotators=0, merge_nats=0,  # floor: keep both
-               checkpoint_dir=tmp_path / "ckpt").fit(data)
+    with caplog.at_level("INFO", logger="pluralign.em"):
+        em = EMDPO("lora", n_types=2, backend_options=opts, max_iter=2,  # 6 annotators: no
+                   min_type_share=0, min_type_annotators=0, merge_nats=0,  # floor: keep both
+                   checkpoint_dir=tmp_path / "ckpt").fit(data)
+    # before each LoRA run, its estimated time (a timed probe), then the run
+    said = [r.getMessage() for r in caplog.records if "per EM iteration" in r.getMessage()]
+    assert said and said[0].startswith("K=2: about ") and "at most 2 iteration(s): up to" in \
+        said[0]
     assert em.posteriors_.shape == (6, 2) and len(em.loglik_history_) == 2
     assert (tmp_path / "ckpt" / "final-K2" / "init0" / "state.json").is_file()
     assert sorted(p.name for p in (tmp_path / "ckpt" / "final-K2" / "init0").glob(

@@ -258,3 +258,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(data):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_the_time_probe_leaves_the_adapters_as_they_were(data):
+    b = LoRABackend(types=2, top_layers=2, **SMALL)
+    _randomise(b, seed=2)
+    before = {n: p.detach().clone() for n, p in b.model.named_parameters() if "lora_" in n}
+    seconds = b.iteration_seconds(data)
+    assert 0 < seconds < 3600
+    after = dict(b.model.named_parameters())
+    assert all(torch.equal(v, after[n]) for n, v in before.items())
+    assert all(p.grad is None for p in b.model.parameters())

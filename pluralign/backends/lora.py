@@ -150,8 +150,12 @@ class LoRABackend(PolicyBackend):
         # are not the fp32 CPU ones
         self.model_id = model_id(base, cfg.model, device)
         if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(base, "activation_checkpointing_enable", None)  # transformers 5
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
         n_layers = base.config.num_hidden_layers
         top = min(cfg.top_layers or n_layers, n_layers)
         self.start_layer = n_layers - top

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,12 +39,7 @@ def table(run: Path, total: float, config: str) -> str:
     rows.append(f"| **`pluralign run {config}`, whole command** | **{total:.1f}** | |")
     day = datetime.date.today().isoformat()
     return (f"Measured {day} by `python benchmarks/demo_times.py --write` on this machine "
-            f"({_cores()} CPU cores):\n\n" + "\n".join(rows))
-
-
-def _cores() -> int:
-    import os
-    return len(os.sched_getaffinity(0))
+            f"({len(os.sched_getaffinity(0))} CPU cores):\n\n" + "\n".join(rows))
 
 
 def write(text: str) -> None:

@@ -308,6 +308,11 @@ class EMDPO(BaseEstimator):
         log.info("K=%d: about %s per EM iteration (a timed probe), at most %d iteration(s): up "
                  "to %s%s", k, progress.clock(each), left, progress.clock(most), budget)
 
+    def _take_backend(self, k: int) -> PolicyBackend:
+        """A fresh K-type backend: the one the linear start prepared when it has K types."""
+        spare, self._spare = getattr(self, "_spare", None), None
+        return spare if spare is not None and spare.n_types == k else self._make_backend(k)
+
     def _out_of_time(self) -> bool:
         deadline = getattr(self, "_deadline", None)
         return deadline is not None and time.perf_counter() > deadline
@@ -409,9 +414,10 @@ class EMDPO(BaseEstimator):
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
         """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""
-        prepare = getattr(self._make_backend(k), "prepare", None)
-        if prepare is not None:  # one reference pass computing embeddings and trunk states
-            prepare(data, embeddings=True)  # together serves the linear start and the LoRA run
+        backend = self._make_backend(k)
+        if hasattr(backend, "prepare"):  # one reference pass computing embeddings and trunk
+            backend.prepare(data, embeddings=True)  # states serves the linear start and the
+            self._spare = backend  # LoRA run, which takes this backend (model loaded once)
         run = self._linear_em(k)._fit_k(data, k, "linear-init")  # no K=1 baseline
         self.init_actions_ = [{**a, "stage": "linear start"} for a in run.actions]
         return run.posteriors
@@ -456,7 +462,7 @@ class EMDPO(BaseEstimator):
         rank = _rankings(data)
         gamma = self._initial_posteriors(data, k, restart) if start is None else start
         k = gamma.shape[1]
-        backend = self._make_backend(k)
+        backend = self._take_backend(k)
         key = self._run_key(data, k, restart, gamma)  # the start is part of the key: a changed
         state = _load_checkpoint(ckpt, backend, key)  # one (say, linear options) never resumes
         log_lik = None

@@ -24,10 +24,10 @@ from pluralign.data import Annotations
 from pluralign.em_params import em_init
 from pluralign.io import folder_lock, sha256_file, write_json, write_text
 
-BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
 if TYPE_CHECKING:
     from pluralign.em import EMDPO
 
+BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
 #: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
 EM_KEYS = ("backend", "n_types", "max_types", "init", "n_init", "max_iter", "tol", "selection",
            "heldout_fraction", "sparse_threshold", "warm_start", "force", "random_state",
@@ -339,6 +339,3 @@ class _Progress:
         ends = f"; this run ends within {progress.clock(left)}" if it + 1 < self.max_iter else ""
         print(f"  K={k} iteration {it + 1}/{self.max_iter}: objective {objective:.3f} "
               f"({progress.clock(took)}{ends})", file=sys.stderr)
-
-
-

@@ -18,11 +18,10 @@ FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq", ".gz", ".
 
 
 def only_local(spec: str) -> bool:
-    """Whether `spec` can only mean a local path (so a missing one is simply missing): it starts
-    like a path, ends like a file, or is not shaped like a hub id."""
+    """Whether `spec` can only mean a local path (so a missing one is simply missing): it is
+    not shaped like a hub id (a leading / . ~, two slashes, a space...) or ends like a file."""
     name = spec.partition("@")[0]  # dataset@split
-    return (name.startswith(("/", ".", "~")) or os.sep in name.strip("/").replace("/", "", 1)
-            or name.lower().endswith(FILE_SUFFIXES) or not HUB_ID.match(name))
+    return not HUB_ID.match(name) or name.lower().endswith(FILE_SUFFIXES)
 
 
 @cache

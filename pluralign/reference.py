@@ -120,17 +120,10 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
                 responses.append(ids)
             index[n, j] = seq_of[tokens, response]
     if cut_p or cut_r:
-        message = (f"truncated {cut_p} prompt(s) to their last {settings.max_prompt_tokens} "
-                   f"tokens and {cut_r} response(s) to their first "
-                   f"{settings.max_response_tokens} tokens")
-        # EM tokenises the same data for every backend, restart and fold: say it once
-        log.log(logging.DEBUG if message in _SAID else logging.WARNING, message)
-        _SAID.add(message)
+        log.warning("truncated %d prompt(s) to their last %d tokens and %d response(s) to their "
+                    "first %d tokens", cut_p, settings.max_prompt_tokens, cut_r,
+                    settings.max_response_tokens)
     return Sequences(prompts, responses, index, cut_p, cut_r, lengths)
-
-
-#: Truncation notices already logged by this process (each is logged once).
-_SAID: set[str] = set()
 
 
 @dataclass
@@ -230,16 +223,15 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     None for the default cache, or "" to disable caching.
     """
     key = fingerprint(model_id, seqs, trunk_dtype)
-    last = _LAST.get(fingerprint(model_id, seqs, ""))
-    same_trunk = trunk_layer is None or last is not None and last[0] == trunk_dtype
-    if last is not None and _covers(last[1], trunk_layer if same_trunk else -1, embeddings):
-        return replace(last[2], from_cache=True)
+    last = _LAST.get(key)
+    if last is not None and _covers(vars(last), trunk_layer, embeddings):
+        return replace(last, from_cache=True)
     path = None if cache == "" else Path(cache or cache_dir() / "reference") / f"{key}.pt"
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
         if _covers(state, trunk_layer, embeddings):
             ref = Reference(**state, from_cache=True)
-            _remember(model_id, seqs, ref, trunk_dtype)
+            _remember(model_id, seqs, ref, key)
             return ref
         # compute the union, so the new file still serves what the old one did
         embeddings = embeddings or state.get("embeddings") is not None
@@ -252,7 +244,7 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     device = next(model.parameters()).device
     n = len(seqs)
     logps = torch.zeros(n, dtype=torch.float64)
-    embs = None
+    embs = torch.zeros(n, model.config.hidden_size) if embeddings else None
     trunk_parts: dict[int, torch.Tensor] = {}
     dtype = getattr(torch, trunk_dtype)
     mine = distributed.shard(list(batches(by_length(seqs), seqs, token_budget)))
@@ -261,15 +253,13 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
             batch = make_batch(seqs, ids, pad_id).to(device)
             hidden, captured = full_forward(decoder, batch, trunk_layer)
             logps[ids] = response_logps(head, hidden, batch).double().cpu()
-            if embeddings:
-                e = response_means(hidden, batch).cpu()
-                embs = torch.zeros(n, e.shape[1]) if embs is None else embs
-                embs[ids] = e
+            if embs is not None:
+                embs[ids] = response_means(hidden, batch).cpu()
             if captured is not None:
                 for b, i in enumerate(ids):
                     trunk_parts[i] = captured[b, : int(batch.lengths[b])].to(dtype).cpu()
     if distributed.world() > 1:  # each rank computed its batches: every rank gets all
-        logps, embs, trunk_parts = _gather_pass(logps, embs, trunk_parts, embeddings)
+        trunk_parts = _gather_pass(logps, embs, trunk_parts)
     ref = Reference(logps, embs)
     if trunk_layer is not None:
         sizes = torch.tensor([trunk_parts[i].shape[0] for i in range(n)])
@@ -281,33 +271,29 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
                  "trunk_offsets": ref.trunk_offsets, "trunk_layer": ref.trunk_layer}
         write_with(path, lambda p: torch.save(state, p))
     distributed.barrier()  # the file is whole before any rank looks for it again
-    _remember(model_id, seqs, ref, trunk_dtype)
+    _remember(model_id, seqs, ref, key)
     return ref
 
 
 def _gather_pass(logps: torch.Tensor, embs: torch.Tensor | None,
-                 trunk_parts: dict[int, torch.Tensor], embeddings: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
-    """Merge the ranks' shares of a reference pass: log-probs and embeddings by summing (zeros
-    where another rank computed), trunk states by gathering each rank's sequences."""
+                 trunk_parts: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Merge the ranks' shares of a reference pass: log-probs and embeddings summed in place
+    (zeros where another rank computed), trunk states gathered from every rank."""
     distributed.all_sum_(logps)
-    if embeddings:
-        width = distributed.gather_objects(None if embs is None else embs.shape[1])
-        embs = embs if embs is not None else torch.zeros(len(logps), next(
-            w for w in width if w is not None))
+    if embs is not None:
         distributed.all_sum_(embs)
     merged: dict[int, torch.Tensor] = {}
     for part in distributed.gather_objects(trunk_parts):
         merged.update(part)
-    return logps, embs, merged
+    return merged
 
 
-#: The last passes computed or loaded in this process, whole (trunk states included): EM's
-#: linear start and its LoRA backend ask for the same data one after the other, and one pass
-#: computing the union serves both, with or without the disk cache. The two newest are kept
-#: (the linear start's LM and the LoRA model may differ in device or precision), so memory
-#: stays bounded.
-_LAST: dict[str, tuple[str, dict, Reference]] = {}
+#: The last passes computed or loaded in this process, whole (trunk states included), by
+#: their cache key: EM's linear start and its LoRA backend ask for the same data one after the
+#: other, and one pass computing the union serves both, with or without the disk cache. The
+#: two newest are kept (the linear start's LM and the LoRA model may differ in device or
+#: precision), so memory stays bounded.
+_LAST: dict[str, Reference] = {}
 LAST_KEPT = 2
 
 
@@ -323,11 +309,9 @@ def forget() -> None:
     _MEMO.clear()
 
 
-def _remember(model_id: str, seqs: Sequences, ref: Reference, trunk_dtype: str) -> None:
-    key = fingerprint(model_id, seqs, "")
+def _remember(model_id: str, seqs: Sequences, ref: Reference, key: str) -> None:
     _LAST.pop(key, None)
-    _LAST[key] = (trunk_dtype, {"embeddings": ref.embeddings, "trunk_layer": ref.trunk_layer},
-                  ref)
+    _LAST[key] = ref
     while len(_LAST) > LAST_KEPT:
         _LAST.pop(next(iter(_LAST)))
     memo = _MEMO.setdefault(model_id, {})

@@ -267,7 +267,7 @@ def test_fit_reads_every_input_form_and_names_a_bad_row(three_types, tmp_path):
         EMDPO("linear", n_types=2).fit(bad)
     with pytest.raises(TypeError, match="cannot read annotations from int"):
         EMDPO("linear", n_types=2).fit(7)
-    with pytest.raises(FileNotFoundError, match="nope: not a file or folder"):
+    with pytest.raises(IngestError, match="nope: not a file or folder"):
         EMDPO("linear", n_types=2).fit(tmp_path / "nope")
 
 

@@ -35,6 +35,23 @@ def _adapter_params(backend: LoRABackend, k: int) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in backend.model.named_parameters() if tag in n}
 
 
+def _same_gradients(a: LoRABackend, b: LoRABackend, data, w: np.ndarray, adapter: int,
+                    atol: float) -> None:
+    """The weighted loss's gradients agree between two backends, parameter by parameter."""
+    grads = []
+    for backend in (a, b):
+        backend.model.set_adapter(backend.adapter(adapter))
+        backend.model.zero_grad()
+        loss, _, _ = backend._micro_loss(backend.prepare(data), np.arange(len(data)), w,
+                                         float(w.mean()))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in backend.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=atol), name
+
+
 def test_trunk_cached_and_plain_forward_agree(data):
     cached = LoRABackend(types=2, top_layers=2, **SMALL)
     plain = LoRABackend(types=2, top_layers=2, trunk_cache=False, **SMALL)
@@ -46,18 +63,8 @@ def test_trunk_cached_and_plain_forward_agree(data):
     # 1e-4: on a GPU float32 sequence log-probs near -400 differ by an ulp (3e-5) between
     # the two paths; a wrong trunk (another layer, a stale cache) is off by ~0.1
     assert np.allclose(s_cached, s_plain, atol=1e-4, equal_nan=True)
-    grads = []
-    for b in (cached, plain):
-        b.model.set_adapter(b.adapter(1))
-        b.model.zero_grad()
-        w = np.linspace(0.1, 1.0, len(data))
-        loss, _, _ = b._micro_loss(b.prepare(data), np.arange(len(data)), w, float(w.mean()))
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in b.model.named_parameters()
-                      if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+    w = np.linspace(0.1, 1.0, len(data))
+    _same_gradients(cached, plain, data, w, adapter=1, atol=1e-5)
 
 
 def test_adapters_live_only_in_the_top_layers(data):
@@ -242,22 +249,15 @@ def test_device_and_dtype_are_checked_and_key_the_reference_cache(data, tmp_path
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(data):
-    grads = []
+    backends = []
     for ckpt in (False, True):
         b = LoRABackend(types=1, top_layers=2, gradient_checkpointing=ckpt, **SMALL)
         assert {getattr(layer, "gradient_checkpointing", False)
                 for layer in b.decoder.layers} == {ckpt}
         _randomise(b)
         b.model.train()
-        b.model.zero_grad()
-        w = np.ones(len(data))
-        loss, _, _ = b._micro_loss(b.prepare(data), np.arange(len(data)), w, 1.0)
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in b.model.named_parameters()
-                      if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+        backends.append(b)
+    _same_gradients(*backends, data, np.ones(len(data)), adapter=0, atol=1e-6)
 
 
 def test_the_time_probe_leaves_the_adapters_as_they_were(data):

@@ -41,20 +41,6 @@ def test_truncation_keeps_prompt_end_and_response_start(tiny):
     assert prompt_text("Q", tok) == ("<|user|>Q\n<|assistant|>", True)
 
 
-def test_a_repeated_truncation_notice_is_logged_once(tiny, caplog):
-    _, tok = tiny
-    rows = [Annotation("h", "x" * 40 + str(i), ["y" * 40, "z"], [0]) for i in range(3)]
-    with caplog.at_level("WARNING", logger="pluralign.reference"):
-        for _ in range(4):  # as EM tokenises one dataset for every backend and fold
-            tokenize(rows, tok, TokenSettings(7, 5))
-        tokenize(rows[:2], tok, TokenSettings(7, 5))  # another count: its own line
-    said = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
-    # responses are tokenised once per distinct text: the long one is one truncation
-    assert said == ["truncated 3 prompt(s) to their last 7 tokens and 1 response(s) to their "
-                    "first 5 tokens", "truncated 2 prompt(s) to their last 7 tokens and 1 "
-                    "response(s) to their first 5 tokens"]
-
-
 def test_reference_logps_equal_the_plain_forward_over_response_tokens(tiny):
     model, tok = tiny
     seqs = tokenize(_data(), tok, TokenSettings())

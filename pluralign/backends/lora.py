@@ -211,12 +211,18 @@ class LoRABackend(PolicyBackend):
     def policy_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
         """log pi(response) of sequences `ids` under the active adapter (grad if enabled), in
         the order of `ids`; computed in length groups so that padding stays small (snug)."""
-        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
+        groups = self._groups(prep, ids)
         if len(groups) == 1:
             return self._group_logps(prep, ids)
         out = torch.cat([self._group_logps(prep, g) for g in groups])
         where = {seq: j for j, seq in enumerate(i for g in groups for i in g)}
         return out[torch.tensor([where[i] for i in ids], device=out.device)]
+
+    @staticmethod
+    def _groups(prep: Prepared, ids: list[int]) -> list[list[int]]:
+        """The length groups `ids` run in: snug groups, or `ids` as given when one suffices."""
+        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
+        return groups if len(groups) > 1 else [ids]
 
     def _group_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
         device = self._device
@@ -366,11 +372,9 @@ class LoRABackend(PolicyBackend):
         groups; summing parameter gradients over ranks then gives the one-process gradient."""
         if distributed.world() == 1:
             return self.policy_logps(prep, ids), lambda: None
-        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
-        groups = groups if len(groups) > 1 else [ids]
         where = {i: j for j, i in enumerate(ids)}
         parts = [(torch.tensor([where[i] for i in g]), self._group_logps(prep, g))
-                 for g in distributed.shard(groups)]
+                 for g in distributed.shard(self._groups(prep, ids))]
         full = torch.zeros(len(ids), device=self._device)
         for pos, values in parts:
             full[pos.to(full.device)] = values.detach().float()

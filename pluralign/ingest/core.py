@@ -304,9 +304,7 @@ def to_annotations(data: Any, preset: str = "auto") -> Annotations:
     if isinstance(data, (str, os.PathLike)):
         if (Path(data) / "manifest.json").is_file():
             return load(data)
-        if not Path(data).exists():
-            raise FileNotFoundError(f"{data}: not a file or folder")
-        return Annotations(ingest([str(data)], preset=preset).records)
+        return Annotations(ingest([str(data)], preset=preset).records)  # files, hub names
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
         return _from_rows(data.to_dict("records"), "DataFrame", preset)
     if isinstance(data, (list, tuple)):

@@ -4,6 +4,7 @@ stops before any work, with a message naming the key and the file."""
 from __future__ import annotations
 
 import codecs
+import collections.abc
 import dataclasses
 import inspect
 import math
@@ -145,10 +146,20 @@ def _fits(value: Any, annotation: Any) -> bool:
         args = typing.get_args(annotation)
         return isinstance(value, dict) and (not args or all(
             _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()))
+    if origin is collections.abc.Callable:  # never a YAML value: a name is the choice there
+        return callable(value)
     if isinstance(annotation, type):
         return isinstance(value, annotation)
-    return True  # callables, arrays: not expressible in YAML, accepted as given
+    return True  # arrays and the like: not expressible in YAML, accepted as given
 
 
 def _name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    """The type as a YAML writer reads it: callables, which YAML cannot hold, left out."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_name(a) for a in typing.get_args(annotation)
+                          if typing.get_origin(a) is not collections.abc.Callable)
+    if annotation is type(None):
+        return "None"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")  # list[float] and the like, whole

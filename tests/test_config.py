@@ -47,3 +47,13 @@ def test_list_elements_are_checked_before_any_work(tmp_path, weights, shown):
     assert str(path) in str(e.value) and shown in str(e.value)
     ok = _write(tmp_path, BASE + "aggregate: {type_weights: [1, 2.5]}\n")
     assert PipelineConfig.load(ok).aggregate.type_weights == [1, 2.5]
+
+
+def test_a_callable_parameter_takes_no_yaml_value(tmp_path):
+    """em.backend is a name or (in Python) a callable: a YAML list is a type error naming the
+    key and the YAML type, not a crash (found by tests/test_fuzz.py)."""
+    path = _write(tmp_path, BASE + "em: {backend: []}\n")
+    with pytest.raises(ConfigError, match=r"'em.backend' has the wrong type: expected str, got "
+                                          r"list \[\]") as e:
+        PipelineConfig.load(path)
+    assert str(path) in str(e.value)

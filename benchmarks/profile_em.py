@@ -25,7 +25,6 @@ import time
 from collections import defaultdict
 
 import torch
-from accelerate import Accelerator
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import pluralign.backends.linear as linear
@@ -59,7 +58,7 @@ def install() -> None:
     mark(reference.Reference, "trunk_states", "trunk states")
     mark(lora.LoRABackend, "logratios", "scoring")
     mark(lora.LoRABackend, "_micro_loss", "fit forward")
-    mark(Accelerator, "backward", "fit backward")
+    mark(lora.LoRABackend, "_backward", "fit backward")
     mark(torch.optim.AdamW, "step", "fit optimizer")
     mark(em, "annotation_loglik", "E-step")
     mark(em, "e_step", "E-step")

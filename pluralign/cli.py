@@ -106,7 +106,10 @@ def _os_message(e: OSError) -> str:
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: object,
                   **__: object) -> None:
-    """A warning as one line on stderr, without the source line Python shows by default."""
+    """A warning as one line on stderr, without the source line Python shows by default; rank
+    0 alone speaks for a run of several processes (each rank meets the same warnings)."""
+    if distributed.launched() and not distributed.is_main():
+        return
     print(f"WARNING [{category.__name__}]: {message}", file=sys.stderr)
 
 

@@ -5,6 +5,7 @@ checks a config before paying for torch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ T = TypeVar("T")
 
 
 class UnsupportedEngineError(RuntimeError):
-    """A launcher asked for model sharding (FSDP, DeepSpeed ZeRO) that pluralign does not do."""
+    """A launcher asked for an engine pluralign does not drive (DeepSpeed)."""
 
 
 class RankMismatchError(RuntimeError):
@@ -33,17 +34,59 @@ def setup(cpu: bool | None = None) -> None:
     0 of 1, and the runs silently repeat each other's work.)"""
     if not launched():
         return
-    for engine in ("FSDP", "DEEPSPEED"):
-        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
-            raise UnsupportedEngineError(
-                f"accelerate launched this run with {engine}: pluralign splits the data over "
-                "ranks (each holds the base model and the adapters, gradients summed), it does "
-                "not shard the model, and would silently ignore the setting; launch with "
-                "pipelines/accelerate/multi_gpu.yaml instead")
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise UnsupportedEngineError(
+            "accelerate launched this run with DeepSpeed, which pluralign does not drive (its "
+            "engine takes one model and one optimizer; pluralign trains K adapters, each with "
+            "its own optimizer). For ZeRO-3's parameter sharding launch with "
+            "pipelines/accelerate/fsdp.yaml (FSDP shards the same way); for ZeRO-2 use "
+            "multi_gpu.yaml (ZeRO-2 shards gradients and optimizer states, which for LoRA "
+            "adapters are megabytes)")
+    _die_with_launcher()
     import torch
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         from accelerate import PartialState
         PartialState(cpu=not torch.cuda.is_available() if cpu is None else cpu)
+
+
+_TIED = False
+
+
+def _die_with_launcher() -> None:
+    """Have Linux kill this rank when its launcher dies. torchrun starts each rank in a session
+    of its own, so `kill -9` of the launcher (or of its process group) would leave the ranks
+    running on, holding the run folder, or waiting forever in a collective whose peers are
+    gone. The parent dying counts as this rank being killed: its checkpoint resumes."""
+    global _TIED
+    if _TIED or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+        _TIED = True
+    if _TIED and os.getppid() == 1:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def fsdp_launched() -> bool:
+    """Whether accelerate launched this run with FSDP (pipelines/accelerate/fsdp.yaml)."""
+    return launched() and _env_flag("ACCELERATE_USE_FSDP")
+
+
+def fsdp_options() -> dict[str, bool]:
+    """The FSDP settings of an accelerate config that pluralign follows (fsdp_reshard_after_
+    forward, fsdp_offload_params); it shards every decoder layer whatever the wrap policy."""
+    def flag(name: str, default: bool) -> bool:
+        value = os.environ.get(name)
+        return default if value is None else _env_flag(name)
+    return {"reshard_after_forward": flag("FSDP_RESHARD_AFTER_FORWARD", True),
+            "offload": flag("FSDP_OFFLOAD_PARAMS", False)}
 
 
 def _group() -> Any:
@@ -82,6 +125,16 @@ def shard(items: Sequence[T]) -> list[T]:
     """This rank's share of `items`: every world()-th from its rank, so all ranks together hold
     each item exactly once and shares differ in size by at most one."""
     return list(items[rank()::world()])
+
+
+def lockstep(items: Sequence[T], dummy: T) -> list[tuple[T, bool]]:
+    """This rank's share of `items` (as `shard`), each marked True, padded with `dummy` marked
+    False to the largest share's size: with a sharded model every forward pass gathers weights
+    from every rank, so all ranks must run the same number of them (a dummy's result is
+    dropped)."""
+    mine = shard(items)
+    size = -(-len(items) // world())
+    return [(item, True) for item in mine] + [(dummy, False)] * (size - len(mine))
 
 
 def all_sum_(tensor: Any) -> Any:

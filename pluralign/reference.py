@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -212,15 +213,29 @@ def _covers(state: dict, trunk_layer: int | None, embeddings: bool) -> bool:
         trunk_layer is None or state.get("trunk_layer") == trunk_layer)
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def _forward(decoder: nn.Module, head: nn.Module, batch: Batch, trunk_layer: int | None,
+             embeddings: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """One batch's reference forward: trunk states, log-probs, embeddings."""
+    hidden, captured = full_forward(decoder, batch, trunk_layer)
+    return (captured, response_logps(head, hidden, batch),
+            response_means(hidden, batch) if embeddings else None)
+
+
 @torch.no_grad()
 def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: int,
                       trunk_layer: int | None = None, trunk_dtype: str = "float32",
                       embeddings: bool = False, token_budget: int = 8192,
-                      cache: str | Path | None = None, progress: bool = True) -> Reference:
+                      cache: str | Path | None = None, progress: bool = True,
+                      run: Callable[..., Any] = _call) -> Reference:
     """Reference log-probs (and trunk states / embeddings) of `seqs`, from cache when possible.
 
     `model_id` must identify the weights (see models.model_fingerprint). `cache`: a folder,
-    None for the default cache, or "" to disable caching.
+    None for the default cache, or "" to disable caching. `run(fn, *args)` runs each forward
+    (a sharded model's root: LoRABackend._run).
     """
     key = fingerprint(model_id, seqs, trunk_dtype)
     last = _LAST.get(key)
@@ -247,14 +262,18 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     embs = torch.zeros(n, model.config.hidden_size) if embeddings else None
     trunk_parts: dict[int, torch.Tensor] = {}
     dtype = getattr(torch, trunk_dtype)
-    mine = distributed.shard(list(batches(by_length(seqs), seqs, token_budget)))
+    every = list(batches(by_length(seqs), seqs, token_budget))
+    mine = distributed.lockstep(every, every[0][:1] if every else [])
     with base_model_only(model):
-        for ids in bar(mine, desc="reference pass", unit="batch", enabled=progress):
+        for ids, real in bar(mine, desc="reference pass", unit="batch", enabled=progress):
             batch = make_batch(seqs, ids, pad_id).to(device)
-            hidden, captured = full_forward(decoder, batch, trunk_layer)
-            logps[ids] = response_logps(head, hidden, batch).double().cpu()
-            if embs is not None:
-                embs[ids] = response_means(hidden, batch).cpu()
+            captured, lp, means = run(_forward, decoder, head, batch, trunk_layer,
+                                              embs is not None)
+            if not real:  # a padding pass (distributed.lockstep)
+                continue
+            logps[ids] = lp.double().cpu()
+            if means is not None:
+                embs[ids] = means.cpu()
             if captured is not None:
                 for b, i in enumerate(ids):
                     trunk_parts[i] = captured[b, : int(batch.lengths[b])].to(dtype).cpu()

@@ -1,6 +1,8 @@
-"""Two CPU processes (torchrun, gloo) against one: the same posteriors and adapters, a killed
-two-process run resumed to the same end, and ranks given different data stopped with a clear
-error instead of a hang. Selected by `pytest -k distributed`."""
+"""Two CPU processes (torchrun or accelerate launch, gloo) against one: the same posteriors and
+adapters with the data shared out (every rank holding the model) and with the model sharded
+too (FSDP, through the shipped accelerate config), a killed two-process run resumed to the same
+end, and ranks given different data stopped with a clear error instead of a hang. Selected by
+`pytest -k distributed`."""
 
 from __future__ import annotations
 
@@ -15,26 +17,56 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-CONFIG = """\
+from pluralign.io import LOCK_FILE
+
+# "trunk": adapters in the top 2 layers, passes from cached trunk states; "full": adapters in
+# every layer, whole forwards, adapters re-initialised each iteration, two micro-batches a step
+CONFIGS = {"trunk": """\
 em: {backend: lora, n_types: 2, max_iter: 3, init: linear, n_init: 1, min_type_share: 0,
      min_type_annotators: 0, merge_nats: 0}
 lora: {model: "builtin:tiny", top_layers: 2, max_prompt_tokens: 16, max_response_tokens: 16,
-       batch_size: 4, learning_rate: 0.01, progress: false, cache: ""}
+       batch_size: 4, learning_rate: 0.01, progress: false, cache: "", sharding: SHARDING}
 linear: {l2: 0.5}
-"""
+""", "full": """\
+em: {backend: lora, n_types: 2, max_iter: 2, init: linear, n_init: 1, min_type_share: 0,
+     min_type_annotators: 0, merge_nats: 0, warm_start: false}
+lora: {model: "builtin:tiny", max_prompt_tokens: 16, max_response_tokens: 16, batch_size: 3,
+       grad_accum: 2, learning_rate: 0.01, progress: false, cache: "", sharding: SHARDING}
+linear: {l2: 0.5}
+"""}
+ROOT = Path(__file__).resolve().parents[1]
+FSDP_CONFIG = ROOT / "pipelines" / "accelerate" / "fsdp.yaml"
+SHARDED = "FSDP: each of the 2 ranks holds 50% of the model's"
 ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 TIMEOUT = 240  # a hang must fail the test, not CI
 
 
-def _em(tmp: Path, data: Path, out: str, processes: int) -> list[str]:
-    cfg = tmp / "em.yaml"
-    cfg.write_text(CONFIG)
+def _em(tmp: Path, data: Path, out: str, processes: int, config: str = "trunk",
+        sharding: str = "none", launcher: str = "torchrun") -> list[str]:
+    cfg = tmp / f"{config}-{sharding}.yaml"
+    cfg.write_text(CONFIGS[config].replace("SHARDING", sharding))
     args = ["-m", "pluralign.cli", "em", "--data", str(data), "--out", str(tmp / out),
             "--config", str(cfg)]
     if processes == 1:
         return [sys.executable, *args]
+    if launcher == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+                "--config_file", str(FSDP_CONFIG), "--num_processes", str(processes), *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={processes}", *args]
+
+
+def _gone(pid: int, within: float) -> bool:
+    """Whether process `pid` has exited (a zombie counts) within `within` seconds."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _posteriors(run: Path) -> np.ndarray:
@@ -69,8 +101,9 @@ def one_process(tmp_path_factory):
     data = tmp / "data"
     assert main(["simulate", "--out", str(data), "--flavour", "text", "--types", "2",
                  "--annotators", "12", "--per-annotator", "3", "--seed", "4"]) == 0
-    subprocess.run(_em(tmp, data, "one", 1), check=True, env=ENV, capture_output=True,
-                   timeout=TIMEOUT)
+    for config in CONFIGS:
+        subprocess.run(_em(tmp, data, f"one-{config}", 1, config), check=True, env=ENV,
+                       capture_output=True, timeout=TIMEOUT)
     return tmp, data
 
 
@@ -79,34 +112,59 @@ def test_two_processes_fit_what_one_does_distributed(one_process):
     done = subprocess.run(_em(tmp, data, "two", 2), env=ENV, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
-    _same_fit(tmp / "one", tmp / "two")
+    _same_fit(tmp / "one-trunk", tmp / "two")
     # rank 0 alone reports and writes: one summary, one line per EM iteration
     assert done.stdout.count("wrote ") == 1
     assert done.stderr.count("K=2 iteration 1/3:") == 1
+    assert SHARDED not in done.stderr  # sharding: none keeps the whole model on every rank
 
 
-def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process):
+def test_fsdp_two_processes_fit_what_one_does_distributed(one_process):
+    """The shipped FSDP accelerate config (sharding: auto follows it) on two CPU processes:
+    the model is split over the ranks, and the fit is the one-process fit. (The "full"
+    config: adapters in every layer, re-initialised each iteration, accumulated gradients;
+    the killed FSDP run below checks the trunk-cached config, resumed.)"""
     tmp, data = one_process
+    done = subprocess.run(_em(tmp, data, "fsdp-full", 2, "full", "auto", "accelerate"),
+                          env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert sum(line.startswith(SHARDED) for line in lines) == 1  # sharded; said by rank 0
+    _same_fit(tmp / "one-full", tmp / "fsdp-full")
+    assert "Warning]" not in done.stderr or all(  # a live warning is shown by rank 0 alone
+        done.stderr.count(line) == 1 for line in done.stderr.splitlines() if "Warning]" in line)
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process, sharding):
+    tmp, data = one_process
+    out = f"killed-{sharding}"
     kills = 0
-    for delay in (0.0, 1.5):  # at a checkpoint just written, then a little into the resumed run
+    for delay in (0.0,):  # at a checkpoint just written, mid-EM
         start = time.time()
-        proc = subprocess.Popen(_em(tmp, data, "killed", 2), env=ENV, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(_em(tmp, data, out, 2, sharding=sharding), env=ENV,
+                                start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         while proc.poll() is None and time.time() - start < TIMEOUT and not any(
                 f.stat().st_mtime > start
-                for f in (tmp / "killed" / "checkpoints").glob("*/*/state.json")):
+                for f in (tmp / out / "checkpoints").glob("*/*/state.json")):
             time.sleep(0.05)
         time.sleep(delay)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-EM
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher (the ranks have own sessions)
             proc.wait()
             kills += 1
+            # the ranks die with their launcher instead of running on or hanging: rank 0
+            # (named in its lock on the run folder) is gone at once
+            holder = int((tmp / out / LOCK_FILE).read_text().split()[1].rstrip(","))
+            assert _gone(holder, within=1.0)
     assert kills >= 1
-    done = subprocess.run(_em(tmp, data, "killed", 2), env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    done = subprocess.run(_em(tmp, data, out, 2, sharding=sharding), env=ENV,
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stderr  # it did pick up a checkpoint
-    _same_fit(tmp / "one", tmp / "killed")
+    assert (SHARDED in done.stderr) == (sharding == "fsdp")
+    _same_fit(tmp / "one-trunk", tmp / out)
 
 
 WORKER = """\
@@ -141,16 +199,16 @@ def test_ranks_with_different_data_stop_with_a_clear_error_distributed(one_proce
     assert time.perf_counter() - t0 < TIMEOUT
 
 
-def test_model_sharding_engines_and_one_process_commands_are_refused_distributed(
+def test_deepspeed_and_one_process_commands_are_refused_distributed(
         monkeypatch, tmp_path, capsys):
     from pluralign import distributed
     from pluralign.cli import main
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for engine in ("FSDP", "DEEPSPEED"):
-        monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
-        with pytest.raises(distributed.UnsupportedEngineError, match=f"with {engine}.*multi_gpu"):
-            distributed.setup()
-        monkeypatch.delenv(f"ACCELERATE_USE_{engine}")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(distributed.UnsupportedEngineError,
+                       match="with DeepSpeed.*ZeRO-3.*fsdp.yaml.*ZeRO-2.*multi_gpu.yaml"):
+        distributed.setup()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     cfg = tmp_path / "run.yaml"
     cfg.write_text("run: {out: x}\n")
     assert main(["run", str(cfg)]) == 2

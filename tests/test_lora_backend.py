@@ -269,3 +269,27 @@ def test_the_time_probe_leaves_the_adapters_as_they_were(data):
     after = dict(b.model.named_parameters())
     assert all(torch.equal(v, after[n]) for n, v in before.items())
     assert all(p.grad is None for p in b.model.parameters())
+
+
+def test_reset_is_seeded_and_gives_the_reference_policy(data):
+    """A reset draws A from the backend's seed (not the global generator: warm_start: false
+    runs used to differ between runs and between one and two processes), sets B = 0 so the
+    policy is the reference again, and leaves the other adapters alone."""
+    backends = [LoRABackend(types=2, top_layers=2, seed=3, **SMALL) for _ in range(2)]
+    for b, global_seed in zip(backends, (1, 2), strict=True):
+        _randomise(b)
+        torch.manual_seed(global_seed)  # a different global generator state in each
+        b.reset(1)
+    a, b = (_adapter_params(x, 1) for x in backends)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(not p.any() for n, p in a.items() if "lora_B" in n)
+    assert any(p.abs().sum() > 0 for n, p in a.items() if "lora_A" in n)
+    assert np.nanmax(np.abs(backends[0].logratios(data)[..., 1])) < 1e-6
+    other = LoRABackend(types=2, top_layers=2, seed=3, **SMALL)
+    _randomise(other)
+    assert all(torch.equal(p, _adapter_params(backends[0], 0)[n])
+               for n, p in _adapter_params(other, 0).items())
+    backends[0].history_[1].append({})  # after a fit, the next reset draws afresh
+    backends[0].reset(1)
+    again = _adapter_params(backends[0], 1)
+    assert any(not torch.equal(again[n], a[n]) for n in a if "lora_A" in n)

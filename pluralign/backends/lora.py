@@ -8,6 +8,7 @@ its own parameters; scoring loops over adapters in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -24,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from torch.nn.utils.rnn import pad_sequence
 
-from pluralign import distributed
+from pluralign import distributed, sharding
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
 from pluralign.backends.settings import LoRAConfig
 from pluralign.data import Annotation, Annotations, as_annotations
@@ -49,6 +50,7 @@ from pluralign.reference import (
     tokenize,
 )
 from pluralign.trunk import (
+    Batch,
     decoder_and_head,
     full_forward,
     response_logps,
@@ -142,8 +144,7 @@ class LoRABackend(PolicyBackend):
         self.n_types, self.beta = cfg.types, cfg.beta
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
         distributed.setup(cpu)  # several processes: join their group before anything else
-        self.accelerator = Accelerator(cpu=cpu)
-        device = resolve_device(cfg.device, self.accelerator.device)
+        device = resolve_device(cfg.device, PartialState(cpu=cpu).device)
         self.dtype = resolve_dtype(cfg.dtype, device)
         base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code, self.dtype)
         # the reference cache is keyed by where and how the pass ran: bf16 or GPU log-probs
@@ -176,13 +177,64 @@ class LoRABackend(PolicyBackend):
             self.model = get_peft_model(base, lora, adapter_name=self.adapter(0))
             for k in range(1, cfg.types):
                 self.model.add_adapter(self.adapter(k), lora)
-        self.model.to(device)
         self._device = device
         self.model.eval()
         self.decoder, self.head = decoder_and_head(self.model)
+        self._root = self._shard(cfg.sharding, device)
+        if self._root is None:  # sharded: fully_shard moved each layer's slice, one at a time
+            self.model.to(device)
+        self._whole: dict[str, torch.Tensor] = {}  # sharded: whole adapters, for rank 0 to save
+        self._keep_whole()
         self.loss_fn = get_loss(cfg.loss)
         self.history_: dict[int, list[dict[str, Any]]] = {k: [] for k in range(cfg.types)}
         self._prepared: dict[str, Prepared] = {}
+
+    def _shard(self, mode: str, device: torch.device) -> sharding.Root | None:
+        """Shard the model over the ranks (FSDP) when `mode` asks for it (see
+        LoRAConfig.sharding), moving each slice to `device` (the whole model never is);
+        None: every rank holds the whole model."""
+        wanted = mode == "fsdp" or (mode == "auto" and distributed.fsdp_launched())
+        if not wanted or distributed.world() == 1:
+            return None
+        layers = getattr(self.decoder, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            kind = type(self.decoder).__name__
+            raise ValueError(f"sharding: fsdp shards decoder layers, and {kind} has no "
+                             "`layers` list; use sharding: none")
+        root = sharding.shard(self.model, layers, device, **distributed.fsdp_options())
+        mine, total = sharding.local_share(self.model)
+        log.info("FSDP: each of the %d ranks holds %.0f%% of the model's %s parameters (its "
+                 "slice of every layer's and of the rest)", distributed.world(),
+                 100 * mine / total, f"{total:,}")
+        return root
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), inside the sharded model's root when the model is sharded (FSDP then
+        gathers the weights that belong to no layer)."""
+        return self._root(fn, *args) if self._root is not None else fn(*args)
+
+    def _keep_whole(self, k: int | None = None) -> None:
+        """Sharded model: gather adapter k's weights (every adapter's when None) whole onto
+        every rank, now, while all ranks run the same code; rank 0 alone saves them later."""
+        if self._root is None:
+            return
+        names = [self.adapter(j) for j in (range(self.n_types) if k is None else [k])]
+        for n, param in self.model.named_parameters():
+            if any(f".{name}." in n for name in names):
+                self._whole[n] = sharding.full(param.detach()).cpu()
+
+    def _whole_values(self) -> contextlib.AbstractContextManager:
+        """Context in which whole tensors may be written into sharded parameters (each rank
+        keeps its slice); nothing when the model is not sharded."""
+        if self._root is None:
+            return contextlib.nullcontext()
+        from torch.distributed.tensor.experimental import implicit_replication
+        return implicit_replication()
+
+    def _unsharded(self, what: str) -> None:
+        if self._root is not None:
+            raise RuntimeError(f"{what} needs the whole model in one process; the model is "
+                               "sharded over ranks (sharding: fsdp); run it without a launcher")
 
     def adapter(self, k: int) -> str:
         """Name of policy k's adapter: type_k, or the merged adapter's name in a merged view."""
@@ -204,7 +256,7 @@ class LoRABackend(PolicyBackend):
                 self.model, self.model_id, seqs, self.tokenizer.pad_token_id,
                 trunk_layer=self.start_layer if self.trunk else None,
                 trunk_dtype=cfg.trunk_dtype, embeddings=embeddings, token_budget=cfg.token_budget,
-                cache=cfg.cache, progress=cfg.progress)
+                cache=cfg.cache, progress=cfg.progress, run=self._run)
             self._prepared[key] = Prepared(seqs, ref, as_annotations(data).rankings())
         return self._prepared[key]
 
@@ -227,11 +279,18 @@ class LoRABackend(PolicyBackend):
     def _group_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
         device = self._device
         batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id).to(device)
+        states = None
         if self.trunk:
             dtype = next(self.model.parameters()).dtype
-            states = pad_sequence([prep.ref.trunk_states(i) for i in ids], batch_first=True)
-            hidden = top_forward(self.decoder, states.to(device, dtype), batch.attention_mask,
-                                 self.start_layer)
+            states = pad_sequence([prep.ref.trunk_states(i) for i in ids],
+                                  batch_first=True).to(device, dtype)
+        return self._run(self._forward_logps, batch, states)
+
+    def _forward_logps(self, batch: Batch, states: torch.Tensor | None) -> torch.Tensor:
+        """log pi(response) of `batch`: from cached trunk `states` when given, else the whole
+        forward."""
+        if states is not None:
+            hidden = top_forward(self.decoder, states, batch.attention_mask, self.start_layer)
         else:
             hidden = full_forward(self.decoder, batch)[0]
         return response_logps(self.head, hidden, batch)
@@ -242,16 +301,18 @@ class LoRABackend(PolicyBackend):
         prep = self.prepare(data)
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
-        groups = distributed.shard(list(batches(by_length(prep.seqs), prep.seqs,
-                                                self.config.token_budget)))
+        every = list(batches(by_length(prep.seqs), prep.seqs, self.config.token_budget))
+        groups = distributed.lockstep(every, every[0][:1])
         self.model.eval()
         shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
                     enabled=self.config.progress)
         for k in range(self.n_types):
             self.model.set_adapter(self.adapter(k))
             s = torch.zeros(n_seq, dtype=torch.float64)
-            for ids in groups:
-                s[ids] = self.policy_logps(prep, ids).double().cpu()
+            for ids, real in groups:
+                values = self.policy_logps(prep, ids).double().cpu()
+                if real:
+                    s[ids] = values
                 shown.update()
             distributed.all_sum_(s)  # every rank scored its batches; each gets all scores
             out[..., k] = prep.seqs.per_candidate(s - prep.ref.logps).numpy()
@@ -269,8 +330,7 @@ class LoRABackend(PolicyBackend):
         self.model.train()
         t0 = time.perf_counter()
         loss, _, rest = self._micro_loss(prep, mb, np.ones(len(data)), 1.0)
-        loss.backward()
-        rest()
+        self._backward(loss, rest)
         step = time.perf_counter() - t0
         self.model.zero_grad(set_to_none=True)
         self.model.eval()
@@ -321,13 +381,13 @@ class LoRABackend(PolicyBackend):
                         raise FloatingPointError(
                             f"{name}: loss is {loss.item()} at step {stats['steps'] + 1}; lower "
                             "the learning_rate or beta, or check the data")
-                    self.accelerator.backward(loss / cfg.grad_accum)
-                    rest()
+                    self._backward(loss / cfg.grad_accum, rest)
                     stats["tokens"] += n_tok
                     stats["loss"].append(round(loss.item(), 6))
                     if (j + 1) % cfg.grad_accum == 0 or j + 1 == len(micro):
-                        _sum_grads(params)
-                        self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                        if self._root is None:  # FSDP sums them itself
+                            _sum_grads(params)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
@@ -338,10 +398,16 @@ class LoRABackend(PolicyBackend):
             shown.close()
             opt.zero_grad(set_to_none=True)
             self.model.eval()
+        self._keep_whole(k)
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         self.history_[k].append({key: v for key, v in stats.items() if key != "loss"}
                                 | {"final_loss": stats["loss"][-1]})
         return stats
+
+    def _backward(self, loss: torch.Tensor, rest: Callable[[], None]) -> None:
+        """The loss's backward pass, then its completion on this rank (see _shared_logps)."""
+        loss.backward()
+        rest()
 
     def _micro_loss(self, prep: Prepared, mb: np.ndarray, w: np.ndarray,
                     w_mean: float) -> tuple[torch.Tensor, int, Callable[[], None]]:
@@ -373,18 +439,22 @@ class LoRABackend(PolicyBackend):
         if distributed.world() == 1:
             return self.policy_logps(prep, ids), lambda: None
         where = {i: j for j, i in enumerate(ids)}
-        parts = [(torch.tensor([where[i] for i in g]), self._group_logps(prep, g))
-                 for g in distributed.shard(self._groups(prep, ids))]
+        parts = [(torch.tensor([where[i] for i in g]) if real else None,
+                  self._group_logps(prep, g))
+                 for g, real in distributed.lockstep(self._groups(prep, ids), ids[:1])]
         full = torch.zeros(len(ids), device=self._device)
         for pos, values in parts:
-            full[pos.to(full.device)] = values.detach().float()
+            if pos is not None:
+                full[pos.to(full.device)] = values.detach().float()
         leaf = distributed.all_sum_(full).requires_grad_()
 
-        def rest() -> None:
-            if parts and leaf.grad is not None:
-                torch.autograd.backward([v for _, v in parts],
-                                        [leaf.grad[p.to(leaf.device)].to(v.dtype)
-                                         for p, v in parts])
+        def rest() -> None:  # a padding pass gets a zero gradient: every rank runs as many
+            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            if parts:
+                torch.autograd.backward(
+                    [v for _, v in parts],
+                    [torch.zeros_like(v) if p is None else grad[p.to(grad.device)].to(v.dtype)
+                     for p, v in parts])
         return leaf, rest
 
     def loss(self, k: int, data: Annotations, weights: np.ndarray) -> float:
@@ -403,6 +473,7 @@ class LoRABackend(PolicyBackend):
         batches; seeded. Temperature 1 and top_p 1 (the defaults) sample the policy itself,
         which the regret estimators need; other values are for reading its text."""
         check_decoding(temperature, top_p)
+        self._unsharded("sampling")
         cfg, tok = self.config, self.tokenizer
         keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
         unique = {key: a for key, a in zip(keys, data, strict=True)}
@@ -438,6 +509,7 @@ class LoRABackend(PolicyBackend):
         with its own cache. (Token by token this is a product of experts; over whole
         candidates, pi_q = prod_k pi_k^q_k normalised, which is what the regret measures.)"""
         check_decoding(temperature, top_p)
+        self._unsharded("sampling")
         q = check_mixture(weights, self.n_types)
         active = [k for k in range(self.n_types) if q[k] > 0]
         cfg, tok = self.config, self.tokenizer
@@ -483,6 +555,7 @@ class LoRABackend(PolicyBackend):
         """Add adapter `name` = sum_k p_k (B_k A_k) (peft add_weighted_adapter, "cat": exact
         for the weight deltas) and return a K=1 view of it sharing this model and its caches.
         The merged policy is not the mixture policy; measure its regret."""
+        self._unsharded("merging adapters")
         p = check_mixture(weights, self.n_types)
         if name in self.model.peft_config:
             self.model.delete_adapter(name)
@@ -494,12 +567,21 @@ class LoRABackend(PolicyBackend):
         return view
 
     def reset(self, k: int) -> None:
-        """Re-initialise adapter k as peft does (B = 0: the policy equals the reference)."""
+        """Re-initialise adapter k as peft does (B = 0: the policy equals the reference), from
+        a generator seeded by `seed`, k and the number of earlier fits, so that runs (resumed,
+        or over several processes) repeat each other."""
         from peft.tuners.lora import LoraLayer
         name = self.adapter(k)
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and name in module.lora_A:
-                module.reset_lora_parameters(name, init_lora_weights=True)
+        gpus = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
+            torch.manual_seed(self.config.seed + 7919 * k + 104_729 * len(self.history_[k]) + 1)
+            for module in self.model.modules():
+                if isinstance(module, LoraLayer) and name in module.lora_A:
+                    with sharding.whole([(module.lora_A[name], "weight"),
+                                         (module.lora_B[name], "weight")]) \
+                            if self._root is not None else contextlib.nullcontext():
+                        module.reset_lora_parameters(name, init_lora_weights=True)
+        self._keep_whole(k)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -510,7 +592,8 @@ class LoRABackend(PolicyBackend):
             name = self.adapter(k)
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path))
             try:
-                self.model.save_pretrained(tmp, selected_adapters=[name])
+                whole = {"state_dict": self._whole} if self._root is not None else {}
+                self.model.save_pretrained(tmp, selected_adapters=[name], **whole)
                 saved = tmp / name if (tmp / name).is_dir() else tmp
                 target = path / name
                 if target.exists():
@@ -530,7 +613,9 @@ class LoRABackend(PolicyBackend):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: no saved adapter for type {k}")
             state = load_peft_weights(str(folder), device=str(self._device))
-            set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))
+            with self._whole_values():
+                set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))
+        self._keep_whole()
         history = Path(path) / "history.json"
         if history.is_file():
             saved = json.loads(history.read_text())

@@ -52,6 +52,7 @@ class LinearConfig:
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SHARDINGS = ("auto", "none", "fsdp")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
@@ -98,6 +99,11 @@ class LoRAConfig:
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (less memory, about a third more "
                 "time): for large models"})
+    sharding: str = field(default="auto", metadata={
+        "help": "with several processes: fsdp splits every decoder layer's weights over the "
+                "ranks (FSDP), for a model one device cannot hold; none keeps the whole model "
+                "on every rank; auto: fsdp when accelerate launched the run with FSDP "
+                "(pipelines/accelerate/fsdp.yaml), else none. The same results either way"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     trust_remote_code: bool = field(default=False, metadata={"help": "for hub models only"})
 
@@ -117,6 +123,8 @@ class LoRAConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check_loss(self.loss)
         self.target_modules = tuple(self.target_modules)
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"sharding must be one of {SHARDINGS}, got {self.sharding!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or (

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 from pluralign.io import LOCK_FILE
 
 # "trunk": adapters in the top 2 layers, passes from cached trunk states; "full": adapters in
-# every layer, whole forwards, adapters re-initialised each iteration, two micro-batches a step
+# every layer, whole forwards, adapters re-initialised each iteration, two micro-batches a step,
+# base weights in bfloat16 beside float32 adapters (as on a GPU: FSDP gathers mixed dtypes)
 CONFIGS = {"trunk": """\
 em: {backend: lora, n_types: 2, max_iter: 3, init: linear, n_init: 1, min_type_share: 0,
      min_type_annotators: 0, merge_nats: 0}
@@ -31,7 +32,8 @@ linear: {l2: 0.5}
 em: {backend: lora, n_types: 2, max_iter: 2, init: linear, n_init: 1, min_type_share: 0,
      min_type_annotators: 0, merge_nats: 0, warm_start: false}
 lora: {model: "builtin:tiny", max_prompt_tokens: 16, max_response_tokens: 16, batch_size: 3,
-       grad_accum: 2, learning_rate: 0.01, progress: false, cache: "", sharding: SHARDING}
+       grad_accum: 2, learning_rate: 0.01, progress: false, cache: "", sharding: SHARDING,
+       dtype: bfloat16}
 linear: {l2: 0.5}
 """}
 ROOT = Path(__file__).resolve().parents[1]

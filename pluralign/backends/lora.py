@@ -3,7 +3,9 @@
 Reference log-probs come from one cached pass (pluralign.reference). With `top_layers: T`,
 adapters sit in the top T layers only and every policy pass starts from the cached hidden
 states entering layer N-T (pluralign.trunk). Each adapter trains with its own optimizer over
-its own parameters; scoring loops over adapters in eval mode.
+its own parameters; scoring loops over adapters in eval mode. Under a launcher every rank runs
+its share of each pass (pluralign.distributed), and with `sharding: fsdp` holds only its slice
+of the model (pluralign.sharding); either way the results are the one-process ones.
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ class LoRABackend(PolicyBackend):
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
         every = list(batches(by_length(prep.seqs), prep.seqs, self.config.token_budget))
-        groups = distributed.lockstep(every, every[0][:1])
+        groups = distributed.lockstep(every, every[0][:1] if every else [])
         self.model.eval()
         shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
                     enabled=self.config.progress)

@@ -196,6 +196,9 @@ class LoRABackend(PolicyBackend):
         LoRAConfig.sharding), moving each slice to `device` (the whole model never is);
         None: every rank holds the whole model."""
         wanted = mode == "fsdp" or (mode == "auto" and distributed.fsdp_launched())
+        if mode == "none" and distributed.fsdp_launched():
+            log.warning("accelerate launched this run with FSDP, and lora.sharding is none: "
+                        "every rank holds the whole model (sharding: auto follows the launcher)")
         if not wanted or distributed.world() == 1:
             return None
         layers = getattr(self.decoder, "layers", None)

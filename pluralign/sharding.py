@@ -59,6 +59,17 @@ def _summing(module: Any) -> Any:
     return module
 
 
+def settle(root: nn.Module) -> None:
+    """Put every sharded module of `root` back to its slices. A module left gathered after a
+    pass without backward (reshard_after_forward false, or the root, which FSDP never reshards
+    after a forward) would otherwise take writes that its slices never see, and keep the
+    requires_grad it had before the active adapter changed."""
+    from torch.distributed.fsdp import FSDPModule
+    for module in root.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether `tensor` is a DTensor (a sharded parameter or gradient)."""
     from torch.distributed.tensor import DTensor

@@ -44,7 +44,8 @@ TIMEOUT = 240  # a hang must fail the test, not CI
 
 
 def _em(tmp: Path, data: Path, out: str, processes: int, config: str = "trunk",
-        sharding: str = "none", launcher: str = "torchrun") -> list[str]:
+        sharding: str = "none", launcher: str = "torchrun",
+        launcher_args: tuple[str, ...] = ()) -> list[str]:
     cfg = tmp / f"{config}-{sharding}.yaml"
     cfg.write_text(CONFIGS[config].replace("SHARDING", sharding))
     args = ["-m", "pluralign.cli", "em", "--data", str(data), "--out", str(tmp / out),
@@ -53,7 +54,8 @@ def _em(tmp: Path, data: Path, out: str, processes: int, config: str = "trunk",
         return [sys.executable, *args]
     if launcher == "accelerate":
         return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-                "--config_file", str(FSDP_CONFIG), "--num_processes", str(processes), *args]
+                "--config_file", str(FSDP_CONFIG), "--num_processes", str(processes),
+                *launcher_args, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={processes}", *args]
 
@@ -123,11 +125,14 @@ def test_two_processes_fit_what_one_does_distributed(one_process):
 
 def test_fsdp_two_processes_fit_what_one_does_distributed(one_process):
     """The shipped FSDP accelerate config (sharding: auto follows it) on two CPU processes:
-    the model is split over the ranks, and the fit is the one-process fit. (The "full"
-    config: adapters in every layer, re-initialised each iteration, accumulated gradients;
-    the killed FSDP run below checks the trunk-cached config, resumed.)"""
+    the model is split over the ranks, and the fit is the one-process fit. The "full" config
+    (adapters in every layer, re-initialised each iteration, accumulated gradients), with
+    layers kept gathered after their forward (fsdp_reshard_after_forward false: a reset or an
+    adapter switch must still reach the slices); the killed FSDP run below checks the
+    trunk-cached config with the default, resumed."""
     tmp, data = one_process
-    done = subprocess.run(_em(tmp, data, "fsdp-full", 2, "full", "auto", "accelerate"),
+    done = subprocess.run(_em(tmp, data, "fsdp-full", 2, "full", "auto", "accelerate",
+                              ("--fsdp_reshard_after_forward", "false")),
                           env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stderr.splitlines()

@@ -223,6 +223,7 @@ class LoRABackend(PolicyBackend):
         every rank, now, while all ranks run the same code; rank 0 alone saves them later."""
         if self._root is None:
             return
+        self._settle()
         names = [self.adapter(j) for j in (range(self.n_types) if k is None else [k])]
         for n, param in self.model.named_parameters():
             if any(f".{name}." in n for name in names):
@@ -235,6 +236,17 @@ class LoRABackend(PolicyBackend):
             return contextlib.nullcontext()
         from torch.distributed.tensor.experimental import implicit_replication
         return implicit_replication()
+
+    def _settle(self) -> None:
+        """A sharded model back to its slices (sharding.settle), before adapters are read,
+        written or switched: each is then done to the slices, which FSDP keeps."""
+        if self._root is not None:
+            sharding.settle(self._root)
+
+    def _activate(self, k: int) -> None:
+        """Make adapter k the active one (only its parameters require grad)."""
+        self._settle()
+        self.model.set_adapter(self.adapter(k))
 
     def _unsharded(self, what: str) -> None:
         if self._root is not None:
@@ -312,7 +324,7 @@ class LoRABackend(PolicyBackend):
         shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
                     enabled=self.config.progress)
         for k in range(self.n_types):
-            self.model.set_adapter(self.adapter(k))
+            self._activate(k)
             s = torch.zeros(n_seq, dtype=torch.float64)
             for ids, real in groups:
                 values = self.policy_logps(prep, ids).double().cpu()
@@ -331,7 +343,7 @@ class LoRABackend(PolicyBackend):
         cfg = self.config
         prep = self.prepare(data)
         mb = np.arange(min(cfg.batch_size, len(data)))
-        self.model.set_adapter(self.adapter(0))
+        self._activate(0)
         self.model.train()
         t0 = time.perf_counter()
         loss, _, rest = self._micro_loss(prep, mb, np.ones(len(data)), 1.0)
@@ -362,7 +374,7 @@ class LoRABackend(PolicyBackend):
         if rows.size == 0:
             return stats
         name = self.adapter(k)
-        self.model.set_adapter(name)  # only this adapter's parameters require grad
+        self._activate(k)  # only this adapter's parameters require grad
         params = [p for n, p in self.model.named_parameters() if f".{name}." in n]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         per_step = cfg.batch_size * cfg.grad_accum
@@ -577,6 +589,7 @@ class LoRABackend(PolicyBackend):
         or over several processes) repeat each other."""
         from peft.tuners.lora import LoraLayer
         name = self.adapter(k)
+        self._settle()
         gpus = [self._device] if self._device.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(self.config.seed + 7919 * k + 104_729 * len(self.history_[k]) + 1)
@@ -613,6 +626,7 @@ class LoRABackend(PolicyBackend):
         """Load adapters written by `save`, replacing the current ones."""
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
+        self._settle()
         for k in range(self.n_types):
             folder = Path(path) / self.adapter(k)
             if not folder.is_dir():

@@ -9,7 +9,8 @@ What FSDP asks of its caller, and where pluralign does it:
 - passes that do not go through the model's own forward run inside `Root`, which owns the
   weights outside the layers (embeddings, final norm, head) and gathers them;
 - gradients are reduce-scattered, and summed, not averaged (each rank's loss is its share);
-- sharded parameters are read and written whole through `full` and `assign_`.
+- sharded parameters are read and written whole through `full` and `assign_`, and only
+  once `settle` has put every module back to its slices.
 """
 
 from __future__ import annotations

@@ -664,4 +664,3 @@ def _load_checkpoint(ckpt: Path | None, backend: PolicyBackend,
     log.info("resuming %s after iteration %d", ckpt, state["iteration"] + 1)
     return {**state, "gamma": np.asarray(state["posteriors"]),
             "log_lik": None if state.get("log_lik") is None else np.asarray(state["log_lik"])}
-

@@ -213,6 +213,14 @@ def _covers(state: dict, trunk_layer: int | None, embeddings: bool) -> bool:
         trunk_layer is None or state.get("trunk_layer") == trunk_layer)
 
 
+def rank_batches(seqs: Sequences, token_budget: int) -> list[tuple[list[int], bool]]:
+    """This rank's share of the length-sorted batches of `seqs` (all of them with one
+    process), padded to equal counts over ranks (distributed.lockstep: True marks a real
+    batch, False a one-sequence padding pass)."""
+    every = list(batches(by_length(seqs), seqs, token_budget))
+    return distributed.lockstep(every, every[0][:1] if every else [])
+
+
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
@@ -262,13 +270,12 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     embs = torch.zeros(n, model.config.hidden_size) if embeddings else None
     trunk_parts: dict[int, torch.Tensor] = {}
     dtype = getattr(torch, trunk_dtype)
-    every = list(batches(by_length(seqs), seqs, token_budget))
-    mine = distributed.lockstep(every, every[0][:1] if every else [])
+    mine = rank_batches(seqs, token_budget)
     with base_model_only(model):
         for ids, real in bar(mine, desc="reference pass", unit="batch", enabled=progress):
             batch = make_batch(seqs, ids, pad_id).to(device)
             captured, lp, means = run(_forward, decoder, head, batch, trunk_layer,
-                                              embs is not None)
+                                      embs is not None)
             if not real:  # a padding pass (distributed.lockstep)
                 continue
             logps[ids] = lp.double().cpu()

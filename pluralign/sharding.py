@@ -101,11 +101,22 @@ def assign_(param: torch.Tensor, value: torch.Tensor) -> None:
     param.copy_(value)
 
 
+def whole_values() -> contextlib.AbstractContextManager:
+    """Context in which whole (plain) tensors may be written into sharded parameters, each
+    rank keeping its slice: for loading a state dict (nothing changes for plain parameters)."""
+    from torch.distributed.tensor.experimental import implicit_replication
+    return implicit_replication()
+
+
 @contextlib.contextmanager
 def whole(modules: list[tuple[nn.Module, str]]) -> Iterator[None]:
     """Within the context, each (module, name) holds a plain full-size copy of its parameter,
-    for code written for unsharded tensors (an initialiser); on exit, what it wrote is assigned
-    back into the sharded parameter, which is put back in place."""
+    for code written for unsharded tensors (an initialiser); on exit, what it
+    wrote is assigned back into the sharded parameter, which is put back in place. Nothing to
+    do when no parameter is sharded."""
+    if not any(is_sharded(getattr(module, name)) for module, name in modules):
+        yield
+        return
     saved = []
     for module, name in modules:
         param = getattr(module, name)

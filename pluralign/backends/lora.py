@@ -10,7 +10,6 @@ of the model (pluralign.sharding); either way the results are the one-process on
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -48,6 +47,7 @@ from pluralign.reference import (
     compute_reference,
     make_batch,
     prompt_ids,
+    rank_batches,
     snug,
     tokenize,
 )
@@ -229,14 +229,6 @@ class LoRABackend(PolicyBackend):
             if any(f".{name}." in n for name in names):
                 self._whole[n] = sharding.full(param.detach()).cpu()
 
-    def _whole_values(self) -> contextlib.AbstractContextManager:
-        """Context in which whole tensors may be written into sharded parameters (each rank
-        keeps its slice); nothing when the model is not sharded."""
-        if self._root is None:
-            return contextlib.nullcontext()
-        from torch.distributed.tensor.experimental import implicit_replication
-        return implicit_replication()
-
     def _settle(self) -> None:
         """A sharded model back to its slices (sharding.settle), before adapters are read,
         written or switched: each is then done to the slices, which FSDP keeps."""
@@ -318,8 +310,7 @@ class LoRABackend(PolicyBackend):
         prep = self.prepare(data)
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
-        every = list(batches(by_length(prep.seqs), prep.seqs, self.config.token_budget))
-        groups = distributed.lockstep(every, every[0][:1] if every else [])
+        groups = rank_batches(prep.seqs, self.config.token_budget)
         self.model.eval()
         shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
                     enabled=self.config.progress)
@@ -587,19 +578,21 @@ class LoRABackend(PolicyBackend):
         """Re-initialise adapter k as peft does (B = 0: the policy equals the reference), from
         a generator seeded by `seed`, k and the number of earlier fits, so that runs (resumed,
         or over several processes) repeat each other."""
-        from peft.tuners.lora import LoraLayer
         name = self.adapter(k)
         self._settle()
         gpus = [self._device] if self._device.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(self.config.seed + 7919 * k + 104_729 * len(self.history_[k]) + 1)
-            for module in self.model.modules():
-                if isinstance(module, LoraLayer) and name in module.lora_A:
-                    with sharding.whole([(module.lora_A[name], "weight"),
-                                         (module.lora_B[name], "weight")]) \
-                            if self._root is not None else contextlib.nullcontext():
-                        module.reset_lora_parameters(name, init_lora_weights=True)
+            for module in self._lora_layers(name):
+                with sharding.whole([(module.lora_A[name], "weight"),
+                                     (module.lora_B[name], "weight")]):
+                    module.reset_lora_parameters(name, init_lora_weights=True)
         self._keep_whole(k)
+
+    def _lora_layers(self, name: str) -> list[Any]:
+        """The LoRA layers that hold adapter `name`."""
+        from peft.tuners.lora import LoraLayer
+        return [m for m in self.model.modules() if isinstance(m, LoraLayer) and name in m.lora_A]
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -632,7 +625,7 @@ class LoRABackend(PolicyBackend):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: no saved adapter for type {k}")
             state = load_peft_weights(str(folder), device=str(self._device))
-            with self._whole_values():
+            with sharding.whole_values():  # (FSDP's state-dict hooks want DTensors in place)
                 set_peft_model_state_dict(self.model, state, adapter_name=self.adapter(k))
         self._keep_whole()
         history = Path(path) / "history.json"

@@ -16,8 +16,13 @@ cvxpy solves D exactly. Everything is computed on each prompt's candidates with 
 restricted to them, as the `candidates` regret estimator does: `log_policies` hold log pi_j
 up to a per-row constant (NaN padding); normalising over the candidates fixes the constant.
 
-A randomised mixture (draw policy j with probability p_j, then decode) has regret (R p)_i with
-R_ij = beta E_x KL(pi_j || pi_i): linear in p, the paper's LP on this matrix.
+A randomised mixture (draw policy j with probability p_j, then decode) serves the distribution
+sum_j p_j pi_j, whose regret is convex in p and at most (R p)_i with R_ij = beta E_x KL(pi_j ||
+pi_i) (Jensen): the paper's LP on R minimises that upper bound only. The exact min-max over
+mixtures is pluralign.minmax_mixture; the merge here is never worse than it.
+
+Every expectation E_x is a weighted mean over rows (`sample_weight`, equal by default), so
+that each prompt can count once whatever its number of rows (pluralign.aggregate.PromptUnits).
 """
 
 from __future__ import annotations
@@ -68,33 +73,35 @@ def _merge_scores(logq: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(logq[..., 0]), -np.inf, mixed)
 
 
-def _mean_log_z(logq: np.ndarray, q: np.ndarray) -> float:
-    """mean_x log sum_y prod_i pi_i(y|x)^q_i (logq normalised)."""
+def _mean_log_z(logq: np.ndarray, q: np.ndarray, w: np.ndarray) -> float:
+    """E_x log sum_y prod_i pi_i(y|x)^q_i (logq normalised; w: row weights summing to 1)."""
     mixed = _merge_scores(logq, q)
     top = mixed.max(axis=1, keepdims=True)
-    return float((top[:, 0] + np.log(np.exp(mixed - top).sum(axis=1))).mean())
+    return float(w @ (top[:, 0] + np.log(np.exp(mixed - top).sum(axis=1))))
 
 
-def _dual(logq: np.ndarray, mu: np.ndarray, beta: float) -> float:
+def _dual(logq: np.ndarray, mu: np.ndarray, beta: float, w: np.ndarray) -> float:
     """D(mu) = -beta M mean_x log sum_y prod_i pi_i(y|x)^(mu_i / M), M = sum_i mu_i: the dual of
     min_pi max_i c_i R_i(pi) at mu = lambda * c (lambda on the simplex; c = 1: mu = q, M = 1).
     logq: the type policies normalised over each row's candidates."""
     total = mu.sum()
-    return -beta * total * _mean_log_z(logq, mu / total)
+    return -beta * total * _mean_log_z(logq, mu / total, w)
 
 
-def _dual_gradient(logq: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
+def _dual_gradient(logq: np.ndarray, mu: np.ndarray, beta: float,
+                   w: np.ndarray) -> np.ndarray:
     """dD/dmu_i = -beta (f + g_i - q . g), f = mean log Z(q), g_i = mean E_{pi_q}[log pi_i]:
     type i's regret of pi_q up to a shared constant (equal entries for binding types)."""
     q = mu / mu.sum()
     scores = _merge_scores(logq, q)
     log_z = np.logaddexp.reduce(scores, axis=1, keepdims=True)
-    merged = np.exp(scores - log_z)                                     # pi_q, 0 on padding
-    g = np.einsum("nm,nmk->k", merged, np.nan_to_num(logq, nan=0.0)) / len(logq)
-    return -beta * (float(log_z.mean()) + g - q @ g)
+    merged = np.exp(scores - log_z) * w[:, None]                        # pi_q, 0 on padding
+    g = np.einsum("nm,nmk->k", merged, np.nan_to_num(logq, nan=0.0))
+    return -beta * (float(w @ log_z[:, 0]) + g - q @ g)
 
 
-def _polish(logq: np.ndarray, mu: np.ndarray, beta: float, scale: np.ndarray) -> np.ndarray:
+def _polish(logq: np.ndarray, mu: np.ndarray, beta: float, scale: np.ndarray,
+            w: np.ndarray) -> np.ndarray:
     """A few SLSQP steps on D from the conic solver's mu (sum_i mu_i / scale_i = 1):
     interior-point answers stop at ~1e-8 relative gap, and a type with near-zero weight can
     leave max regret 1e-6 above D."""
@@ -102,26 +109,27 @@ def _polish(logq: np.ndarray, mu: np.ndarray, beta: float, scale: np.ndarray) ->
     k = len(mu)
     if k == 1:
         return mu
-    res = minimize(lambda w: -_dual(logq, w, beta), mu,
-                   jac=lambda w: -_dual_gradient(logq, w, beta), method="SLSQP",
+    res = minimize(lambda m: -_dual(logq, m, beta, w), mu,
+                   jac=lambda m: -_dual_gradient(logq, m, beta, w), method="SLSQP",
                    bounds=[(0.0, None)] * k,
-                   constraints=[{"type": "eq", "fun": lambda w: (w / scale).sum() - 1.0,
-                                 "jac": lambda w: 1.0 / scale}],
+                   constraints=[{"type": "eq", "fun": lambda m: (m / scale).sum() - 1.0,
+                                 "jac": lambda m: 1.0 / scale}],
                    options={"ftol": 1e-15, "maxiter": 200})
-    w = np.clip(res.x, 0.0, None)
-    w = w / (w / scale).sum()
-    return w if _dual(logq, w, beta) >= _dual(logq, mu, beta) else mu
+    out = np.clip(res.x, 0.0, None)
+    out = out / (out / scale).sum()
+    return out if _dual(logq, out, beta, w) >= _dual(logq, mu, beta, w) else mu
 
 
 class MinMaxMerge:
     """The min-max regret merge of K type policies under the KL-regularised objective.
 
-    `fit(log_types)` with log_types[n, M, K] (log pi_i per candidate, NaN padding) solves the
-    dual program (with `type_weights` c: min_pi max_i c_i R_i(pi), the same merge family at
-    q proportional to lambda * c). Learned state: `weights_` (q), `value_` (D, the min-max
-    regret over all policies), `regrets_` (each type's weighted regret of pi_q, measured),
-    `max_regret_`, `binding_` (types within tol of the max), `gap_` (max regret minus value:
-    the certificate) and `solver_`.
+    `fit(log_types, sample_weight)` with log_types[n, M, K] (log pi_i per candidate, NaN
+    padding) and row weights (equal by default) solves the dual program (with `type_weights`
+    c: min_pi max_i c_i R_i(pi), the same merge family at q proportional to lambda * c).
+    Learned state: `weights_` (q), `value_` (D, the min-max regret over all policies),
+    `regrets_` (each type's weighted regret of pi_q, measured), `max_regret_`, `binding_`
+    (types within tol of the max), `gap_` (max regret minus value: the certificate) and
+    `solver_`.
     """
 
     def __init__(self, beta: float = 1.0, type_weights: np.ndarray | None = None,
@@ -131,23 +139,25 @@ class MinMaxMerge:
         self.solver = solver
         self.tol = tol
 
-    def fit(self, log_types: np.ndarray) -> MinMaxMerge:
+    def fit(self, log_types: np.ndarray, sample_weight: np.ndarray | None = None) -> MinMaxMerge:
         import cvxpy as cp
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         logq = normalise(np.asarray(log_types, dtype=np.float64))
         n, _, k = logq.shape
+        rw = row_weights(sample_weight, n)
         c = np.ones(k) if self.type_weights is None else \
             np.asarray(self.type_weights, dtype=np.float64)
         if c.shape != (k,) or not (c > 0).all() or not np.isfinite(c).all():
             raise ValueError(f"type_weights must be {k} positive numbers, got {c.tolist()}")
         mu = cp.Variable(k, nonneg=True)  # mu = lambda * c, lambda on the simplex
         sizes = (~np.isnan(logq[..., 0])).sum(axis=1)
-        terms = [self._block(cp, logq[sizes == m][:, :m, :], mu, np.allclose(c, 1.0))
+        terms = [self._block(cp, logq[sizes == m][:, :m, :], rw[sizes == m], mu,
+                             np.allclose(c, 1.0))
                  for m in np.unique(sizes)]  # one block per list size: no padding
         objective, constraints = cp.sum(cp.hstack([t for t, _ in terms])), \
             [cp.sum(cp.multiply(mu, 1.0 / c)) == 1] + [x for _, cs in terms for x in cs]
-        problem = cp.Problem(cp.Maximize(-self.beta / n * objective), constraints)
+        problem = cp.Problem(cp.Maximize(-self.beta * objective), constraints)
         with warnings.catch_warnings():  # "may be inaccurate": the gap below certifies it
             warnings.simplefilter("ignore", UserWarning)
             if self.solver in (None, "CLARABEL"):  # tight: the served merge's measured max
@@ -157,14 +167,14 @@ class MinMaxMerge:
         if mu.value is None:
             raise RuntimeError(f"the min-max merge program did not solve: {problem.status}")
         w = np.clip(mu.value, 0.0, None)
-        w = _polish(logq, w / (w / c).sum(), self.beta, c)
+        w = _polish(logq, w / (w / c).sum(), self.beta, c, rw)
         self.weights_ = w / w.sum()  # q: the merge's exponents
         # D is a lower bound on the min-max (weighted) regret over all policies and
         # max_i c_i R_i(pi_q) an upper bound: both computed here, their gap certifies the solver
-        self.value_ = _dual(logq, w, self.beta)
+        self.value_ = _dual(logq, w, self.beta, rw)
         merged = merge_logps(logq, self.weights_)[..., None]
         columns = np.concatenate([logq, merged], axis=2)
-        self.regrets_ = c * kl_contributions(columns, k, self.beta).mean(axis=0)[:, k]
+        self.regrets_ = c * (rw @ kl_contributions(columns, k, self.beta)[:, :, k])
         self.max_regret_ = float(self.regrets_.max())
         self.gap_ = self.max_regret_ - self.value_
         if self.gap_ > self.tol:
@@ -176,16 +186,26 @@ class MinMaxMerge:
         return self
 
     @staticmethod
-    def _block(cp, rows: np.ndarray, mu, unweighted: bool) -> tuple:
-        """Sum over rows [r, m, K] of M lse(L mu / M), M = sum mu, with its constraints: plain
-        log-sum-exp when M = 1 (no type weights), else the perspective through exponential
-        cones: t >= M lse(z / M) iff sum_y M exp((z_y - t) / M) <= M."""
+    def _block(cp, rows: np.ndarray, w: np.ndarray, mu, unweighted: bool) -> tuple:
+        """Sum over rows [r, m, K] (weights w) of M lse(L mu / M), M = sum mu, with its
+        constraints: plain log-sum-exp when M = 1 (no type weights), else the perspective
+        through exponential cones: t >= M lse(z / M) iff sum_y M exp((z_y - t) / M) <= M."""
         r, m, k = rows.shape
         z = cp.reshape(rows.reshape(-1, k) @ mu, (r, m), order="C")
         if unweighted:
-            return cp.sum(cp.log_sum_exp(z, axis=1)), []
+            return w @ cp.log_sum_exp(z, axis=1), []
         t, u = cp.Variable(r), cp.Variable((r, m))
         total = cp.sum(mu)
         cone = cp.constraints.ExpCone(z - cp.reshape(t, (r, 1), order="C") @ np.ones((1, m)),
                                       total * np.ones((r, m)), u)
-        return cp.sum(t), [cone, cp.sum(u, axis=1) <= total]
+        return w @ t, [cone, cp.sum(u, axis=1) <= total]
+
+
+def row_weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
+    """Row weights summing to one (equal when None)."""
+    if sample_weight is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"sample_weight must be {n} non-negative numbers, not all zero")
+    return w / w.sum()

@@ -58,11 +58,20 @@ def _rankings(data: Annotations) -> Rankings:
 
 # -- the E-step -----------------------------------------------------------------------------
 def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
-    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]."""
+    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]. Padding may
+    be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
     import torch
 
+    from pluralign.backends.base import NonFiniteScoreError
     from pluralign.losses import plackett_luce_logprob
-    s = torch.as_tensor(np.nan_to_num(logratios, nan=0.0), dtype=torch.float64)
+    real = rankings.mask.numpy()[..., None]
+    bad = ~np.isfinite(logratios) & real
+    if bad.any():
+        row, cand, k = (int(x) for x in np.argwhere(bad)[0])
+        raise NonFiniteScoreError(f"log-ratio {logratios[row, cand, k]} for type_{k} on "
+                                  f"candidate {cand} of annotation {row}: an E-step cannot "
+                                  "read it as a number")
+    s = torch.as_tensor(np.where(real, logratios, 0.0), dtype=torch.float64)
     return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
                      for k in range(s.shape[-1])], axis=1)
 

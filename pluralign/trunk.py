@@ -17,6 +17,19 @@ from torch import nn
 TRUNK_ARCHITECTURES = ("LlamaModel", "MistralModel", "Qwen2Model")
 
 
+def _mask_cache_arg() -> str:
+    """create_causal_mask's name for the KV cache: `cache` from transformers 5.2x, before
+    that `past_key_values` (the old name now warns)."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+    names = inspect.signature(create_causal_mask).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+MASK_CACHE_ARG = _mask_cache_arg()
+
+
 @dataclass
 class Batch:
     """Right-padded token batch of prompt+response sequences, with where the responses are."""
@@ -87,8 +100,8 @@ def top_forward(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.
     from transformers.masking_utils import create_causal_mask
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
     mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden,
-                              attention_mask=attention_mask, past_key_values=None,
-                              position_ids=position_ids)
+                              attention_mask=attention_mask, position_ids=position_ids,
+                              **{MASK_CACHE_ARG: None})
     rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
     for layer in decoder.layers[start_layer:]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary,

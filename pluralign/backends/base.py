@@ -16,21 +16,34 @@ class PolicyBackend(ABC):
 
     n_types: int
     beta: float
+    #: Whether the policies generate text (and can be measured as served by sampling them:
+    #: pluralign.served); False when they live on given candidates.
+    decodes: bool = False
 
-    @abstractmethod
     def logratios(self, data: Annotations) -> np.ndarray:
         """s[n, M, K] = log pi_k(y|x) - log pi_ref(y|x) per candidate; NaN where a row has
-        fewer than M candidates."""
+        fewer than M candidates. A value that is not finite on a real candidate stops with
+        NonFiniteScoreError naming the annotation: no stage may read it as a number."""
+        return check_finite(self._logratios(data), data, "log-ratio")
+
+    @abstractmethod
+    def _logratios(self, data: Annotations) -> np.ndarray:
+        """The backend's log-ratios (logratios checks them)."""
 
     @abstractmethod
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
         """Weighted M-step for type k (weights per annotation; zero-weight rows cost nothing);
         returns training statistics."""
 
-    @abstractmethod
     def reference_logps(self, data: Annotations) -> np.ndarray:
         """log pi_ref(y|x) of every candidate [n, M] (NaN past a row's m): with logratios, the
-        policies' own log-probabilities, for aggregation and evaluation."""
+        policies' own log-probabilities, for aggregation and evaluation; checked as logratios
+        is."""
+        return check_finite(self._reference_logps(data), data, "reference log-prob")
+
+    @abstractmethod
+    def _reference_logps(self, data: Annotations) -> np.ndarray:
+        """The backend's reference log-probs (reference_logps checks them)."""
 
     @abstractmethod
     def reset(self, k: int) -> None:
@@ -57,6 +70,46 @@ class PolicyBackend(ABC):
     @abstractmethod
     def load(self, path: str | os.PathLike) -> None:
         """Read parameters written by `save`."""
+
+
+class NonFiniteScoreError(ValueError):
+    """A score (log-ratio, log-prob) that is NaN or infinite on a real candidate."""
+
+
+def check_finite(values: np.ndarray, data: Annotations, what: str) -> np.ndarray:
+    """`values` [n, M, ...] unchanged when finite on every real candidate (the first m of each
+    row; padding may be NaN), else NonFiniteScoreError naming the first bad annotation."""
+    values = np.asarray(values)
+    mask = real_candidates(data, values.shape[1])
+    bad = ~np.isfinite(values) & mask.reshape(*mask.shape, *([1] * (values.ndim - 2)))
+    if not bad.any():
+        return values
+    where = np.argwhere(bad)[0]
+    row, cand = int(where[0]), int(where[1])
+    column = f" for type_{int(where[2])}" if values.ndim > 2 else ""
+    raise NonFiniteScoreError(
+        f"{what} {values[tuple(where)]}{column} on candidate {cand} of "
+        f"{describe_annotation(data, row)}: a score that is not a finite number would be "
+        f"read as one by every later step; check that response and the model (an empty or "
+        f"truncated response, an overflow in float16) ({int(bad.sum())} such value(s) in all)")
+
+
+def real_candidates(data: Annotations, width: int) -> np.ndarray:
+    """[n, width] True on each row's real candidates."""
+    m = np.fromiter((a.m for a in data), dtype=np.int64, count=len(data))
+    return np.arange(width)[None, :] < m[:, None]
+
+
+def describe_annotation(data: Annotations, row: int) -> str:
+    """'annotation 17 (annotator "w3", item "q7", data.jsonl row 18)': which judgement, with
+    its source file and row where ingestion recorded them."""
+    a = data[row]
+    parts = [f"annotator {a.annotator_id!r}"]
+    if a.item_id is not None:
+        parts.append(f"item {a.item_id!r}")
+    if a.source is not None:
+        parts.append(f"{a.source} row {a.source_row}" if a.source_row is not None else a.source)
+    return f"annotation {row} ({', '.join(parts)})"
 
 
 def sample_row(a: Annotation, responses: list[str],

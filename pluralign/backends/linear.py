@@ -183,7 +183,7 @@ class LinearBackend(PolicyBackend):
         return values * (mask.unsqueeze(-1) if values.dim() == 3 else mask)
 
     # -- the two operations -----------------------------------------------------------------
-    def logratios(self, data: Annotations) -> np.ndarray:
+    def _logratios(self, data: Annotations) -> np.ndarray:
         d = self.design(data)
         z = self._z(d, torch.as_tensor(self.theta_))
         mask = d.rankings.mask.unsqueeze(-1)
@@ -191,7 +191,7 @@ class LinearBackend(PolicyBackend):
         s = (z - log_z.unsqueeze(1)).masked_fill(~mask, torch.nan)
         return s.numpy()
 
-    def reference_logps(self, data: Annotations) -> np.ndarray:
+    def _reference_logps(self, data: Annotations) -> np.ndarray:
         d = self.design(data)
         return d.log_ref.masked_fill(~d.rankings.mask, torch.nan).numpy()
 

@@ -30,7 +30,9 @@ from accelerate import PartialState
 from torch.nn.utils.rnn import pad_sequence
 
 from pluralign import distributed, sharding
+from pluralign.backends import sequences
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
+from pluralign.backends.sequences import check_decoding, nucleus  # noqa: F401 (re-exported)
 from pluralign.backends.settings import LoRAConfig
 from pluralign.data import Annotation, Annotations, as_annotations
 from pluralign.io import write_json
@@ -100,26 +102,6 @@ def _sum_grads(params: list[torch.nn.Parameter]) -> None:
         offset += p.numel()
 
 
-def check_decoding(temperature: float, top_p: float) -> None:
-    """Sampling settings a decoder can use, or a ValueError naming the bad one."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """`probs` [B, V] restricted to each row's smallest set of most likely tokens whose mass
-    reaches top_p (nucleus sampling), renormalised; unchanged at top_p = 1."""
-    if top_p >= 1:
-        return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
-    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return kept / kept.sum(-1, keepdim=True)
-
-
 def _decode(tokens: torch.Tensor, tokenizer) -> str:
     """Generated ids up to the first end-of-sequence, as text."""
     ids = tokens.tolist()
@@ -139,6 +121,8 @@ class Prepared:
 
 class LoRABackend(PolicyBackend):
     """K LoRA adapters named type_0..type_{K-1} on one frozen base model."""
+
+    decodes = True
 
     def __init__(self, config: LoRAConfig | None = None, **overrides: Any):
         from peft import LoraConfig, get_peft_model
@@ -306,7 +290,7 @@ class LoRABackend(PolicyBackend):
 
     # -- scoring ----------------------------------------------------------------------------
     @torch.no_grad()
-    def logratios(self, data: Annotations) -> np.ndarray:
+    def _logratios(self, data: Annotations) -> np.ndarray:
         prep = self.prepare(data)
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
@@ -350,7 +334,7 @@ class LoRABackend(PolicyBackend):
         steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
         return self.n_types * (steps * step + len(groups) * score)
 
-    def reference_logps(self, data: Annotations) -> np.ndarray:
+    def _reference_logps(self, data: Annotations) -> np.ndarray:
         prep = self.prepare(data)
         return prep.seqs.per_candidate(prep.ref.logps).numpy()
 
@@ -472,92 +456,64 @@ class LoRABackend(PolicyBackend):
         return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w))
 
     # -- sampling and merging ---------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, data: Annotations, k: int | None, n: int, seed: int,
-               prompts_per_batch: int = 8, max_new_tokens: int | None = None,
-               temperature: float = 1.0, top_p: float = 1.0) -> list[Annotation]:
-        """Generate n responses per row from policy k (None: the base model), at most
-        max_new_tokens (default max_response_tokens) new tokens, prompts left-padded in
-        batches; seeded. Temperature 1 and top_p 1 (the defaults) sample the policy itself,
-        which the regret estimators need; other values are for reading its text."""
-        check_decoding(temperature, top_p)
-        self._unsharded("sampling")
-        cfg, tok = self.config, self.tokenizer
-        keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
-        unique = {key: a for key, a in zip(keys, data, strict=True)}
-        texts: dict[str, list[str]] = {}
-        self.model.eval()
-        items = list(unique.items())
-        for b in bar(range(0, len(items), prompts_per_batch), desc="sampling", unit="batch",
-                     enabled=cfg.progress):
-            chunk = items[b: b + prompts_per_batch]
-            ids = [prompt_ids(a.prompt, tok, cfg.max_prompt_tokens) for _, a in chunk]
-            width = max(map(len, ids))
-            pad = tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-            torch.manual_seed(seed + b)
-            out = self._generate(
-                k,
-                input_ids=input_ids.to(self._device),
-                attention_mask=mask.to(self._device), do_sample=True,
-                temperature=temperature, top_k=0, top_p=top_p, num_return_sequences=n,
-                max_new_tokens=max_new_tokens or cfg.max_response_tokens, pad_token_id=pad,
-                eos_token_id=tok.eos_token_id)[:, width:].cpu()
-            for i, (key, _) in enumerate(chunk):
-                texts[key] = [_decode(row, tok) for row in out[i * n: (i + 1) * n]]
-        return [sample_row(a, texts[key]) for key, a in zip(keys, data, strict=True)]
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
-    @torch.no_grad()
+    def prompt_tokens(self, prompt: Any) -> list[int]:
+        """The prompt's token ids as every pass sees them (the last max_prompt_tokens)."""
+        return prompt_ids(prompt, self.tokenizer, self.config.max_prompt_tokens)
+
+    def draw(self, prompts: list[list[int]], spec: Any, n: int, seed: int,
+             max_new_tokens: int | None = None, temperature: float = 1.0,
+             top_p: float = 1.0, score: tuple[Any, ...] = ()) -> sequences.Decoded:
+        """n responses (token ids, ending with end-of-sequence when drawn) per prompt from
+        `spec`: adapter k (or an adapter's name), None (the base model) or weights q over the
+        K adapters (the token-level min-max merge), with their exact log-probabilities under
+        every spec of `score`; see pluralign.backends.sequences."""
+        self._unsharded("sampling")
+        return sequences.draw(self, prompts, spec, n, seed,
+                              max_new_tokens or self.config.max_response_tokens,
+                              temperature=temperature, top_p=top_p, score=score)
+
+    def continuation_logps(self, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
+                           specs: list[Any]) -> np.ndarray:
+        """Exact log pi(response | prompt) under each spec: [len(responses), len(specs)]."""
+        self._unsharded("scoring sampled responses")
+        return sequences.continuation_logps(self, prompts, responses, specs,
+                                            self.config.token_budget)
+
+    def sample(self, data: Annotations, k: int | None, n: int, seed: int,
+               max_new_tokens: int | None = None, temperature: float = 1.0,
+               top_p: float = 1.0) -> list[Annotation]:
+        """Generate n responses per row from policy k (None: the base model), at most
+        max_new_tokens (default max_response_tokens) new tokens; seeded. Temperature 1 and
+        top_p 1 (the defaults) sample the policy itself, which the regret estimators need;
+        other values are for reading its text."""
+        return self._sample_text(data, k, n, seed, max_new_tokens, temperature, top_p)
+
     def sample_combined(self, data: Annotations, weights: np.ndarray, n: int, seed: int,
                         max_new_tokens: int | None = None, temperature: float = 1.0,
                         top_p: float = 1.0) -> list[Annotation]:
-        """n responses per row from the min-max merge pi_q, decoded: each token drawn from
-        softmax(sum_k q_k log_softmax(logits_k)), one forward per adapter with q_k > 0, each
-        with its own cache. (Token by token this is a product of experts; over whole
-        candidates, pi_q = prod_k pi_k^q_k normalised, which is what the regret measures.)"""
-        check_decoding(temperature, top_p)
-        self._unsharded("sampling")
+        """n responses per row from the min-max merge as decoded: each token drawn from
+        softmax(sum_k q_k log_softmax(logits_k)), one pass per adapter with q_k > 0. (Token
+        by token this is a product of experts, not pi_q = prod_k pi_k^q_k normalised over
+        whole responses; its regret is measured as served, pluralign.served.)"""
         q = check_mixture(weights, self.n_types)
-        active = [k for k in range(self.n_types) if q[k] > 0]
-        cfg, tok = self.config, self.tokenizer
-        device = self._device
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        self.model.eval()
-        texts: dict[str, list[str]] = {}
-        for a in bar(data, desc="sampling (min-max merge)", unit="prompt", enabled=cfg.progress):
-            key = json.dumps(a.prompt, sort_keys=True)
-            if key in texts:
-                continue
-            ids = torch.tensor([prompt_ids(a.prompt, tok, cfg.max_prompt_tokens)] * n,
-                               device=device)
-            caches: dict[int, Any] = {}
-            step, out, done = ids, [], torch.zeros(n, dtype=torch.bool)
-            for _ in range(max_new_tokens or cfg.max_response_tokens):
-                logp = torch.zeros(())
-                for k in active:
-                    self.model.set_adapter(self.adapter(k))
-                    res = self.model(input_ids=step, past_key_values=caches.get(k),
-                                     use_cache=True)
-                    caches[k] = res.past_key_values
-                    logp = logp + q[k] * torch.log_softmax(res.logits[:, -1].float().cpu(), -1)
-                probs = nucleus(torch.softmax(logp / temperature, -1), top_p)
-                nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
-                nxt[done] = tok.pad_token_id
-                out.append(nxt)
-                done |= nxt == tok.eos_token_id
-                if done.all():
-                    break
-                step = nxt[:, None].to(device)
-            texts[key] = [_decode(row, tok) for row in torch.stack(out, 1)]
-        return [sample_row(a, texts[json.dumps(a.prompt, sort_keys=True)]) for a in data]
+        return self._sample_text(data, q, n, seed, max_new_tokens, temperature, top_p)
 
-    def _generate(self, k: int | None, **kwargs: Any) -> torch.Tensor:
-        if k is None:
-            with self.model.disable_adapter():
-                return self.model.generate(**kwargs)
-        self.model.set_adapter(self.adapter(k))
-        return self.model.generate(**kwargs)
+    def _sample_text(self, data: Annotations, spec: Any, n: int, seed: int,
+                     max_new_tokens: int | None, temperature: float,
+                     top_p: float) -> list[Annotation]:
+        """Samples of `spec` for each row's prompt, decoded to text (one draw per prompt)."""
+        check_decoding(temperature, top_p)
+        keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
+        unique = {key: a for key, a in zip(keys, data, strict=True)}
+        ids = self.draw([self.prompt_tokens(a.prompt) for a in unique.values()], spec, n,
+                        seed, max_new_tokens, temperature, top_p).ids
+        texts = {key: [_decode(torch.tensor(r), self.tokenizer) for r in rows]
+                 for key, rows in zip(unique, ids, strict=True)}
+        return [sample_row(a, texts[key]) for key, a in zip(keys, data, strict=True)]
 
     def merge(self, weights: np.ndarray, name: str = "merged") -> LoRABackend:
         """Add adapter `name` = sum_k p_k (B_k A_k) (peft add_weighted_adapter, "cat": exact

@@ -24,16 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from pluralign.aggregate import MinMaxRegretAggregator, mixture_logps
+from pluralign.aggregate import prompt_units
 from pluralign.backends.linear import LinearBackend
+from pluralign.ceiling import SupervisedCeiling
 from pluralign.cli import main
 from pluralign.data import Annotations, load
 from pluralign.em_run import load_run
 from pluralign.minmax_merge import MinMaxMerge, kl_contributions, normalise
+from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
 
 RECIPE = """\
 run: {{out: {out}, seed: 0}}
@@ -55,31 +58,28 @@ def true_logps(run: Path, held: Annotations) -> np.ndarray:
     return normalise(logp)
 
 
-def true_regret(truth: np.ndarray, policy: np.ndarray) -> float:
+def true_regret(truth: np.ndarray, policy: np.ndarray, w: np.ndarray) -> float:
     """A policy's worst-type regret under the true type rewards (beta 1: the true rewards are
-    the true log-ratios), the KL objective."""
+    the true log-ratios), the KL objective, each held-out prompt once (row weights w)."""
     cols = np.concatenate([truth, policy[..., None]], axis=2)
-    return float(kl_contributions(cols, truth.shape[2], 1.0).mean(axis=0)[:, -1].max())
+    return float((w @ kl_contributions(cols, truth.shape[2], 1.0)[:, :, -1]).max())
 
 
-def served(types: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(the min-max merge, the MMRA mixture) of type policies with log-probs `types`."""
-    fair = MinMaxMerge(beta).fit(types)
-    mmra = MinMaxRegretAggregator().fit(kl_contributions(types, types.shape[2], beta).mean(0))
+def served(types: np.ndarray, beta: float, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the min-max merge, the MMRA mixture: the exact min-max over mixtures) of type
+    policies with log-probs `types`."""
+    fair = MinMaxMerge(beta).fit(types, w)
+    mmra = MinMaxMixture(beta).fit(types, w)
     merged = normalise(np.einsum("nmk,k->nm", types, fair.weights_))
     return merged, mixture_logps(types, mmra.weights_)
 
 
 def supervised(run: Path) -> LinearBackend:
-    """The run's linear model refitted on its training data with the true types known."""
-    fitted = load_run(run)
-    data = load(run / "data")
-    names = sorted({a.true_type for a in data})
-    backend = LinearBackend(fitted.backend.config)
-    backend.design(data)
-    for k, name in enumerate(names):
-        backend.fit(k, data, np.array([a.true_type == name for a in data], dtype=float))
-    return backend
+    """The run's linear model refitted on its training data with the true types known (the
+    supervised ceiling, pluralign.ceiling)."""
+    config = load_run(run).backend.config
+    ceiling = SupervisedCeiling(lambda k: LinearBackend(replace(config, types=k)))
+    return ceiling.fit(load(run / "data")).backend_
 
 
 def ceilings(run: Path) -> dict[str, float]:
@@ -87,16 +87,18 @@ def ceilings(run: Path) -> dict[str, float]:
     supervised ones and the oracle ones."""
     held = load(run / "heldout")
     truth = true_logps(run, held)
+    w = prompt_units(held).weights
     out = {}
     fitted = load_run(run).backend
     sup = supervised(run)
     for name, backend in (("em", fitted), ("supervised", sup)):
         types = normalise(backend.logratios(held))
-        merge, mix = served(types, backend.beta)
-        out[f"{name}_merge"], out[f"{name}_mmra"] = true_regret(truth, merge), true_regret(truth,
-                                                                                          mix)
-    merge, mix = served(truth, 1.0)
-    out["oracle_merge"], out["oracle_mmra"] = true_regret(truth, merge), true_regret(truth, mix)
+        merge, mix = served(types, backend.beta, w)
+        out[f"{name}_merge"] = true_regret(truth, merge, w)
+        out[f"{name}_mmra"] = true_regret(truth, mix, w)
+    merge, mix = served(truth, 1.0, w)
+    out["oracle_merge"], out["oracle_mmra"] = true_regret(truth, merge, w), true_regret(truth,
+                                                                                     mix, w)
     return out
 
 

@@ -32,9 +32,13 @@ from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
 from pluralign.io import folder_lock, sha256_file, write_json, write_with
 from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
+from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
+from pluralign.served import ServedSettings, served_policies, served_regret
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
+#: Served regrets are measured by default where the backend decodes (pluralign.served).
+DEFAULT_SERVED = ServedSettings()
 BASE_MEASURES = ("uniform", "reference")
 SCORES = "scores.npz"  # the candidates' log-probs under each policy, reused by evaluation
 
@@ -180,16 +184,52 @@ def policies_of(backend: PolicyBackend, extra: dict[str, PolicyBackend] | None =
 
 @dataclass
 class RegretEstimate:
-    """R [types, policies] with its column names; `stderr` (sampled) is the Monte Carlo
-    standard error of each entry over prompts. `contributions` [rows, K, J] average to R, and
-    `clusters` [rows] names each row's prompt: the bootstrap resamples prompts."""
+    """R [types, policies] with its column names. `units` [P, K, J]: each prompt's share
+    (type i's regret of policy j on prompt p), whose mean over the P prompts is R; the
+    bootstrap resamples them. `stderr` (sampled) is the Monte Carlo standard error of each
+    entry over prompts."""
 
     matrix: np.ndarray
     names: list[str]
     estimator: str
+    units: np.ndarray
     stderr: np.ndarray | None = None
-    contributions: np.ndarray | None = None
-    clusters: np.ndarray | None = None
+
+
+@dataclass
+class PromptUnits:
+    """What regret estimates average over: each distinct prompt once (E_x in DESIGN §6). The
+    rows of one prompt are averaged first, each distinct candidate set of it equally and each
+    set's rows equally, so a prompt annotated often, or one people disagree on (which gives
+    several distinct rankings), weighs as much as any other."""
+
+    codes: np.ndarray    # [n] prompt of each row, 0..P-1
+    weights: np.ndarray  # [n] row weights, summing to 1 (1/P per prompt)
+
+    @property
+    def count(self) -> int:
+        return int(self.codes.max()) + 1 if len(self.codes) else 0
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Per-prompt weighted means of per-row `values` [n, ...]: [P, ...]."""
+        w = self.weights.reshape(-1, *([1] * (values.ndim - 1))) * self.count
+        return bootstrap.cluster_sums(values * w, self.codes, self.count)
+
+
+def prompt_units(data: Annotations) -> PromptUnits:
+    """The prompt of every row of `data`, and the row weights that give each prompt (and each
+    distinct candidate set within it) equal weight."""
+    codes = prompt_clusters(data)
+    sets: dict[tuple[int, str], int] = {}
+    item = np.array([sets.setdefault((int(c), json.dumps(a.responses)), len(sets))
+                     for c, a in zip(codes, data, strict=True)], dtype=int)
+    rows_per_item = np.bincount(item, minlength=len(sets)).astype(np.float64)
+    item_prompt = np.zeros(len(sets), dtype=int)
+    item_prompt[item] = codes
+    items_per_prompt = np.bincount(item_prompt).astype(np.float64)
+    n_prompts = len(items_per_prompt)
+    weights = 1.0 / (n_prompts * items_per_prompt[codes] * rows_per_item[item])
+    return PromptUnits(codes, weights)
 
 
 def check_base_measure(base_measure: str) -> None:
@@ -242,7 +282,9 @@ class RegretEstimator:
         self._s: np.ndarray | None = None
         self._logps: dict[str, np.ndarray] = {}
         self._drawn: dict[str, list[Annotation]] = {}
+        self._values: dict[str, np.ndarray] = {}     # decoded: [prompts, K] per policy
         self._items = _distinct_items(data) if estimator == "sampled" else None
+        self.units = prompt_units(self._items if self._items is not None else data)
 
     def estimate(self, policies: list[Policy]) -> RegretEstimate:
         """R [K, len(policies)]; the first K policies must be the type policies (policies_of)."""
@@ -260,8 +302,13 @@ class RegretEstimator:
             self._logps.update({p.name: logps[..., j] for j, p in enumerate(todo)})
         columns = np.stack([self._logps[p.name] for p in policies], axis=2)
         contrib = regret_contributions(self._s, columns, self.backend.beta, self.objective)
-        return RegretEstimate(contrib.mean(axis=0), [p.name for p in policies], "candidates",
-                              contributions=contrib, clusters=prompt_clusters(self.data))
+        units = self.units.means(contrib)
+        return RegretEstimate(units.mean(axis=0), [p.name for p in policies], "candidates",
+                              units)
+
+    def row_weights(self) -> np.ndarray:
+        """The weight of each row of the data in R (each prompt once; see PromptUnits)."""
+        return self.units.weights
 
     def type_logps(self) -> np.ndarray:
         """log pi_i of every candidate for the K type policies, [n, M, K] (candidates)."""
@@ -279,6 +326,17 @@ class RegretEstimator:
         return {} if self._s is None else {"_s": self._s, **self._logps}
 
     def _sampled(self, policies: list[Policy]) -> RegretEstimate:
+        k = self.backend.n_types
+        v = self._decoded(policies) if self.backend.decodes else self._drawn_values(policies)
+        per_item = np.einsum("nii->ni", v[:, :k, :])[:, :, None] - v.transpose(0, 2, 1)
+        units = self.units.means(per_item)                                # [prompts, K, J]
+        stderr = units.std(axis=0, ddof=1) / np.sqrt(len(units)) if len(units) > 1 else None
+        return RegretEstimate(units.mean(axis=0), [p.name for p in policies], "sampled", units,
+                              stderr)
+
+    def _drawn_values(self, policies: list[Policy]) -> np.ndarray:
+        """[items, J, K]: type i's mean reward over n samples of policy j, for policies that
+        live on the candidates (drawn among them, scored as a joint row)."""
         items, n, k = self._items, self.n_samples, self.backend.n_types
         for p in policies:
             if p.name not in self._drawn:
@@ -290,11 +348,31 @@ class RegretEstimator:
             None if a.features is None else [f for d in drawn for f in d[i].features])
             for i, a in enumerate(items)])
         r = self.backend.beta * self.backend.logratios(joint)            # [items, J*n, K]
-        v = r.reshape(len(items), len(policies), n, k).mean(axis=2)        # [items, J, K]
-        per_item = np.einsum("nii->ni", v[:, :k, :])[:, :, None] - v.transpose(0, 2, 1)
-        stderr = per_item.std(axis=0, ddof=1) / np.sqrt(len(items)) if len(items) > 1 else None
-        return RegretEstimate(per_item.mean(axis=0), [p.name for p in policies], "sampled",
-                              stderr, per_item, np.arange(len(items)))
+        return r.reshape(len(items), len(policies), n, k).mean(axis=2)
+
+    def _decoded(self, policies: list[Policy]) -> np.ndarray:
+        """[items, J, K] for policies that generate: n responses per prompt decoded from each
+        (token ids, pluralign.backends.sequences) and scored exactly, r_i = beta (log pi_i -
+        log pi_ref), with no round trip through text."""
+        b, n, k = self.backend, self.n_samples, self.backend.n_types
+        keys = [json.dumps(a.prompt, sort_keys=True) for a in self._items]
+        prompts = {key: a.prompt for key, a in zip(keys, self._items, strict=True)}
+        ids = [b.prompt_tokens(p) for p in prompts.values()]
+        for p in policies:
+            if p.name not in self._values:
+                seed = self.random_state + 7919 * len(self._values)
+                if p.owner is b:  # scored in the decoding passes: types and reference
+                    logps = b.draw(ids, p.index, n, seed, score=(*range(k), None)).logps
+                else:
+                    rows = p.owner.draw(ids, p.index, n, seed).ids
+                    flat = [(q, y) for q, samples in enumerate(rows) for y in samples]
+                    logps = b.continuation_logps(ids, flat, [*range(k), None]).reshape(
+                        len(ids), n, k + 1)
+                r = b.beta * (logps[..., :k] - logps[..., k:])            # [prompts, n, K]
+                self._values[p.name] = r.mean(axis=1)
+        where = {key: i for i, key in enumerate(prompts)}
+        rows = [where[key] for key in keys]
+        return np.stack([self._values[p.name][rows] for p in policies], axis=1)
 
 
 def prompt_clusters(data: Annotations) -> np.ndarray:
@@ -308,34 +386,47 @@ def _prompt_key(a: Annotation) -> str:
 
 
 def _distinct_items(data: Annotations) -> Annotations:
-    """One row per distinct (prompt, candidates): the unit the estimators average over."""
+    """One row per distinct (prompt, candidates), whoever judged it and however: what the
+    sampled estimator draws for; prompt_units then weighs each prompt once."""
     seen: dict[str, Annotation] = {}
     for a in data:
-        seen.setdefault(a.content_key(with_annotator=False), a)
+        seen.setdefault(json.dumps([a.prompt, a.responses], sort_keys=True), a)
     return Annotations(list(seen.values()))
 
 
-def regret_intervals(est: RegretEstimate, mixtures: dict[str, np.ndarray],
-                     type_weights: Sequence[float] | None, n_boot: int, seed: int,
-                     level: float = bootstrap.LEVEL) -> dict[str, Any]:
-    """Bootstrap intervals over prompts: every entry of R, each policy's and each mixture's
-    max regret, and whether each differs from the MMRA mixture's (paired replicates)."""
-    reps = bootstrap.mean_replicates(est.contributions, est.clusters, n_boot, seed)  # [B, K, J]
-    if type_weights is not None:
-        reps = reps * np.asarray(type_weights, dtype=np.float64)[None, :, None]
-    k = reps.shape[1]
-    worst = {name: reps[:, :, j].max(axis=1) for j, name in enumerate(est.names) if j >= k}
-    worst.update({name: (reps[:, :, :k] @ w).max(axis=1) for name, w in mixtures.items()})
-    ref = worst.get("mmra")
-    return {
-        "level": level, "n_boot": n_boot, "seed": seed, "unit": "prompt",
-        "units": int(len(np.unique(est.clusters))),
-        "regret_matrix": bootstrap.interval(reps, level).tolist(),
-        "max_regret": {n: bootstrap.interval(v, level).tolist() for n, v in worst.items()},
-        "vs_mmra": {} if ref is None else {
-            n: {"difference": bootstrap.interval(v - ref, level).tolist(),
-                "distinguishable": bootstrap.distinguishable(v, ref, level)}
-            for n, v in worst.items() if n != "mmra"}}
+#: How the regret intervals are made (the report's definitions box says the same).
+INTERVAL_METHOD = (
+    "studentised bootstrap over prompts (bootstrap-t). Each entry: its own interval. A max "
+    "regret: low end from lower bounds holding together over the types, high end from each "
+    "type's own upper bound, so it covers the true max at its level however many types bind. "
+    "Comparisons with the fairest policy: a band holding for every pair of policies at once, "
+    "so choosing the fairest on the same prompts cannot make a tie look like a difference.")
+
+
+def regret_intervals(units: np.ndarray, names: Sequence[str], n_boot: int, seed: int,
+                     level: float = bootstrap.LEVEL) -> dict[str, Any] | None:
+    """Intervals over prompts for units [P, K, J] (each prompt's regrets): every entry of R,
+    each policy's max regret, and which policies are worse than the fairest one (None with
+    fewer than 2 prompts or no replicates)."""
+    if n_boot < 1 or len(units) < 2:
+        return None
+    maxima = bootstrap.max_intervals(units, n_boot, seed, level)
+    versus = bootstrap.compare_with_best(units, n_boot, seed + 1, level)
+    return {"level": level, "n_boot": n_boot, "seed": seed, "unit": "prompt",
+            "units": int(len(units)), "method": INTERVAL_METHOD,
+            "regret_matrix": maxima.matrix.tolist(),
+            "max_regret": bootstrap.pairs(names, maxima.max),
+            "fairest": names[versus.best],
+            "vs_fairest": {n: {"difference": versus.difference[j].tolist(),
+                               "distinguishable": bool(versus.worse[j])}
+                           for j, n in enumerate(names) if j != versus.best}}
+
+
+def weigh_types(units: np.ndarray, type_weights: Sequence[float] | None) -> np.ndarray:
+    """units [..., K, J] with each type's rows scaled by its importance weight (if any)."""
+    if type_weights is None:
+        return units
+    return units * np.asarray(type_weights, dtype=np.float64)[:, None]
 
 
 def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float],
@@ -343,11 +434,16 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
               type_weights: Sequence[float] | None = None, n_samples: int = 8,
               random_state: int = 0, merge: bool = True,
               keep: dict[str, np.ndarray] | None = None, base_measure: str = "uniform",
-              n_boot: int = 200,
-              objective: str = "auto") -> tuple[dict[str, Any], PolicyBackend | None]:
+              n_boot: int = 1000, objective: str = "auto",
+              served: ServedSettings | None = DEFAULT_SERVED
+              ) -> tuple[dict[str, Any], PolicyBackend | None]:
     """The whole of DESIGN §6 on one dataset: R for the type policies, the pooled policy and the
-    base model; the MMRA mixture; the baselines; and a merged adapter with its measured regret,
-    each with a bootstrap interval over prompts (n_boot replicates; 0: none).
+    base model; the MMRA mixture (the LP under the paper objective, the exact min-max over
+    mixtures under kl); the min-max merge (kl); the baselines; a merged adapter with its
+    measured regret; each with bootstrap intervals over prompts (n_boot replicates; 0: none).
+    For a backend that decodes (LoRA) under the kl objective, `served` measures every
+    deployable policy as decoded (pluralign.served; None: not measured), and the deploy
+    choice quotes that figure.
     Returns (the aggregate.json content, the merged policy or None); `keep`, when given, is
     filled with the scores computed (RegretEstimator.scores) for evaluation to reuse."""
     extra = {"pooled": pooled} if pooled is not None else {}
@@ -357,72 +453,117 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     objective = estimator_.objective
     est = estimator_.estimate(policies)
     k = backend.n_types
-    mmra = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
-    mixes = baselines(est.matrix[:, :k], priors, type_weights)
-    fair = None
+    lp = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
+    weights = {"mmra": lp.weights_, **{n: np.asarray(b["weights"]) for n, b in baselines(
+        est.matrix[:, :k], priors, type_weights).items() if n in ("uniform", "utilitarian")}}
+    fair = mixture = None
     if objective == "kl":
-        log_types = estimator_.type_logps()
-        fair = MinMaxMerge(backend.beta, type_weights).fit(log_types)
-        policies = [*policies, estimator_.provide("fair", merge_logps(log_types,
-                                                                      fair.weights_))]
-        # A mixture serves, at each prompt, the distribution sum_j p_j pi_j; under the KL
-        # objective its regret is that distribution's (convex: at most the LP's R p), so each
-        # mixture is measured as a column of its own
-        for name, w in _mixture_weights(mmra, mixes).items():
-            policies.append(estimator_.provide(name, mixture_logps(log_types, w)))
-        est = estimator_.estimate(policies)
-    merge_weights = mmra.weights_ if fair is None else fair.weights_
-    merged = None
-    if merge:
-        try:
-            merged = backend.merge(merge_weights)
-        except NotImplementedError:
-            merged = None
-        if merged is not None:
-            est = estimator_.estimate([*policies, Policy("merged", merged, 0)])
-    r = weighted_regret(est.matrix, type_weights)
-    singles = {name: {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
-               for j, name in enumerate(est.names) if j >= k}
-    weights = _mixture_weights(mmra, mixes)
-    mmra_regrets, binding = mmra.regrets_, mmra.binding_
-    if fair is not None:  # mixtures measured as distributions: their columns replace R p
-        for name, w in weights.items():
-            singles[name]["weights"] = w.tolist()
-            mixes[name] = singles.pop(name)
-        mmra_regrets = np.asarray(mixes.pop("mmra")["regrets"])
-        binding = mmra_regrets >= mmra_regrets.max() - mmra.tol
-        weights = {}
+        log_types, rows = estimator_.type_logps(), estimator_.row_weights()
+        fair = MinMaxMerge(backend.beta, type_weights).fit(log_types, rows)
+        mixture = MinMaxMixture(backend.beta, type_weights).fit(log_types, rows)
+        weights["mmra"] = mixture.weights_
+        policies.append(estimator_.provide("fair", merge_logps(log_types, fair.weights_)))
+        # a mixture serves sum_j p_j pi_j: under kl its regret is that distribution's
+        policies += [estimator_.provide(n, mixture_logps(log_types, w))
+                     for n, w in weights.items()]
+    merged = _merge(backend, fair.weights_ if fair is not None else weights["mmra"], merge)
+    if merged is not None:
+        policies.append(Policy("merged", merged, 0))
+    est = estimator_.estimate(policies)
+    names, units = est.names, est.units
+    if objective == "paper":  # regret is linear in a mixture: its column is R p
+        at = len(names) - (merged is not None)
+        names = [*names[:at], *weights, *names[at:]]
+        mixed = np.stack([units[:, :, :k] @ w for w in weights.values()], axis=2)
+        units = np.concatenate([units[:, :, :at], mixed, units[:, :, at:]], axis=2)
+    weighted = weigh_types(units, type_weights)
+    r = weighted.mean(axis=0)
+    column = {n: j for j, n in enumerate(names)}
+    mmra = r[:, column["mmra"]]
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
            "base_measure": base_measure if estimator == "candidates" else None,
            "random_state": random_state, "annotations": len(data),
-           "annotators": len(data.annotator_ids), "prompts": int(len(np.unique(est.clusters))),
+           "annotators": len(data.annotator_ids), "prompts": int(len(units)),
            "data_fingerprint": data.fingerprint(), "types": [f"type_{i}" for i in range(k)],
-           "policies": est.names, "regret_matrix": est.matrix.tolist(),
-           "regret_stderr": None if est.stderr is None else est.stderr.tolist(),
+           "policies": names, "regret_matrix": units.mean(axis=0).tolist(),
+           "regret_stderr": None if est.stderr is None or len(units) < 2 else
+           (units.std(axis=0, ddof=1) / np.sqrt(len(units))).tolist(),
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
-           "weights": mmra.weights_.tolist(), "max_regret": float(mmra_regrets.max()),
-           "regrets": mmra_regrets.tolist(),
-           "binding": binding.tolist(),
-           "lp_max_regret": mmra.max_regret_,
-           "solver": mmra.solver_, "baselines": {**mixes, **singles},
-           "objective": objective, "merged_weights": None if merged is None else
-           merge_weights.tolist(), "fair": None if fair is None else {
+           "weights": weights["mmra"].tolist(), "max_regret": float(mmra.max()),
+           "regrets": mmra.tolist(),
+           "binding": (mmra >= mmra.max() - max(lp.tol, 1e-6 * abs(mmra.max()))).tolist(),
+           "lp_max_regret": lp.max_regret_, "lp_weights": lp.weights_.tolist(),
+           "solver": mixture.solver_ if mixture is not None else lp.solver_,
+           "baselines": _baselines(names, r, weights, k), "objective": objective,
+           "merged_weights": None if merged is None else
+           (fair.weights_ if fair is not None else weights["mmra"]).tolist(),
+           "fair": None if fair is None else {
                "weights": fair.weights_.tolist(), "value": fair.value_,
                "max_regret": fair.max_regret_, "regrets": fair.regrets_.tolist(),
                "gap": fair.gap_, "binding": fair.binding_.tolist(), "solver": fair.solver_},
-           "intervals": None if n_boot < 1 else regret_intervals(
-               est, weights, type_weights, n_boot, random_state)}
-    out["deploy"] = deploy(out)
+           "intervals": regret_intervals(weighted, names, n_boot, random_state)}
+    figures = (names, weighted)
+    if objective == "kl" and backend.decodes and served is not None:
+        out["served"], figures = _served(backend, data, pooled, merged, fair, weights,
+                                         type_weights, served, n_boot)
+    else:
+        out["served"] = {"same_as": "candidates", "why": _SAME_AS_CANDIDATES[
+            "candidates" if not backend.decodes else "paper" if objective == "paper" else
+            "off"]}
+    out["deploy"] = deploy(out, *figures, n_boot=n_boot, seed=random_state)
     if keep is not None:
         keep.update(estimator_.scores())
     return out, merged
 
 
-def _mixture_weights(mmra: MinMaxRegretAggregator,
-                     mixes: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    """The mixtures every report compares: MMRA, and the uniform and utilitarian baselines."""
-    return {"mmra": mmra.weights_, **{n: np.asarray(mixes[n]["weights"])
-                                      for n in ("uniform", "utilitarian")}}
+_SAME_AS_CANDIDATES = {
+    "candidates": "the backend's policies live on each prompt's candidate responses, so the "
+                  "candidates estimate is the regret of what is served",
+    "paper": "the paper objective scores expected reward on the candidates; served figures "
+             "(responses decoded and scored exactly) are measured under the kl objective",
+    "off": "served figures were not measured (served settings off)"}
+
+
+def _merge(backend: PolicyBackend, weights: np.ndarray, merge: bool) -> PolicyBackend | None:
+    """The weight-space merge at `weights`, or None (not asked, or the backend cannot)."""
+    if not merge:
+        return None
+    try:
+        return backend.merge(weights)
+    except NotImplementedError:
+        return None
+
+
+def _baselines(names: Sequence[str], r: np.ndarray, weights: dict[str, np.ndarray],
+               k: int) -> dict[str, dict[str, Any]]:
+    """Every column but the MMRA mixture: each type's (weighted) regret, the max, and the
+    mixture weights where the column is a mixture of the type policies."""
+    out = {}
+    for j, name in enumerate(names):
+        if name == "mmra":
+            continue
+        row: dict[str, Any] = {"regrets": r[:, j].tolist(), "max_regret": float(r[:, j].max())}
+        if name in weights or j < k:
+            row["weights"] = (weights[name] if name in weights else np.eye(k)[j]).tolist()
+        out[name] = row
+    return out
+
+
+def _served(backend: PolicyBackend, data: Annotations, pooled: PolicyBackend | None,
+            merged: PolicyBackend | None, fair: Any, weights: dict[str, np.ndarray],
+            type_weights: Sequence[float] | None, settings: ServedSettings,
+            n_boot: int) -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
+    """Every deployable policy's regret as served (pluralign.served), for aggregate.json."""
+    policies = served_policies(backend, pooled, merged,
+                               None if fair is None else fair.weights_, weights)
+    est = served_regret(backend, data, policies, settings)
+    units = weigh_types(est.units, type_weights)
+    r = units.mean(axis=0)
+    return ({**est.info, "policies": est.names, "regret_matrix": est.matrix.tolist(),
+             "max_regret": dict(zip(est.names, r.max(axis=0).tolist(), strict=True)),
+             "regrets": {n: r[:, j].tolist() for j, n in enumerate(est.names)},
+             "intervals": regret_intervals(units, est.names, n_boot,
+                                           settings.random_state)}, (est.names, units))
 
 
 #: The min-max merge as a loadable policy: its weights over the run's type policies.
@@ -431,44 +572,67 @@ FAIR_POLICY = Path("fair") / "policy.json"
 
 #: What a user can serve, in the order preferred at equal worst-type regret: one model first.
 DEPLOYABLE = ("merged", "fair", "mmra")
+_WHAT = {"merged": "one adapter whose weights are the type adapters' weighted sum",
+         "fair": "the min-max merge, decoded token by token from the K adapters' combined "
+                 "log-probabilities",
+         "mmra": "the MMRA mixture (one type policy drawn per request)"}
 
 
-def deploy(out: dict[str, Any]) -> dict[str, Any]:
-    """The policy to serve: the lowest measured worst-type regret among the deployable ones
-    (the weight-space merge, the min-max merge decoded from the K adapters, the MMRA mixture),
-    a single model preferred within 1e-9; with one sentence that says why."""
-    worst = {"mmra": out["max_regret"],
-             **{n: out["baselines"][n]["max_regret"] for n in ("merged", "fair")
-                if n in out["baselines"]}}
+def deploy(out: dict[str, Any], names: Sequence[str], units: np.ndarray, n_boot: int = 1000,
+           seed: int = 0) -> dict[str, Any]:
+    """The policy to serve: the lowest worst-type regret among the deployable ones (the
+    weight-space merge, the min-max merge, the MMRA mixture), measured as served where the
+    backend decodes (`units` [P, K, J] with column `names`), a single model preferred within
+    1e-9; its interval holds jointly over the policies it was chosen from (Bonferroni), so the
+    choice on the same prompts does not bias it. With one sentence that says why."""
+    served = "max_regret" in out["served"]
+    cols = [names.index(n) for n in DEPLOYABLE if n in names]
+    worst = {names[j]: float(units[:, :, j].mean(axis=0).max()) for j in cols}
     best = min(worst.values())
     name = next(n for n in DEPLOYABLE if n in worst and worst[n] <= best + 1e-9)
-    what = {"merged": "one policy (the type policies merged in weight space)",
-            "fair": "the min-max merge (each token from the K adapters' combined log-ratios)",
-            "mmra": "the MMRA mixture (one type policy drawn per request)"}[name]
+    level = 1 - (1 - bootstrap.LEVEL) / len(cols)
+    interval = None
+    if n_boot > 0 and len(units) > 1:
+        interval = bootstrap.max_intervals(units[:, :, cols], n_boot, seed, level).max[
+            [names[j] for j in cols].index(name)].tolist()
+    certificate = out["max_regret"] if name == "mmra" else out["baselines"][name]["max_regret"]
     others = ", ".join(f"{n} {v:.4f}" for n, v in sorted(worst.items(), key=lambda kv: kv[1])
                        if n != name)
-    return {"policy": name, "max_regret": worst[name], "why": (
-        f"Deploy {name}: {what}, whose worst-type regret {worst[name]:.4f} "
-        f"({out['objective']} objective) is the lowest measured" + (
-            f" (others: {others})." if others else "."))}
+    shown = "" if interval is None else f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+    if served:
+        how = (f"as served (responses decoded and scored exactly on {out['served']['prompts']} "
+               f"held-out prompts, {out['served']['n_samples']} each)")
+        cert = f"; on the candidate responses its certified figure is {certificate:.4f}"
+    else:
+        how = f"on the candidate responses ({out['served']['why']})"
+        cert = ""
+    joint = f"; the interval holds jointly over the {len(cols)} deployable policies" if \
+        interval is not None and len(cols) > 1 else ""
+    why = (f"Deploy {name}: {_WHAT[name]}. Its worst-type regret {how} is {worst[name]:.4f}"
+           f"{shown} ({out['objective']} objective{joint}){cert}"
+           + (f". Others: {others}." if others else "."))
+    return {"policy": name, "max_regret": worst[name], "interval": interval,
+            "interval_level": level, "measured": "served" if served else "candidates",
+            "certificate": certificate, "others": worst, "why": why}
 
 
 def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   estimator: str = "candidates", type_weights: Sequence[float] | None = None,
                   n_samples: int = 8, random_state: int = 0, merge: bool = True,
-                  base_measure: str = "uniform", n_boot: int = 200,
-                  objective: str = "auto") -> dict[str, Any]:
+                  base_measure: str = "uniform", n_boot: int = 1000,
+                  objective: str = "auto",
+                  served: ServedSettings | None = DEFAULT_SERVED) -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
     with folder_lock(run_dir, "aggregate", create=False):
         return _aggregate_run(run_dir, data_dir, estimator, type_weights, n_samples,
-                              random_state, merge, base_measure, n_boot, objective)
+                              random_state, merge, base_measure, n_boot, objective, served)
 
 
 def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
                    type_weights: Sequence[float] | None, n_samples: int, random_state: int,
                    merge: bool, base_measure: str, n_boot: int,
-                   objective: str) -> dict[str, Any]:
+                   objective: str, served: ServedSettings | None) -> dict[str, Any]:
     from pluralign.em_run import load_run, made_from
     run = load_run(run_dir)
     if type_weights is not None and len(type_weights) != run.backend.n_types:
@@ -479,7 +643,7 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
                             estimator=estimator, type_weights=type_weights,
                             n_samples=n_samples, random_state=random_state, merge=merge,
                             keep=scores, base_measure=base_measure, n_boot=n_boot,
-                            objective=objective)
+                            objective=objective, served=served)
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["made_from"] = made_from(run.path, "em.json")
     if merged is not None:
@@ -492,7 +656,8 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
                       "token from the type policies", "weights": out["fair"]["weights"],
             "type_policies": run.info["policies"], "backend": run.info["backend"],
             "beta": run.backend.beta, "objective": out["objective"],
-            "value": out["fair"]["value"], "max_regret": out["fair"]["max_regret"]})
+            "value": out["fair"]["value"], "max_regret": out["fair"]["max_regret"],
+            "served_max_regret": (out["served"].get("max_regret") or {}).get("fair")})
         out["fair_path"] = str(fair_file.relative_to(run.path))
     else:
         fair_file.unlink(missing_ok=True)
@@ -540,15 +705,6 @@ def load_scores(run_dir: Path, key: str) -> dict[str, np.ndarray]:
         return {n[2:]: z[n] for n in z.files if n.startswith("p:")}
 
 
-def mixture_logps(log_policies: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """log of the mixture sum_j p_j q_j of the candidate-restricted policies: [n, M]."""
-    mask = ~np.isnan(log_policies[..., 0])
-    q = _softmax(np.where(mask[..., None], log_policies, -np.inf))
-    with np.errstate(divide="ignore"):
-        out = np.log(np.nan_to_num(q) @ np.asarray(weights, dtype=np.float64))
-    return np.where(mask, out, np.nan)
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     top = np.max(x, axis=1, keepdims=True)
     e = np.exp(x - top)
@@ -556,35 +712,53 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def format_aggregate(out: dict[str, Any]) -> str:
-    """aggregate.json for a person: the mixture, its worst-type regret, and every baseline's,
-    with bootstrap intervals and whether each differs from the mixture."""
+    """aggregate.json for a person: the mixture and the merge, every policy's worst-type regret
+    on the candidates and as served, with intervals and which differ from the fairest."""
     iv = out.get("intervals") or {}
-
-    def ci(name: str) -> str:
-        return bootstrap.show(iv.get("max_regret", {}).get(name), 4)
-
     base = f", base measure {out['base_measure']}" if out.get("base_measure") else ""
     base += f", {out.get('objective', 'paper')} objective"
+    kind = "exact min-max over mixtures" if out.get("objective") == "kl" else "LP"
     lines = [f"regret estimator: {out['estimator']}{base} on {out['annotations']} annotations "
              f"of {out.get('annotators', '?')} annotators, {out.get('prompts', '?')} prompts"
-             + (f"; {100 * iv['level']:.0f}% bootstrap intervals over prompts "
+             + (f"; {100 * iv['level']:.0f}% intervals: studentised bootstrap over prompts "
                 f"({iv['n_boot']} replicates)" if iv else ""),
              "MMRA weights: " + ", ".join(f"{t} {w:.3f}" for t, w in
                                            zip(out["types"], out["weights"], strict=True)),
-             f"MMRA max regret: {out['max_regret']:.4f}{ci('mmra')} (binding: " + ", ".join(
-                 t for t, b in zip(out["types"], out["binding"], strict=True) if b) + ")",
+             f"MMRA max regret ({kind}): {out['max_regret']:.4f}"
+             f"{bootstrap.show((iv.get('max_regret') or {}).get('mmra'), 4)} (binding: "
+             + ", ".join(t for t, b in zip(out["types"], out["binding"], strict=True) if b)
+             + ")" + (f"; the LP's bound on the pure types' columns: "
+                      f"{out['lp_max_regret']:.4f}" if out.get("objective") == "kl" else ""),
              *([] if not out.get("fair") else [
                  "min-max merge weights: " + ", ".join(
                      f"{t} {w:.3f}" for t, w in zip(out["types"], out["fair"]["weights"],
                                                     strict=True)),
-                 f"min-max merge: program value {out['fair']['value']:.6f}, measured max "
-                 f"regret {out['fair']['max_regret']:.6f}{ci('fair')}"]),
-             "max regret of the alternatives:"]
-    for name, b in sorted(out["baselines"].items(), key=lambda kv: kv[1]["max_regret"]):
-        same = iv.get("vs_mmra", {}).get(name)
-        note = "" if same is None or same["distinguishable"] else \
-            "  (not distinguishable from MMRA)"
-        lines.append(f"  {name:<12} {b['max_regret']:.4f}{ci(name)}{note}")
+                 f"min-max merge certificate on the candidates: program value "
+                 f"{out['fair']['value']:.6f}, measured max regret "
+                 f"{out['fair']['max_regret']:.6f}"])]
+    worst = {"mmra": out["max_regret"], **{n: b["max_regret"]
+                                           for n, b in out["baselines"].items()}}
+    lines += regret_lines("worst-type regret on the candidate responses", worst, iv)
+    served = out.get("served") or {}
+    if "max_regret" in served:
+        lines += regret_lines(
+            f"worst-type regret as served ({served['n_samples']} responses decoded per prompt "
+            f"on {served['prompts']} prompts, at most {served['max_new_tokens']} tokens, "
+            "scored exactly)", served["max_regret"], served.get("intervals") or {})
     if out.get("deploy"):
         lines.append(out["deploy"]["why"])
     return "\n".join(lines)
+
+
+def regret_lines(title: str, worst: dict[str, float], iv: dict[str, Any]) -> list[str]:
+    """A titled list of max regrets, best first, with intervals and which policies cannot be
+    told apart from the fairest."""
+    fairest = iv.get("fairest")
+    out = [f"{title}:" + (f" (fairest: {fairest})" if fairest else "")]
+    for name, value in sorted(worst.items(), key=lambda kv: kv[1]):
+        same = (iv.get("vs_fairest") or {}).get(name)
+        note = "" if same is None or same["distinguishable"] else \
+            "  (not distinguishable from the fairest)"
+        shown = bootstrap.show((iv.get("max_regret") or {}).get(name), 4)
+        out.append(f"  {name:<12} {value:.4f}{shown}{note}")
+    return out

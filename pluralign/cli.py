@@ -440,21 +440,34 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
                    help="regret under the KL-regularised value the policies maximise (kl; "
                         "then the min-max merge is solved too) or expected reward only (paper, "
                         "the reference MMRA); auto: kl with candidates, paper with sampled")
+    p.add_argument("--served-samples", type=int, default=4, metavar="N",
+                   help="models that generate (LoRA), kl objective: responses decoded per "
+                        "held-out prompt from every deployable policy and scored exactly, to "
+                        "measure its regret as served (default 4; 0: not measured)")
+    p.add_argument("--served-prompts", type=int, default=32, metavar="N",
+                   help="held-out prompts the served regrets use, a seeded random subset "
+                        "(default 32; 0: all)")
+    p.add_argument("--served-tokens", type=int, default=None, metavar="N",
+                   help="decoding horizon of the served responses (default: the run's "
+                        "max_response_tokens, what `generate` uses)")
     _n_boot_arg(p)
 
 
 def _n_boot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-boot", type=int, default=200, metavar="B",
-                   help="bootstrap replicates for the 95%% intervals (default 200; 0: none)")
+    p.add_argument("--n-boot", type=int, default=1000, metavar="B",
+                   help="bootstrap replicates for the 95%% intervals (default 1000; 0: none)")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from pluralign.aggregate import format_aggregate, run_aggregate
     weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
+    from pluralign.served import served_settings
+    served = served_settings(args.served_samples, args.served_prompts, args.served_tokens,
+                             args.seed)
     out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
                         type_weights=weights, n_samples=args.samples, random_state=args.seed,
                         merge=not args.no_merge, base_measure=args.base_measure,
-                        n_boot=args.n_boot, objective=args.objective)
+                        n_boot=args.n_boot, objective=args.objective, served=served)
     print(format_aggregate(out))
     print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
         f", {Path(args.run) / 'merged'}/" if out.get("merged_path") else ""))

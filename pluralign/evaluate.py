@@ -28,11 +28,14 @@ from pluralign.aggregate import (
     policies_of,
     policy_logps,
     policy_weights,
-    prompt_clusters,
+    prompt_units,
     regret_contributions,
+    regret_intervals,
     scores_key,
+    weigh_types,
 )
-from pluralign.backends.base import PolicyBackend
+from pluralign.backends.base import NonFiniteScoreError, PolicyBackend, check_finite
+from pluralign.ceiling import ceiling_warnings, compare, match_labels
 from pluralign.data import Annotations, as_annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
 from pluralign.em_run import (
@@ -40,6 +43,7 @@ from pluralign.em_run import (
     annotator_labels,
     check_made_from,
     label_columns,
+    load_ceiling,
     load_run,
     made_from,
     split_label_warnings,
@@ -55,7 +59,8 @@ def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndar
     top-1 accuracy (a tie at the top shares the credit, so a constant score gets chance level),
     pairwise accuracy over the pairs a ranking implies (ties count one half), and
     Kendall's tau over those pairs ((concordant - discordant) / pairs)."""
-    s = torch.as_tensor(np.nan_to_num(scores, nan=-np.inf), dtype=torch.float64)
+    real = rankings.mask.numpy()
+    s = torch.as_tensor(np.where(real, scores, -np.inf), dtype=torch.float64)
     n = len(rankings)
     n_pairs, concordant, discordant, ties = (torch.zeros(n, dtype=torch.float64)
                                              for _ in range(4))
@@ -75,13 +80,20 @@ def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndar
 
 def annotation_metrics(rewards: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
     """metric -> [n, J]: each policy's agreement with each annotation (ranking_metrics) and its
-    Plackett–Luce log-likelihood. rewards[n, M, J]: implied rewards (NaN padding)."""
+    Plackett–Luce log-likelihood. rewards[n, M, J]: implied rewards (NaN padding; a
+    non-finite reward on a real candidate is an error)."""
+    real = rankings.mask.numpy()
+    bad = ~np.isfinite(rewards) & real[..., None]
+    if bad.any():
+        row, cand, j = (int(x) for x in np.argwhere(bad)[0])
+        raise NonFiniteScoreError(f"implied reward {rewards[row, cand, j]} of policy {j} on "
+                                  f"candidate {cand} of annotation {row}")
     out: dict[str, list[np.ndarray]] = {}
     for j in range(rewards.shape[2]):
         r = rewards[..., j]
         per = ranking_metrics(r, rankings)
         per["loglik"] = plackett_luce_logprob(
-            torch.as_tensor(np.nan_to_num(r, nan=0.0), dtype=torch.float64), rankings).numpy()
+            torch.as_tensor(np.where(real, r, 0.0), dtype=torch.float64), rankings).numpy()
         for metric, values in per.items():
             out.setdefault(metric, []).append(values)
     return {m: np.stack(v, axis=1) for m, v in out.items()}
@@ -180,18 +192,6 @@ def spread(table: dict[str, dict[str, dict[str, float]]],
     return out
 
 
-def match_labels(truth: Sequence[Any], pred: np.ndarray, k: int) -> dict[str, int]:
-    """Label -> discovered type by the assignment that maximises agreement (Hungarian);
-    labels beyond K stay unmatched."""
-    from scipy.optimize import linear_sum_assignment
-    labels = sorted(set(map(str, truth)))
-    counts = np.zeros((len(labels), k))
-    for t, p in zip(map(str, truth), pred, strict=True):
-        counts[labels.index(t), p] += 1
-    rows, cols = linear_sum_assignment(-counts)
-    return {labels[r]: int(c) for r, c in zip(rows, cols, strict=True)}
-
-
 def doubling(n: int) -> list[int]:
     """1, 2, 4, ... up to n, then n itself."""
     sizes = [2 ** i for i in range(max(1, n).bit_length()) if 2 ** i < n]
@@ -229,7 +229,7 @@ def personalization_curve(per_annotation: np.ndarray, codes: np.ndarray, priors:
 
 # -- a whole run ----------------------------------------------------------------------------
 def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
-                 scores: dict[str, np.ndarray] | None = None, n_boot: int = 200,
+                 scores: dict[str, np.ndarray] | None = None, n_boot: int = 1000,
                  seed: int = 0, train: Annotations | None = None) -> dict[str, Any]:
     """Every policy against every type on `data`: the single policies (types, pooled, merged,
     base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
@@ -240,11 +240,13 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
     if aggregated is None:
         aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
-                                       n_boot=0)
+                                       n_boot=0, served=None)
     else:
         merged = _merged(backend, aggregated.get("merged_weights") or aggregated["weights"])
     base_measure = aggregated.get("base_measure") or "uniform"
     logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
+    check_finite(s, data, "log-ratio")  # also when read back from scores.npz
+    check_finite(logps, data, "policy log-prob")
     rank = as_annotations(data).rankings()
     codes, ids = data.annotator_codes()
     per = annotation_loglik(s, rank, beta)
@@ -257,18 +259,17 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     metrics = annotation_metrics(implied_rewards(logps, log_ref, beta), rank)
     row_groups = [groups[c] for c in codes]
     table = group_means(metrics, row_groups, names)
-    contrib = regret_contributions(s, logps, beta, aggregated.get("objective") or "paper")
-    if aggregated.get("type_weights") is not None:
-        contrib = contrib * np.asarray(aggregated["type_weights"])[None, :, None]
-    regret = contrib.mean(axis=0)
+    objective = aggregated.get("objective") or "paper"
+    units = weigh_types(prompt_units(data).means(regret_contributions(s, logps, beta, objective)),
+                        aggregated.get("type_weights"))
+    regret = units.mean(axis=0)
     out: dict[str, Any] = {
-        "annotations": len(data), "annotators": len(ids),
-        "prompts": int(len(set(prompt_clusters(data).tolist()))),
+        "annotations": len(data), "annotators": len(ids), "prompts": int(len(units)),
         "data_fingerprint": data.fingerprint(), "base_measure": base_measure,
         "groups": "true types" if labelled else "discovered types", "policies": names,
         "group_sizes": _group_sizes(groups, row_groups),
         "metrics": table, "spread": spread(table),
-        "regret": {"estimator": "candidates", "objective": aggregated.get("objective") or "paper",
+        "regret": {"estimator": "candidates", "objective": objective,
                    "types": [f"type_{i}" for i in range(k)],
                    "matrix": regret.tolist(),
                    "max_regret": dict(zip(names, regret.max(0).tolist(), strict=True)),
@@ -278,8 +279,10 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
                                  for h, p, c in zip(ids, pred, gamma.max(1), strict=True)],
         "confidence_histogram": np.histogram(gamma.max(1), bins=10, range=(0, 1))[0].tolist()}
     if n_boot > 0:
-        out["intervals"] = _intervals(metrics, row_groups, codes, names, contrib, regret, data,
-                                      n_boot, seed)
+        out["intervals"] = {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
+                            "metrics": group_intervals(metrics, row_groups, codes, names,
+                                                       n_boot, seed),
+                            **(regret_intervals(units, names, n_boot, seed) or {})}
     target, warns = pred, []
     if labelled:
         truth = [labels[h] for h in ids]
@@ -288,6 +291,15 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         out["discovery"]["label_to_type"] = mapping
         target = np.array([mapping.get(t, -1) for t in truth])
         warns = diagnostics.label_match_warnings(mapping, truth, k)
+        ceiling = load_ceiling(run)
+        if ceiling is not None:  # the same backend fitted with the labels known
+            gamma_c, seen = ceiling.predict_proba(data)
+            where = {h: i for i, h in enumerate(seen)}
+            out["ceiling"] = compare(truth, gamma, gamma_c[[where[h] for h in ids]],
+                                     ceiling.labels_, n_boot, seed)
+            out["ceiling"]["in_sample"] = train is None
+            warns += ceiling_warnings(out["ceiling"], "training" if train is None else
+                                      "held-out")
     out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
                         for col, lab in label_columns(data).items()}
     out["personalization"] = {
@@ -333,24 +345,6 @@ def _group_sizes(groups: Sequence[str], row_groups: Sequence[str]) -> dict[str, 
     return out
 
 
-def _intervals(metrics: dict[str, np.ndarray], row_groups: Sequence[str], codes: np.ndarray,
-               names: Sequence[str], contrib: np.ndarray, regret: np.ndarray,
-               data: Annotations, n_boot: int, seed: int) -> dict[str, Any]:
-    """Bootstrap intervals: metrics by annotator within group, regrets by prompt."""
-    reps = bootstrap.mean_replicates(contrib, prompt_clusters(data), n_boot, seed)
-    worst = reps.max(axis=1)                                     # [B, policies]
-    fair = int(np.argmin(regret.max(axis=0)))
-    return {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
-            "metrics": group_intervals(metrics, row_groups, codes, names, n_boot, seed),
-            "regret_matrix": bootstrap.interval(reps).tolist(),
-            "max_regret": bootstrap.pairs(names, bootstrap.interval(worst)),
-            "fairest": names[fair],
-            "vs_fairest": {n: {"difference": bootstrap.interval(worst[:, j] - worst[:, fair])
-                               .tolist(), "distinguishable": bootstrap.distinguishable(
-                                   worst[:, j], worst[:, fair])}
-                           for j, n in enumerate(names) if j != fair}}
-
-
 def _warnings(data: Annotations, train: Annotations | None,
               gamma: np.ndarray) -> list[dict[str, str]]:
     """Held-out split missing labelled groups; near-uniform posteriors on this data."""
@@ -360,7 +354,7 @@ def _warnings(data: Annotations, train: Annotations | None,
     return out + diagnostics.confidence_warnings(gamma)
 
 
-def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 200,
+def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 1000,
                  seed: int = 0) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""

@@ -86,8 +86,16 @@ class AggregateSection:
         "help": "candidates: uniform (each policy restricted to a prompt's candidates is "
                 "proportional to exp(log-ratio)) or reference (its LM probability, dominated by "
                 "response length)"})
-    n_boot: int = field(default=200, metadata={
+    n_boot: int = field(default=1000, metadata={
         "help": "bootstrap replicates over held-out prompts for the regret intervals (0: none)"})
+    served_samples: int = field(default=4, metadata={
+        "help": "models that generate (LoRA), kl objective: responses decoded per held-out "
+                "prompt from every deployable policy and scored exactly, to measure its regret "
+                "as served (0: not measured)"})
+    served_prompts: int = field(default=32, metadata={
+        "help": "held-out prompts for the served regrets, a seeded random subset (0: all)"})
+    served_tokens: int | None = field(default=None, metadata={
+        "help": "decoding horizon of the served responses (default: max_response_tokens)"})
     objective: str = field(default="auto", metadata={
         "help": "kl (regret under the KL-regularised value; the min-max merge is solved too), "
                 "paper (expected reward, the reference MMRA) or auto (kl with candidates)"})
@@ -105,6 +113,12 @@ class AggregateSection:
             raise ValueError("n_samples must be >= 1")
         if self.n_boot < 0:
             raise ValueError("n_boot must be >= 0")
+        if self.served_samples < 0 or self.served_prompts < 0 or (
+                self.served_tokens is not None and self.served_tokens < 1):
+            raise ValueError("served_samples and served_prompts must be >= 0 and "
+                             "served_tokens >= 1")
+        if self.served_prompts == 1:
+            raise ValueError("served_prompts must be 0 (all) or >= 2")
 
 
 @dataclass
@@ -114,7 +128,7 @@ class EvaluateSection:
     data: str | None = field(default=None, metadata={
         "help": "a held-out dataset folder; default: the ingest stage's held-out split, else "
                 "the training data (in-sample)"})
-    n_boot: int = field(default=200, metadata={
+    n_boot: int = field(default=1000, metadata={
         "help": "bootstrap replicates over annotators (accuracies, ARI, personalization) and "
                 "prompts (regrets) for the 95% intervals (0: none)"})
 
@@ -276,11 +290,13 @@ def _heldout(out: Path) -> str | None:
 
 def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.aggregate import format_aggregate, run_aggregate
+    from pluralign.served import served_settings
     a = cfg.aggregate
+    served = served_settings(a.served_samples, a.served_prompts, a.served_tokens, cfg.run.seed)
     result = run_aggregate(out, _heldout(out), estimator=a.estimator, type_weights=a.type_weights,
                            n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge,
                            base_measure=a.base_measure, n_boot=a.n_boot,
-                           objective=a.objective)
+                           objective=a.objective, served=served)
     print(format_aggregate(result))
     return {"max_regret": result["max_regret"], "weights": result["weights"]}
 

@@ -46,11 +46,31 @@ DEFINITIONS = (
     ("worst-served group / its pairwise acc.", "The labelled group (discovered type where no "
      "labels exist) whose observed rankings the policy's implied reward orders least well, and "
      "that share of correctly ordered pairs (0.5 = chance, ties count half)."),
-    ("[low, high]", "95% bootstrap percentile interval: prompts resampled for regrets, "
-                    "annotators for accuracies, ARI and the personalization curve."),
+    ("[low, high]", "95% bootstrap interval. Regrets: prompts resampled (each distinct prompt "
+                    "counts once), studentised (bootstrap-t). A max regret's interval comes "
+                    "from bounds on every type's regret, lower bounds holding together and each "
+                    "type's own upper bound, so it keeps its coverage however many types bind "
+                    "(a percentile interval of the resampled max does not: the fairest policies "
+                    "make several types bind, and it then sits above the truth). Accuracies, "
+                    "ARI and the personalization curve: annotators resampled, percentile."),
+    ("not distinguishable", "Whether a policy's max regret differs from the fairest policy's "
+     "is read from bounds on the paired differences that hold for every pair of policies at "
+     "once, so picking the fairest on the same prompts cannot turn a tie into a difference."),
+    ("as served / certified", "As served: the regret of what a user deploys, measured by "
+     "decoding responses from the policy on held-out prompts and scoring them exactly under it "
+     "and every type policy (beta E[log pi(y) - log pi_i(y)], y drawn from pi; a mixture draws "
+     "a type policy, then decodes). Certified: the same policies restricted to each prompt's "
+     "candidate responses, where the min-max programs are solved; for the linear backend, "
+     "whose policies live on the candidates, the two are one figure. The deploy interval holds "
+     "jointly over the deployable policies it was chosen from."),
     ("mmra / uniform / utilitarian", "Mixtures of the type policies (draw a type policy with "
-     "these probabilities, then decode): min-max regret, equal weights, and the one maximising "
-     "the prior-weighted mean value."),
+     "these probabilities, then decode): min-max regret (under kl the exact min-max over "
+     "mixtures of the regret they serve; under paper the LP), equal weights, and the one "
+     "maximising the prior-weighted mean value."),
+    ("supervised ceiling", "The same backend fitted with the labels known (one policy per "
+     "label, on that label's training annotators) and used to assign the same annotators: "
+     "what discovery could reach with this model and data. A low ceiling means the groups "
+     "cannot be told apart here, whatever the method."),
     ("pooled / base / merged", "One DPO policy fitted to everybody (K = 1); the base model; one "
      "policy whose weights are the weighted sum of the type policies' (at the min-max merge's "
      "weights under the kl objective, at the MMRA weights under paper)."),
@@ -123,6 +143,8 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     if "discovery" in ev:
         story["discovery"] = {k: ev["discovery"][k] for k in ("ari", "nmi", "label_to_type")}
         story["discovery"]["ari_interval"] = ev["discovery"].get("ari_interval")
+        story["discovery"]["ceiling"] = ev.get("ceiling")
+    story["served"] = agg.get("served")
     curve = ev["personalization"]["curve"]
     reach = next((c["annotations"] for c in curve if c["accuracy"] >= 0.9), None)
     story["personalization"] = {"annotations_for_90_percent": reach,
@@ -131,8 +153,8 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
 
 
 def _overlapping(ev: dict[str, Any], fair: str) -> list[str]:
-    """Policies whose max regret does not differ from the fairest policy's at 95% (the paired
-    bootstrap interval of the difference contains 0) on this evaluation set."""
+    """Policies whose max regret cannot be told apart from the fairest policy's on this
+    evaluation set (pluralign.bootstrap.compare_with_best)."""
     iv = ev.get("intervals") or {}
     if iv.get("fairest") != fair:
         return []
@@ -158,7 +180,7 @@ def _ci(iv: list[float] | None) -> str:
 
 def findings(story: dict[str, Any]) -> list[str]:
     """The story in sentences, for the top of the page."""
-    out = []
+    out = [story["deploy"]["why"]] if story.get("deploy") else []
     mmra = story["mmra"]
     where = "the training annotations (in-sample)" if story["in_sample"] else \
         "held-out annotators"
@@ -168,8 +190,9 @@ def findings(story: dict[str, Any]) -> list[str]:
                f"were fitted on {sizes['train_annotators']} annotators.")
     if "pooled" in story:
         p = story["pooled"]
-        out.append(f"The pooled policy (one DPO fit to everyone) serves {p['worst_type']} worst: "
-                   f"its regret there is {p['worst_regret']:.3f}{_ci(p['interval'])}, against "
+        out.append(f"On the candidate responses, the pooled policy (one DPO fit to everyone) "
+                   f"serves {p['worst_type']} worst: its regret there is "
+                   f"{p['worst_regret']:.3f}{_ci(p['interval'])}, against "
                    f"{p['best_type']} best served (gap {p['gap']:.3f}).")
         verb, side = ("lowers", "below") if mmra["reduction"] > 0 else ("does not lower",
                                                                          "above")
@@ -179,16 +202,14 @@ def findings(story: dict[str, Any]) -> list[str]:
                    f"{', '.join(mmra['binding'])}.")
     weights = ", ".join(f"type_{j} {w:.2f}" for j, w in enumerate(mmra["weights"]))
     out.append(f"Mixture weights: {weights}.")
-    if story.get("deploy"):
-        out.append(story["deploy"]["why"])
     fair = story["fairest_policy"]
     if fair["name"] != "mmra":
         out.append(f"Lowest worst-type regret among all policies: {fair['name']} "
                    f"({fair['max_regret']:.3f}{_ci(fair['interval'])}).")
     if story["indistinguishable"]:
-        out.append(f"Not distinguishable from {fair['name']} on this data (the 95% bootstrap "
-                   "interval of the paired difference in max regret contains 0): "
-                   f"{', '.join(story['indistinguishable'])}.")
+        out.append(f"Not distinguishable from {fair['name']} on these prompts (95% bounds on "
+                   "the paired differences, holding for every pair of policies at once, do not "
+                   f"exclude a tie): {', '.join(story['indistinguishable'])}.")
     for loss in story["accuracy_losses"]:
         out.append(
             f"On {loss['group']}, {fair['name']} orders the observed pairs less well than the "
@@ -208,7 +229,7 @@ def findings(story: dict[str, Any]) -> list[str]:
         pairs = ", ".join(f"{label} = type_{k}" for label, k in d["label_to_type"].items())
         out.append(f"Type discovery against the known labels: ARI {d['ari']:.3f}"
                    f"{_ci(d.get('ari_interval'))}, NMI {d['nmi']:.3f} (known label = discovered "
-                   f"type: {pairs}).")
+                   f"type: {pairs}){_ceiling_text(d.get('ceiling'))}.")
     reach = story["personalization"]["annotations_for_90_percent"]
     if reach is not None:
         out.append(f"A new annotator is assigned to the right type with 90% accuracy after "
@@ -217,6 +238,19 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append("Note: evaluated on the training annotations (in-sample); pass held-out "
                    "data to `pluralign evaluate --data` for an honest estimate.")
     return out
+
+
+def _ceiling_text(c: dict[str, Any] | None) -> str:
+    """'; the supervised ceiling ...' beside a discovery figure (empty without one)."""
+    if not c:
+        return ""
+    ratio = "" if c.get("ratio") is None else f"; EM reaches {c['ratio']:.2f} of it"
+    return (f". The supervised ceiling (the same backend fitted with the labels known) assigns "
+            f"the same annotators with ARI {c['ceiling']['ari']:.3f}"
+            f"{_ci(c['ceiling'].get('ari_interval'))} and accuracy "
+            f"{c['ceiling']['accuracy']:.3f}{_ci(c['ceiling'].get('accuracy_interval'))}, "
+            f"against EM's accuracy {c['em']['accuracy']:.3f}"
+            f"{_ci(c['em'].get('accuracy_interval'))}{ratio}")
 
 
 def captions(em: dict[str, Any], ev: dict[str, Any]) -> dict[str, str]:
@@ -373,6 +407,35 @@ def policy_header(ev: dict[str, Any]) -> list[str]:
             "its pairwise acc. [95% CI]", *[f"regret {t}" for t in ev["regret"]["types"]]]
 
 
+def served_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of every deployable policy's worst-type regret as served, beside its
+    certified figure on the candidates; None where served is the candidates figure."""
+    served = agg.get("served") or {}
+    if "max_regret" not in served:
+        return None
+    iv = (served.get("intervals") or {}).get("max_regret") or {}
+    cert = {"mmra": agg["max_regret"], **{n: b["max_regret"]
+                                          for n, b in agg["baselines"].items()}}
+    types = agg["types"]
+    rows = [[name, _with_ci(value, iv.get(name)),
+             f"{cert[name]:.3f}" if name in cert else "-",
+             *[f"{v:.3f}" for v in served["regrets"][name]]]
+            for name, value in sorted(served["max_regret"].items(), key=lambda kv: kv[1])]
+    header = ["policy", "max regret as served [95% CI]", "certified (candidates)",
+              *[f"served regret {t}" for t in types]]
+    return header, rows
+
+
+def served_title(agg: dict[str, Any]) -> str:
+    s = agg.get("served") or {}
+    if "max_regret" not in s:
+        return f"As served: the candidates figures above ({s.get('why', '')})."
+    return (f"As served: {s['n_samples']} responses decoded per prompt from every policy on "
+            f"{s['prompts']} held-out prompts (of {s['of_prompts']}), at most "
+            f"{s['max_new_tokens']} tokens ({100 * s['share_cut_at_horizon']:.0f}% reached that "
+            "horizon), scored exactly under the policy and every type policy.")
+
+
 def confusion_tables(ev: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the confusion matrix of discovered types against each label
     column the data carries."""
@@ -399,7 +462,7 @@ def config_rows(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> 
             ["regret estimator", f"{agg['estimator']}, base measure {agg.get('base_measure')}, "
                                  f"{agg.get('objective', 'paper')} objective"],
             ["bootstrap", f"{(agg.get('intervals') or {}).get('n_boot', 0)} replicates, seed "
-                          f"{agg.get('random_state')}"],
+                          f"{agg.get('random_state')}; regrets: studentised over prompts"],
             ["evaluation data", f"{ev.get('data')} ("
                                 f"{'in-sample' if ev.get('in_sample') else 'held-out'})"],
             ["config file", str(em.get("config"))]]
@@ -434,7 +497,9 @@ def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
                                                                warning_rows(story)),
              "## Definitions", "", *[f"- **{t}**: {d}" for t, d in DEFINITIONS], "",
              "## Every policy against every type", "",
-             *_md_table(policy_header(ev), policy_rows(ev))]
+             *_md_table(policy_header(ev), policy_rows(ev)),
+             "## As served", "", md_escape(served_title(agg)), "",
+             *(_md_table(*served_rows(agg)) if served_rows(agg) else [])]
     for title, header, rows in confusion_tables(ev):
         lines += [f"## Discovered types vs {md_escape(title)}", "", *_md_table(header, rows)]
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],
@@ -458,6 +523,8 @@ def page(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any], ev: dic
     caps = captions(em, ev)
     items = "".join(f"<li>{esc(f)}</li>" for f in findings(story))
     defs = "".join(f"<dt>{esc(t)}</dt><dd>{esc(d)}</dd>" for t, d in DEFINITIONS)
+    table = served_rows(agg)
+    served = _html_table(*table) if table else ""
     confusion = "".join(f"<h3>Discovered types vs {esc(title)}</h3>{_html_table(h, r)}"
                         for title, h, r in confusion_tables(ev)) or \
         "<p>No label column (true_type, group) in the evaluation data.</p>"
@@ -486,6 +553,7 @@ img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 <h2>Definitions</h2><div class="box"><dl>{defs}</dl></div>
 <h2>Every policy against every type</h2>
 {_html_table(policy_header(ev), policy_rows(ev))}
+<h2>As served</h2><p>{esc(served_title(agg))}</p>{served}
 <h2>Discovered types against the known labels</h2>{confusion}
 <h2>Run configuration</h2>{_html_table(["setting", "value"], config_rows(em, agg, ev), "left")}
 <h2>Figures</h2>{figs}

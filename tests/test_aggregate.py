@@ -59,14 +59,18 @@ def test_lp_optimum_equals_linprog_and_the_grid(k, steps, seed):
     assert np.allclose(agg.regrets_[agg.binding_], agg.max_regret_, atol=1e-6)
 
 
+@st.composite
+def _regret_matrices(draw) -> np.ndarray:
+    """[K, J] with J >= K: every type has its own policy column, and more may follow."""
+    k = draw(st.integers(2, 4))
+    j = draw(st.integers(k, 5))
+    return draw(arrays(np.float64, (k, j), elements=st.floats(-5, 5, allow_nan=False)))
+
+
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(2, 4), st.integers(2, 5)),
-              elements=st.floats(-5, 5, allow_nan=False)),
-       st.lists(st.floats(0.05, 1.0), min_size=5, max_size=5))
+@given(_regret_matrices(), st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4))
 def test_mmra_is_never_worse_than_a_baseline(r, prior):
     k = r.shape[0]
-    if r.shape[1] < k:
-        return  # every type needs its own policy column
     eta = np.array(prior[:k]) / sum(prior[:k])
     agg = MinMaxRegretAggregator().fit(r)
     for name, b in baselines(r, eta).items():
@@ -179,10 +183,13 @@ def test_aggregate_reports_mmra_baselines_and_a_measured_merge(fitted):
     em, test = fitted
     out, merged = aggregate(em.backend_, test, em.priors_, pooled=em.baseline_.backend,
                             objective="paper")
-    assert out["policies"] == ["type_0", "type_1", "type_2", "pooled", "base", "merged"]
+    assert out["policies"] == ["type_0", "type_1", "type_2", "pooled", "base", "mmra", "uniform",
+                               "utilitarian", "merged"]
     assert np.allclose(merged.theta_[0], np.asarray(out["weights"]) @ em.backend_.theta_)
     r = np.asarray(out["regret_matrix"])
     assert out["max_regret"] == pytest.approx((r[:, :3] @ out["weights"]).max(), abs=1e-6)
+    assert r[:, 5] == pytest.approx(r[:, :3] @ out["weights"])  # the mixture's column: R p
+    assert out["max_regret"] == pytest.approx(out["lp_max_regret"], abs=1e-6)
     for name in ("uniform", "utilitarian", "type_0", "type_1", "type_2"):  # all in the simplex
         assert out["max_regret"] <= out["baselines"][name]["max_regret"] + 1e-6, name
     assert set(out["baselines"]) >= {"pooled", "base", "merged"}
@@ -268,3 +275,32 @@ def test_kl_objective_with_type_weights_minimises_the_weighted_worst_regret(fitt
     assert fair["regrets"] == pytest.approx((np.asarray(c) * plain).tolist(), abs=1e-9)
     for name, b in out["baselines"].items():  # every policy judged on the weighted regrets
         assert fair["value"] <= b["max_regret"] + 1e-7, name
+
+
+def test_each_prompt_weighs_once_in_both_estimators():
+    """Prompt Q annotated 4 times (3 distinct rankings) and R twice give the same regrets as
+    Q and R once each, for the candidates and the sampled estimator: the unit is the prompt,
+    not the annotation nor the distinct ranking."""
+    from pluralign.backends.linear import LinearBackend
+    from pluralign.data import Annotation
+    q_feats, r_feats = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], [[2.0, 0.0], [0.0, 0.0], [0.0, 2.0]]
+    q = [Annotation(f"h{i}", "Q?", ["a", "b", "c"], r, features=q_feats)
+         for i, r in enumerate([[0, 1, 2], [1, 0, 2], [2, 1, 0], [0, 1, 2]])]
+    r = [Annotation(f"h{i}", "R?", ["d", "e", "f"], [0, 1, 2], features=r_feats)
+         for i in (4, 5)]
+    many, once = Annotations(q + r), Annotations([q[0], r[0]])
+    backend = LinearBackend(types=2)
+    backend.design(many)
+    backend.theta_ = np.array([[1.5, -1.0], [-1.0, 2.0]])
+    policies = policies_of(backend, base=True)
+    per_prompt = candidate_regret(backend.beta * backend.logratios(once),
+                                  policy_logps(policies, once))
+    for estimator in ("candidates", "sampled"):
+        a = RegretEstimator(backend, many, estimator, n_samples=40, random_state=3,
+                            objective="paper").estimate(policies)
+        b = RegretEstimator(backend, once, estimator, n_samples=40, random_state=3,
+                            objective="paper").estimate(policies)
+        assert a.units.shape[0] == 2, estimator
+        assert a.matrix == pytest.approx(b.matrix, abs=1e-12), estimator
+    exact = RegretEstimator(backend, many, objective="paper").estimate(policies).matrix
+    assert exact == pytest.approx(per_prompt, abs=1e-12)   # the mean of the two prompts

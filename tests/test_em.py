@@ -196,19 +196,21 @@ def test_bad_parameters_are_named():
 
 
 def test_lora_run_reports_types_its_linear_start_pruned(tmp_path):
-    """6 annotators cannot hold 4 types of 3+ annotators: the linear start prunes, the LoRA run
-    trains the remaining types only, and the pruning is reported as the linear start's."""
+    """6 annotators of 2 types asked for 4: the linear start prunes the 2 empty types, the
+    LoRA run trains the 2 that remain (each above the floor), and the pruning is reported
+    as the linear start's, one action per type removed."""
     pop = simulate(SimulationConfig(flavour="text", types=2, annotators=6, per_annotator=2,
                                     seed=1))
     opts = dict(model="builtin:tiny", top_layers=2, max_prompt_tokens=32,
                 max_response_tokens=32, cache=str(tmp_path / "cache"), progress=False,
                 batch_size=4)
-    em = EMDPO("lora", n_types=4, backend_options=opts, max_iter=1).fit(
-        Annotations(pop.records))
-    assert em.n_types_ < 4 and em.posteriors_.shape == (6, em.n_types_)
-    assert em.backend_.n_types == em.n_types_
-    assert em.actions_ and all(a["stage"] == "linear start" for a in em.actions_)
-    assert em.posteriors_.sum(0).min() >= 3 - 1e-9 or em.n_types_ == 1
+    em = EMDPO("lora", n_types=4, backend_options=opts, max_iter=1, min_type_annotators=1,
+               merge_nats=0).fit(Annotations(pop.records))
+    assert em.n_types_ == 2 and em.posteriors_.shape == (6, 2)
+    assert em.backend_.n_types == 2 and all(len(h) == 1 for h in em.backend_.history_.values())
+    assert [a["k"] for a in em.actions_] == [4, 3]
+    assert all(a["stage"] == "linear start" and a["action"] == "pruned" for a in em.actions_)
+    assert em.posteriors_.sum(0).min() >= 1 - 1e-9      # every type left is above the floor
 
 
 def test_too_few_annotators_give_a_feasible_k_or_a_clear_message():

@@ -66,7 +66,8 @@ def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
     em_acc = _accuracy(run.posteriors, run.annotator_ids, train, mapping)
     gamma, ids = assign(run, new)
     new_acc = _accuracy(gamma, ids, new, mapping)
-    assert new_acc >= em_acc - 0.05, (new_acc, em_acc)
+    # far above chance (0.5: always the largest type), and as good on new annotators
+    assert em_acc >= 0.9 and new_acc >= max(0.9, em_acc - 0.05), (new_acc, em_acc)
 
     pool = Annotations(list({a.content_key(False): a for a in new}.values())[:120])
     names = [t["name"] for t in truth["types"]]

@@ -13,7 +13,7 @@ import pytest
 
 from pluralign.em import e_step
 from pluralign.evaluate import doubling, personalization_curve
-from pluralign.report import FIGURES, browser_check, find_chromium
+from pluralign.report import FIGURES, browser_check, find_chromium, md_escape
 
 
 @pytest.fixture(scope="module")
@@ -207,30 +207,48 @@ def test_personalization_curve_equals_a_plain_loop():
         assert point["annotators"] == who and point["accuracy"] == pytest.approx(np.mean(hits))
 
 
-def test_lora_run_through_sampled_aggregation_and_report(tmp_path, cli):
-    """The same commands on a LoRA run (builtin:tiny): the sampled estimator generates from
-    every policy, the merged adapter is saved in the PEFT layout, the report is written."""
+def test_lora_run_quotes_served_regrets_in_aggregate_and_report(tmp_path, cli):
+    """A LoRA run (builtin:tiny): aggregate measures every deployable policy as served
+    (decoded and scored exactly), the deploy sentence in the CLI, aggregate.json and the report
+    quotes that figure beside the candidate-set certificate, and the sampled estimator runs
+    on token ids (its numbers are checked against enumeration in test_served.py)."""
     assert cli("simulate", "--out", tmp_path / "data", "--flavour", "text", "--types", "2",
                "--annotators", "6", "--per-annotator", "3", "--seed", "1")[0] == 0
     (tmp_path / "em.yaml").write_text(
         "em:\n  backend: lora\n  max_iter: 2\n  min_type_share: 0\n  min_type_annotators: 0\n"
         "  merge_nats: 0\nlora:\n  model: builtin:tiny\n  top_layers: 2\n"
-        f"  max_prompt_tokens: 32\n  max_response_tokens: 16\n  cache: {tmp_path / 'cache'}\n"
+        f"  max_prompt_tokens: 32\n  max_response_tokens: 8\n  cache: {tmp_path / 'cache'}\n"
         "  progress: false\n  batch_size: 4\n")
     run = tmp_path / "run"
     rc, _, err = cli("em", "--data", tmp_path / "data", "--out", run, "--types", "2",
                      "--config", tmp_path / "em.yaml")
     assert rc == 0, err
-    rc, out, err = cli("aggregate", "--run", run, "--estimator", "sampled", "--samples", "2")
+    rc, out, err = cli("aggregate", "--run", run, "--served-samples", "3")
     assert rc == 0, err
     agg = json.loads((run / "aggregate.json").read_text())
-    assert agg["estimator"] == "sampled" and agg["n_samples"] == 2
-    assert agg["policies"] == ["type_0", "type_1", "pooled", "base", "merged"]
-    assert np.isfinite(agg["regret_matrix"]).all() and agg["regret_stderr"] is not None
+    served = agg["served"]
+    deployable = ["type_0", "type_1", "pooled", "base", "fair", "mmra", "uniform",
+                  "utilitarian", "merged"]
+    assert served["policies"] == deployable and served["n_samples"] == 3
+    assert set(served["intervals"]["max_regret"]) == set(deployable)
+    r = np.asarray(served["regret_matrix"])
+    assert r.shape == (2, 9) and r[0, 0] == 0 and r[1, 1] == 0 and (r[:, 2:] != 0).any()
+    d = agg["deploy"]
+    assert d["measured"] == "served" and d["policy"] in ("merged", "fair", "mmra")
+    assert d["max_regret"] == pytest.approx(served["max_regret"][d["policy"]])
+    quoted = f"{d['max_regret']:.4f}"
+    assert "as served" in d["why"] and quoted in d["why"] and "certified" in d["why"]
+    assert d["why"] in out and "as served" in out
     assert (run / "merged" / "merged" / "adapter_config.json").is_file()
     for step in ("evaluate", "report"):
         rc, _, err = cli(step, "--run", run)
         assert rc == 0, err
-    ev = json.loads((run / "evaluation.json").read_text())
-    assert ev["in_sample"] and "mmra" in ev["policies"]
-    assert (run / "report.html").is_file()
+    md = (run / "report.md").read_text()
+    assert md_escape(d["why"]) in md and "as served" in md
+    rc, _, err = cli("aggregate", "--run", run, "--estimator", "sampled", "--samples", "2")
+    assert rc == 0, err
+    sampled = json.loads((run / "aggregate.json").read_text())
+    assert sampled["estimator"] == "sampled" and sampled["objective"] == "paper"
+    assert sampled["policies"] == [n for n in deployable if n != "fair"]   # no merge: paper
+    assert np.asarray(sampled["regret_stderr"]).shape == (2, 8)
+    assert sampled["deploy"]["measured"] == "candidates"

@@ -446,47 +446,25 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     choice quotes that figure.
     Returns (the aggregate.json content, the merged policy or None); `keep`, when given, is
     filled with the scores computed (RegretEstimator.scores) for evaluation to reuse."""
-    extra = {"pooled": pooled} if pooled is not None else {}
-    policies = policies_of(backend, extra, base=True)
     estimator_ = RegretEstimator(backend, data, estimator, n_samples, random_state, base_measure,
                                  objective)
     objective = estimator_.objective
-    est = estimator_.estimate(policies)
+    fit = _fit_fair(estimator_, priors, pooled, type_weights, merge)
+    lp, fair, mixture, merged, weights = fit.lp, fit.fair, fit.mixture, fit.merged, fit.weights
+    names, units = _columns(estimator_.estimate(fit.policies), weights, objective,
+                            merged is not None)
     k = backend.n_types
-    lp = MinMaxRegretAggregator(type_weights).fit(est.matrix[:, :k])
-    weights = {"mmra": lp.weights_, **{n: np.asarray(b["weights"]) for n, b in baselines(
-        est.matrix[:, :k], priors, type_weights).items() if n in ("uniform", "utilitarian")}}
-    fair = mixture = None
-    if objective == "kl":
-        log_types, rows = estimator_.type_logps(), estimator_.row_weights()
-        fair = MinMaxMerge(backend.beta, type_weights).fit(log_types, rows)
-        mixture = MinMaxMixture(backend.beta, type_weights).fit(log_types, rows)
-        weights["mmra"] = mixture.weights_
-        policies.append(estimator_.provide("fair", merge_logps(log_types, fair.weights_)))
-        # a mixture serves sum_j p_j pi_j: under kl its regret is that distribution's
-        policies += [estimator_.provide(n, mixture_logps(log_types, w))
-                     for n, w in weights.items()]
-    merged = _merge(backend, fair.weights_ if fair is not None else weights["mmra"], merge)
-    if merged is not None:
-        policies.append(Policy("merged", merged, 0))
-    est = estimator_.estimate(policies)
-    names, units = est.names, est.units
-    if objective == "paper":  # regret is linear in a mixture: its column is R p
-        at = len(names) - (merged is not None)
-        names = [*names[:at], *weights, *names[at:]]
-        mixed = np.stack([units[:, :, :k] @ w for w in weights.values()], axis=2)
-        units = np.concatenate([units[:, :, :at], mixed, units[:, :, at:]], axis=2)
     weighted = weigh_types(units, type_weights)
     r = weighted.mean(axis=0)
-    column = {n: j for j, n in enumerate(names)}
-    mmra = r[:, column["mmra"]]
+    mmra = r[:, names.index("mmra")]
+    est_stderr = estimator == "sampled"
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
            "base_measure": base_measure if estimator == "candidates" else None,
            "random_state": random_state, "annotations": len(data),
            "annotators": len(data.annotator_ids), "prompts": int(len(units)),
            "data_fingerprint": data.fingerprint(), "types": [f"type_{i}" for i in range(k)],
            "policies": names, "regret_matrix": units.mean(axis=0).tolist(),
-           "regret_stderr": None if est.stderr is None or len(units) < 2 else
+           "regret_stderr": None if not est_stderr or len(units) < 2 else
            (units.std(axis=0, ddof=1) / np.sqrt(len(units))).tolist(),
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
            "weights": weights["mmra"].tolist(), "max_regret": float(mmra.max()),
@@ -514,6 +492,58 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     if keep is not None:
         keep.update(estimator_.scores())
     return out, merged
+
+
+@dataclass
+class FairFit:
+    """The policies aggregation compares and the fair ones it solves for (`_fit_fair`)."""
+
+    policies: list[Policy]
+    weights: dict[str, np.ndarray]          # mixtures: mmra, uniform, utilitarian
+    lp: MinMaxRegretAggregator
+    fair: MinMaxMerge | None
+    mixture: MinMaxMixture | None
+    merged: PolicyBackend | None
+
+
+def _fit_fair(est: RegretEstimator, priors: Sequence[float], pooled: PolicyBackend | None,
+              type_weights: Sequence[float] | None, merge: bool) -> FairFit:
+    """R of the single policies, then the fair ones on it: the LP (paper), the exact min-max
+    mixture and the min-max merge (kl), the baseline mixtures, and the weight-space merge."""
+    backend, k = est.backend, est.backend.n_types
+    policies = policies_of(backend, {"pooled": pooled} if pooled is not None else {},
+                           base=True)
+    r = est.estimate(policies).matrix[:, :k]
+    lp = MinMaxRegretAggregator(type_weights).fit(r)
+    weights = {"mmra": lp.weights_, **{n: np.asarray(b["weights"]) for n, b in baselines(
+        r, priors, type_weights).items() if n in ("uniform", "utilitarian")}}
+    fair = mixture = None
+    if est.objective == "kl":
+        log_types, rows = est.type_logps(), est.row_weights()
+        fair = MinMaxMerge(backend.beta, type_weights).fit(log_types, rows)
+        mixture = MinMaxMixture(backend.beta, type_weights).fit(log_types, rows)
+        weights["mmra"] = mixture.weights_
+        policies.append(est.provide("fair", merge_logps(log_types, fair.weights_)))
+        # a mixture serves sum_j p_j pi_j: under kl its regret is that distribution's
+        policies += [est.provide(n, mixture_logps(log_types, w)) for n, w in weights.items()]
+    merged = _merge(backend, fair.weights_ if fair is not None else weights["mmra"], merge)
+    if merged is not None:
+        policies.append(Policy("merged", merged, 0))
+    return FairFit(policies, weights, lp, fair, mixture, merged)
+
+
+def _columns(est: RegretEstimate, weights: dict[str, np.ndarray], objective: str,
+             merged: bool) -> tuple[list[str], np.ndarray]:
+    """Column names and per-prompt regrets [P, K, J] of every policy: under paper a
+    mixture's column is R p (regret is linear in it), inserted before the merged adapter."""
+    names, units = est.names, est.units
+    if objective != "paper":
+        return names, units
+    k = len(next(iter(weights.values())))
+    at = len(names) - merged
+    mixed = np.stack([units[:, :, :k] @ w for w in weights.values()], axis=2)
+    return ([*names[:at], *weights, *names[at:]],
+            np.concatenate([units[:, :, :at], mixed, units[:, :, at:]], axis=2))
 
 
 _SAME_AS_CANDIDATES = {

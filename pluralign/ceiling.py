@@ -20,7 +20,7 @@ import numpy as np
 
 from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend
-from pluralign.data import as_annotations
+from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
 
 #: A ceiling ARI below this means the groups cannot be told apart at this model and data size.
@@ -41,12 +41,49 @@ class SupervisedCeiling:
         self.column = column
 
     def fit(self, data: Any) -> SupervisedCeiling:
-        from pluralign.em_run import annotator_labels
         data = as_annotations(data)
-        labels = annotator_labels(data, self.column)
+        labels = self._labels(data)
         if len(set(labels.values())) < 2:
             raise ValueError("a supervised ceiling needs annotators of at least 2 labels")
-        self.labels_ = sorted(set(labels.values()))
+        return self._fit(data, labels, sorted(set(labels.values())))
+
+    def cross_fit(self, data: Any, folds: int = 2,
+                  random_state: int = 0) -> tuple[np.ndarray, list[str]]:
+        """Each annotator's posterior over the labels from a ceiling fitted without them:
+        annotators split into `folds` (stratified by label, seeded), each fold assigned by the
+        ceiling of the others. The honest ceiling on the training data itself (a ceiling
+        fitted and assigned on the same annotators memorises them). Uses the labels of a
+        previous `fit` when there was one."""
+        data = as_annotations(data)
+        labels = self._labels(data)
+        names = getattr(self, "labels_", None) or sorted(set(labels.values()))
+        ids = data.annotator_ids
+        rng = np.random.default_rng(random_state)
+        fold = {}
+        for label in sorted(set(labels.values())) + [None]:
+            members = [h for h in ids if labels.get(h) == label]
+            for i, h in enumerate(rng.permutation(np.asarray(members, dtype=object))):
+                fold[h] = i % folds
+        where = {h: i for i, h in enumerate(ids)}
+        gamma = np.zeros((len(ids), len(names)))
+        for f in range(folds):
+            train = data.subset(i for i, a in enumerate(data) if fold[a.annotator_id] != f)
+            test = data.subset(i for i, a in enumerate(data) if fold[a.annotator_id] == f)
+            part = SupervisedCeiling(self.make_backend, self.column)._fit(
+                train, self._labels(train), names)
+            g, seen = part.predict_proba(test)
+            gamma[[where[h] for h in seen]] = g
+        return gamma, ids
+
+    def _labels(self, data: Annotations) -> dict[str, str]:
+        from pluralign.em_run import annotator_labels
+        return annotator_labels(data, self.column)
+
+    def _fit(self, data: Annotations, labels: dict[str, str],
+             names: Sequence[str]) -> SupervisedCeiling:
+        """One policy per label of `names` (a label no annotator carries keeps the reference
+        policy and a prior of 0), trained on that label's annotators' annotations."""
+        self.labels_ = list(names)
         index = {label: k for k, label in enumerate(self.labels_)}
         per_row = np.array([index.get(labels.get(a.annotator_id), -1) for a in data])
         counts = np.bincount([index[v] for v in labels.values()], minlength=len(self.labels_))

@@ -107,16 +107,18 @@ DOWNSTREAM = ("aggregate.json", "scores.npz", "merged", "fair", "evaluation.json
 
 
 def run_em(data: Annotations, settings: EMSettings, out: Path,
-           data_path: str | Path | None = None) -> str:
+           data_path: str | Path | None = None, heldout: bool = False) -> str:
     """Fit, write the outputs into `out`, and return a summary for a person. The folder is
-    locked while EM runs; what later steps made from an earlier fit there is removed."""
+    locked while EM runs; what later steps made from an earlier fit there is removed.
+    `heldout`: annotators kept out of EM will measure the supervised ceiling (evaluate), so
+    em.json does not pay for a cross-fitted one on the training annotators."""
     with folder_lock(out, "em"):
-        report = _fit_and_write(data, settings, out, data_path)
+        report = _fit_and_write(data, settings, out, data_path, heldout)
     return summarise(report, out)
 
 
 def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
-                   data_path: str | Path | None) -> dict[str, Any]:
+                   data_path: str | Path | None, heldout: bool = False) -> dict[str, Any]:
     from pluralign.em import EMDPO
     kwargs = {k: v for k, v in settings.em.items() if k != "backend"}
     em = EMDPO(settings.backend, backend_options=settings.backend_options,
@@ -125,17 +127,19 @@ def _fit_and_write(data: Annotations, settings: EMSettings, out: Path,
                **kwargs).fit(data)
     policies = out / ("adapters" if settings.backend == "lora" else "linear")
     ceiling = fit_ceiling(data, em)
+    crossfit = None if ceiling is None or heldout else \
+        ceiling.cross_fit(data, CROSS_FOLDS, em.random_state)
     report = {**em.to_dict(), "backend": settings.backend,
               "backend_options": settings.backend_options, "em_options": kwargs,
               "config": settings.source, "data_fingerprint": data.fingerprint(),
               "data": None if data_path is None else _relative(Path(data_path), out),
               "annotations": len(data), "annotators": len(em.annotator_ids_),
-              "policies": policies.name, "audit": audit(data, em, ceiling)}
+              "policies": policies.name, "audit": audit(data, em, ceiling, crossfit)}
     if report["audit"] and "ceiling" in report["audit"]:
         from pluralign.ceiling import ceiling_warnings
         report["warnings"] += ceiling_warnings(report["audit"]["ceiling"], "training")
     if distributed.is_main():  # every rank fitted the same; one writes
-        _write(em, report, out, policies, ceiling)
+        _write(em, report, out, policies, ceiling, crossfit)
     distributed.barrier()
     return report
 
@@ -149,17 +153,24 @@ def fit_ceiling(data: Annotations, em: EMDPO) -> Any:
     return SupervisedCeiling(em._make_backend).fit(data)
 
 
-#: Where the supervised ceiling's policies live in a run folder.
+#: Where the supervised ceiling's policies live in a run folder, and its cross-fitted
+#: posteriors of the training annotators (pluralign.ceiling.SupervisedCeiling.cross_fit).
 CEILING = "ceiling"
+CROSSFIT_FILE = "crossfit.csv"
+#: Folds of the cross-fitted ceiling: each annotator is assigned by the ceiling fitted on the
+#: others. 2 keeps the extra training to one fit.
+CROSS_FOLDS = 2
 
 
 def _write(em: EMDPO, report: dict[str, Any], out: Path, policies: Path,
-           ceiling: Any = None) -> None:
+           ceiling: Any = None, crossfit: tuple[np.ndarray, list[str]] | None = None) -> None:
     write_posteriors(out / "posteriors.csv", em.annotator_ids_, em.posteriors_)
     em.backend_.save(policies)
     em.baseline_.backend.save(out / "baseline")  # K=1: plain (PL-)DPO, the pooled policy
     if ceiling is not None:
         ceiling.save(out / CEILING)
+        if crossfit is not None:  # evaluate on the training data reads these, not a refit
+            write_posteriors(out / CEILING / CROSSFIT_FILE, crossfit[1], crossfit[0])
     elif (out / CEILING / "ceiling.json").is_file():  # an earlier fit's, on labelled data
         shutil.rmtree(out / CEILING)
     write_json(out / "em.json", report)
@@ -242,6 +253,12 @@ def load_run(path: str | Path) -> FittedRun:
     return FittedRun(path, info, backend, baseline, ids, gamma)
 
 
+def crossfit_posteriors(run: FittedRun) -> tuple[list[str], np.ndarray] | None:
+    """The ceiling's cross-fitted posteriors of the training annotators, when em wrote them."""
+    path = run.path / CEILING / CROSSFIT_FILE
+    return read_posteriors(path) if path.is_file() else None
+
+
 def load_ceiling(run: FittedRun) -> Any:
     """The run's supervised ceiling (pluralign.ceiling.SupervisedCeiling), or None when EM
     ran on data without labels."""
@@ -317,10 +334,13 @@ def split_label_warnings(train: Annotations, held: Annotations) -> list[dict[str
             for w in diagnostics.split_warnings(labels, held_labels.get(col, {}), col)]
 
 
-def audit(data: Annotations, em: EMDPO, ceiling: Any = None) -> dict[str, Any] | None:
+def audit(data: Annotations, em: EMDPO, ceiling: Any = None,
+          crossfit: tuple[np.ndarray, list[str]] | None = None) -> dict[str, Any] | None:
     """Discovery quality against known labels (true_type, else group), when the data has them,
-    beside the supervised ceiling (in-sample: the training annotators). Labels are used here
-    and by the ceiling only, never for EM's fit."""
+    beside the supervised ceiling on the same annotators when it was cross-fitted (each
+    annotator assigned by a ceiling fitted without them; with annotators held out, the
+    ceiling is measured on them by evaluate instead). Labels are used here and by the ceiling
+    only, never for EM's fit."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     labels = annotator_labels(data)
     if not labels:
@@ -329,15 +349,18 @@ def audit(data: Annotations, em: EMDPO, ceiling: Any = None) -> dict[str, Any] |
     index = {h: i for i, h in enumerate(em.annotator_ids_)}
     truth = [labels[h] for h in ids]
     pred = [int(em.posteriors_[index[h]].argmax()) for h in ids]
-    out = {"annotators": len(ids), "ari": adjusted_rand_score(truth, pred),
-           "nmi": normalized_mutual_info_score(truth, pred)}
-    if ceiling is not None:
+    out: dict[str, Any] = {"annotators": len(ids), "ari": adjusted_rand_score(truth, pred),
+                           "nmi": normalized_mutual_info_score(truth, pred)}
+    if ceiling is not None and crossfit is None:
+        out["ceiling_note"] = ("the supervised ceiling is measured on the held-out annotators "
+                               "(evaluation.json)")
+    elif ceiling is not None:
         from pluralign.ceiling import compare
-        gamma, seen = ceiling.predict_proba(data)
+        gamma, seen = crossfit
         where = {h: i for i, h in enumerate(seen)}
         out["ceiling"] = compare(truth, em.posteriors_[[index[h] for h in ids]],
                                  gamma[[where[h] for h in ids]], ceiling.labels_, n_boot=200)
-        out["ceiling"]["in_sample"] = True
+        out["ceiling"]["cross_fitted_folds"] = CROSS_FOLDS
     return out
 
 
@@ -368,9 +391,11 @@ def ceiling_text(audit: dict[str, Any]) -> str:
     c = audit.get("ceiling")
     if not c:
         return ""
-    ratio = "" if c["ratio"] is None else f", EM reaches {c['ratio']:.2f} of it"
-    return (f"; supervised ceiling (same backend, labels known) ARI {c['ceiling']['ari']:.3f}"
-            f"{ratio}")
+    ratio = "" if c["ratio"] is None else f", EM/ceiling {c['ratio']:.2f}"
+    fitted = f", cross-fitted over {c['cross_fitted_folds']} folds" if \
+        c.get("cross_fitted_folds") else ""
+    return (f"; supervised ceiling (same backend, labels known{fitted}) ARI "
+            f"{c['ceiling']['ari']:.3f}{ratio}")
 
 
 class _Progress:

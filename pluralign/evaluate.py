@@ -42,6 +42,7 @@ from pluralign.em_run import (
     FittedRun,
     annotator_labels,
     check_made_from,
+    crossfit_posteriors,
     label_columns,
     load_ceiling,
     load_run,
@@ -291,13 +292,11 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         out["discovery"]["label_to_type"] = mapping
         target = np.array([mapping.get(t, -1) for t in truth])
         warns = diagnostics.label_match_warnings(mapping, truth, k)
-        ceiling = load_ceiling(run)
+        ceiling = _ceiling(run, data, ids, train is None)
         if ceiling is not None:  # the same backend fitted with the labels known
-            gamma_c, seen = ceiling.predict_proba(data)
-            where = {h: i for i, h in enumerate(seen)}
-            out["ceiling"] = compare(truth, gamma, gamma_c[[where[h] for h in ids]],
-                                     ceiling.labels_, n_boot, seed)
-            out["ceiling"]["in_sample"] = train is None
+            gamma_c, labels_c, how = ceiling
+            out["ceiling"] = compare(truth, gamma, gamma_c, labels_c, n_boot, seed)
+            out["ceiling"]["assigned"] = how
             warns += ceiling_warnings(out["ceiling"], "training" if train is None else
                                       "held-out")
     out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
@@ -334,6 +333,25 @@ def _policy_columns(run: FittedRun, data: Annotations, aggregated: dict[str, Any
     logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
                                       for w in mixes.values()], axis=2)
     return logps, [p.name for p in singles] + list(mixes), s
+
+
+def _ceiling(run: FittedRun, data: Annotations, ids: list[str],
+             in_sample: bool) -> tuple[np.ndarray, list[str], str] | None:
+    """The supervised ceiling's posteriors of the annotators `ids` ([H, labels]), its labels
+    and how they were assigned: held-out annotators by the ceiling fitted on the training
+    ones; the training annotators themselves by the cross-fitted ceiling em saved (each
+    assigned without their own data), else, marked so, in-sample (which flatters it)."""
+    ceiling = load_ceiling(run)
+    if ceiling is None:
+        return None
+    saved = crossfit_posteriors(run) if in_sample else None
+    if saved is not None and set(ids) <= set(saved[0]):
+        where = {h: i for i, h in enumerate(saved[0])}
+        return saved[1][[where[h] for h in ids]], ceiling.labels_, "cross-fitted"
+    gamma, seen = ceiling.predict_proba(data)
+    where = {h: i for i, h in enumerate(seen)}
+    return (gamma[[where[h] for h in ids]], ceiling.labels_,
+            "in-sample (fitted on these annotators: optimistic)" if in_sample else "held-out")
 
 
 def _group_sizes(groups: Sequence[str], row_groups: Sequence[str]) -> dict[str, dict[str, int]]:

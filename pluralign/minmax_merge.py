@@ -141,15 +141,9 @@ class MinMaxMerge:
 
     def fit(self, log_types: np.ndarray, sample_weight: np.ndarray | None = None) -> MinMaxMerge:
         import cvxpy as cp
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        logq = normalise(np.asarray(log_types, dtype=np.float64))
+        logq, rw, c = fit_inputs(log_types, sample_weight, self.type_weights, self.beta,
+                                 positive=True)
         n, _, k = logq.shape
-        rw = row_weights(sample_weight, n)
-        c = np.ones(k) if self.type_weights is None else \
-            np.asarray(self.type_weights, dtype=np.float64)
-        if c.shape != (k,) or not (c > 0).all() or not np.isfinite(c).all():
-            raise ValueError(f"type_weights must be {k} positive numbers, got {c.tolist()}")
         mu = cp.Variable(k, nonneg=True)  # mu = lambda * c, lambda on the simplex
         sizes = (~np.isnan(logq[..., 0])).sum(axis=1)
         terms = [self._block(cp, logq[sizes == m][:, :m, :], rw[sizes == m], mu,
@@ -199,6 +193,24 @@ class MinMaxMerge:
         cone = cp.constraints.ExpCone(z - cp.reshape(t, (r, 1), order="C") @ np.ones((1, m)),
                                       total * np.ones((r, m)), u)
         return w @ t, [cone, cp.sum(u, axis=1) <= total]
+
+
+def fit_inputs(log_types: np.ndarray, sample_weight: np.ndarray | None,
+               type_weights: np.ndarray | None, beta: float,
+               positive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the min-max programs fit on, checked: the type policies normalised over each
+    row's candidates, row weights summing to one, and the type weights c (positive, or with
+    `positive` False non-negative)."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    logq = normalise(np.asarray(log_types, dtype=np.float64))
+    n, _, k = logq.shape
+    c = np.ones(k) if type_weights is None else np.asarray(type_weights, dtype=np.float64)
+    ok = (c > 0).all() if positive else (c >= 0).all()
+    if c.shape != (k,) or not ok or not np.isfinite(c).all():
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"type_weights must be {k} {kind} numbers, got {c.tolist()}")
+    return logq, row_weights(sample_weight, n), c
 
 
 def row_weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from pluralign.minmax_merge import kl_contributions, normalise, row_weights
+from pluralign.minmax_merge import fit_inputs, kl_contributions, normalise
 
 
 def mixture_logps(log_types: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -57,15 +57,8 @@ class MinMaxMixture:
 
     def fit(self, log_types: np.ndarray,
             sample_weight: np.ndarray | None = None) -> MinMaxMixture:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        logq = normalise(np.asarray(log_types, dtype=np.float64))
-        n, _, k = logq.shape
-        w = row_weights(sample_weight, n)
-        c = np.ones(k) if self.type_weights is None else \
-            np.asarray(self.type_weights, dtype=np.float64)
-        if c.shape != (k,) or (c < 0).any() or not np.isfinite(c).all():
-            raise ValueError(f"type_weights must be {k} non-negative numbers, got {c.tolist()}")
+        logq, w, c = fit_inputs(log_types, sample_weight, self.type_weights, self.beta,
+                                positive=False)
         valid = ~np.isnan(logq[..., 0])                                 # [n, M]
         q = np.exp(logq[valid])                                         # [E, K] pi_j(y)
         we = np.broadcast_to(w[:, None], valid.shape)[valid]            # [E] row weight

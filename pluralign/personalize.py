@@ -111,8 +111,11 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
     if policy == "fair":
         fair = fair_policy(run)
         shown = ", ".join(f"{w:.3f}" for w in fair["weights"])
-        return FAIR, (f"the min-max merge (weights {shown}; worst-type regret "
-                      f"{fair['max_regret']:.4f})")
+        served = fair.get("served_max_regret")
+        regret = (f"worst-type regret as served {served:.4f}, certified on the candidates "
+                  f"{fair['max_regret']:.4f}" if served is not None else
+                  f"worst-type regret on the candidates {fair['max_regret']:.4f}")
+        return FAIR, f"the min-max merge (weights {shown}; {regret})"
     if policy == "mmra":
         agg = run.path / "aggregate.json"
         if not agg.is_file():

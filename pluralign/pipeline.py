@@ -277,7 +277,8 @@ def needs_embeddings(em: EMSettings) -> bool:
 def stage_em(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     """EM-DPO on data/, checkpointed in checkpoints/ (a re-run resumes)."""
     from pluralign.em_run import run_em
-    summary = run_em(load(out / "data"), cfg.em, out, data_path=out / "data")
+    summary = run_em(load(out / "data"), cfg.em, out, data_path=out / "data",
+                     heldout=(out / "heldout").is_dir())
     print(summary)
     info = json.loads((out / "em.json").read_text())
     return {"n_types": info["n_types"], "n_iter": info["n_iter"], "audit": info["audit"]}

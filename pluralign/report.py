@@ -204,7 +204,7 @@ def findings(story: dict[str, Any]) -> list[str]:
     out.append(f"Mixture weights: {weights}.")
     fair = story["fairest_policy"]
     if fair["name"] != "mmra":
-        out.append(f"Lowest worst-type regret among all policies: {fair['name']} "
+        out.append(f"Lowest worst-type regret on the candidate responses: {fair['name']} "
                    f"({fair['max_regret']:.3f}{_ci(fair['interval'])}).")
     if story["indistinguishable"]:
         out.append(f"Not distinguishable from {fair['name']} on these prompts (95% bounds on "
@@ -244,7 +244,7 @@ def _ceiling_text(c: dict[str, Any] | None) -> str:
     """'; the supervised ceiling ...' beside a discovery figure (empty without one)."""
     if not c:
         return ""
-    ratio = "" if c.get("ratio") is None else f"; EM reaches {c['ratio']:.2f} of it"
+    ratio = "" if c.get("ratio") is None else f"; EM/ceiling ARI ratio {c['ratio']:.2f}"
     return (f". The supervised ceiling (the same backend fitted with the labels known) assigns "
             f"the same annotators with ARI {c['ceiling']['ari']:.3f}"
             f"{_ci(c['ceiling'].get('ari_interval'))} and accuracy "

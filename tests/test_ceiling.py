@@ -34,6 +34,28 @@ def test_ceiling_fits_one_policy_per_label_on_that_labels_annotations():
     assert ceiling.priors_ == pytest.approx(shares)   # 6 annotations each: annotator shares
 
 
+def test_the_cross_fitted_ceiling_assigns_each_annotator_without_its_own_data():
+    """Every annotator of a fold is assigned by the policies fitted on the other fold: their
+    posterior equals the one a ceiling fitted on the other fold's annotations alone gives."""
+    data = _population(2, 40)
+    make = lambda k: LinearBackend(types=k)  # noqa: E731
+    gamma, ids = SupervisedCeiling(make).cross_fit(data, folds=2, random_state=0)
+    assert gamma.shape == (40, 3) and np.allclose(gamma.sum(axis=1), 1)
+    first = ids[0]
+    # the oracle: refit on exactly the other fold, assign the held-out fold
+    rng = np.random.default_rng(0)
+    labels = {a.annotator_id: a.true_type for a in data}
+    fold = {}
+    for label in sorted(set(labels.values())) + [None]:
+        members = [h for h in ids if labels.get(h) == label]
+        for i, h in enumerate(rng.permutation(np.asarray(members, dtype=object))):
+            fold[h] = i % 2
+    other = data.subset(i for i, a in enumerate(data) if fold[a.annotator_id] != fold[first])
+    mine = data.subset(i for i, a in enumerate(data) if fold[a.annotator_id] == fold[first])
+    g, seen = SupervisedCeiling(make).fit(other).predict_proba(mine)
+    assert np.allclose(gamma[0], g[seen.index(first)])
+
+
 def test_compare_scores_both_against_the_labels_and_resamples_them_together():
     truth = ["a"] * 5 + ["b"] * 5
     em = np.eye(2)[[1] * 5 + [0] * 4 + [1]]           # types swapped, one annotator wrong
@@ -53,10 +75,10 @@ def test_run_reports_the_ceiling_beside_every_discovery_figure(tmp_path, cli):
     rc, out, err = cli("em", "--data", tmp_path / "train", "--out", tmp_path / "run",
                        "--types", "3")
     assert rc == 0, err
-    assert "supervised ceiling (same backend, labels known) ARI" in out
+    assert "supervised ceiling (same backend, labels known, cross-fitted over 2 folds) ARI" in out
     em = json.loads((tmp_path / "run" / "em.json").read_text())
     c = em["audit"]["ceiling"]
-    assert c["in_sample"] and c["ceiling"]["ari"] > 0.8 and c["ratio"] > 0.8
+    assert c["cross_fitted_folds"] == 2 and c["ceiling"]["ari"] > 0.8 and c["ratio"] > 0.8
     assert c["em"]["ari"] == pytest.approx(em["audit"]["ari"])
     assert (tmp_path / "run" / "ceiling" / "ceiling.json").is_file()
     for step in (["aggregate", "--data", tmp_path / "held"], ["evaluate", "--data",
@@ -65,11 +87,18 @@ def test_run_reports_the_ceiling_beside_every_discovery_figure(tmp_path, cli):
         assert rc == 0, err
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     held = ev["ceiling"]
-    assert not held["in_sample"] and held["annotators"] == 30
+    assert held["assigned"] == "held-out" and held["annotators"] == 30
     assert held["em"]["ari"] == pytest.approx(ev["discovery"]["ari"])
     lo, hi = held["ceiling"]["ari_interval"]
     assert lo <= held["ceiling"]["ari"] <= hi and held["ceiling"]["accuracy_interval"]
     assert "low_ceiling" not in [w["code"] for w in ev["warnings"]]
+    rc, _, err = cli("evaluate", "--run", tmp_path / "run")     # in-sample: the cross-fit
+    assert rc == 0, err
+    own = json.loads((tmp_path / "run" / "evaluation.json").read_text())["ceiling"]
+    assert own["assigned"] == "cross-fitted"
+    assert own["ceiling"]["ari"] == pytest.approx(c["ceiling"]["ari"])
+    assert cli("evaluate", "--run", tmp_path / "run", "--data", tmp_path / "held")[0] == 0
+    assert cli("report", "--run", tmp_path / "run")[0] == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert any("supervised ceiling" in f and f"{held['ceiling']['ari']:.3f}" in f
                for f in report["findings"])

@@ -142,6 +142,8 @@ def test_rerun_skips_and_from_redoes(population, tmp_path, cli):
     said = [cli("generate", "--run", run, "--prompt", "Hello", "--policy", "fair",
                 "--samples", "2", "--seed", "1") for _ in range(2)]
     assert said[0][0] == 0 and "the min-max merge" in said[0][2]
+    served = agg["served"]["max_regret"]["fair"]   # the LoRA run measured it as decoded
+    assert policy["served_max_regret"] == served and f"as served {served:.4f}" in said[0][2]
     assert said[0][1] == said[1][1]  # seeded
     rc, out, _ = cli("run", cfg)
     assert rc == 0 and out.count("up to date, skipped") == 6

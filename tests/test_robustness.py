@@ -283,6 +283,11 @@ def test_12_the_synthetic_recipe_runs_with_one_command(tmp_path, cli):
     assert rc == 0, err
     assert (tmp_path / "run" / "report.html").is_file()
     assert len(load(tmp_path / "run" / "population")) == 120 * 12
+    # annotators held out: the ceiling is measured on them, not cross-fitted in em.json
+    em = json.loads((tmp_path / "run" / "em.json").read_text())
+    assert "ceiling" not in em["audit"] and "held-out" in em["audit"]["ceiling_note"]
+    ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert ev["ceiling"]["assigned"] == "held-out" and ev["ceiling"]["ceiling"]["ari"] > 0.5
     rc, out, _ = cli("run", small, "--out", tmp_path / "run")
     assert out.count("up to date, skipped") == 6
 

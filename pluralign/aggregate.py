@@ -33,7 +33,7 @@ from pluralign.data import Annotation, Annotations
 from pluralign.io import folder_lock, sha256_file, write_json, write_with
 from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
 from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
-from pluralign.served import ServedSettings, served_policies, served_regret
+from pluralign.served import TUNED, ServedSettings, served_policies, served_regret, tune_merge
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 ESTIMATORS = ("candidates", "sampled")
@@ -451,6 +451,9 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     objective = estimator_.objective
     fit = _fit_fair(estimator_, priors, pooled, type_weights, merge)
     lp, fair, mixture, merged, weights = fit.lp, fit.fair, fit.mixture, fit.merged, fit.weights
+    tuned, tuning = None, None
+    if fair is not None and backend.decodes and served is not None and served.tune:
+        tuned, tuning = _tune(estimator_, data, fit, served, type_weights)
     names, units = _columns(estimator_.estimate(fit.policies), weights, objective,
                             merged is not None)
     k = backend.n_types
@@ -478,12 +481,14 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "fair": None if fair is None else {
                "weights": fair.weights_.tolist(), "value": fair.value_,
                "max_regret": fair.max_regret_, "regrets": fair.regrets_.tolist(),
-               "gap": fair.gap_, "binding": fair.binding_.tolist(), "solver": fair.solver_},
+               "gap": fair.gap_, "binding": fair.binding_.tolist(), "solver": fair.solver_,
+               "tuning": tuning},
+           "fair_tuned": None if tuned is None else {"weights": tuned.tolist()},
            "intervals": regret_intervals(weighted, names, n_boot, random_state)}
     figures = (names, weighted)
     if objective == "kl" and backend.decodes and served is not None:
         out["served"], figures = _served(backend, data, pooled, merged, fair, weights,
-                                         type_weights, served, n_boot)
+                                         type_weights, served, n_boot, tuned)
     else:
         out["served"] = {"same_as": "candidates", "why": _SAME_AS_CANDIDATES[
             "candidates" if not backend.decodes else "paper" if objective == "paper" else
@@ -492,6 +497,24 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     if keep is not None:
         keep.update(estimator_.scores())
     return out, merged
+
+
+def _tune(est: RegretEstimator, data: Annotations, fit: FairFit, settings: ServedSettings,
+          type_weights: Sequence[float] | None) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The token-level merge's weights tuned on the served objective (pluralign.served
+    .tune_merge) among the program's q, uniform and the MMRA weights; when other weights than
+    the program's win, they become a column of their own (`fair_tuned`), certified on the
+    candidates like every other."""
+    k = est.backend.n_types
+    candidates = {"program": fit.fair.weights_, "uniform": np.full(k, 1.0 / k),
+                  "mmra": fit.weights["mmra"]}
+    chosen, info = tune_merge(est.backend, data, candidates, settings, type_weights)
+    if chosen in ("", "program"):
+        return None, info
+    tuned = candidates[chosen]
+    at = next(i for i, p in enumerate(fit.policies) if p.name == "fair") + 1
+    fit.policies.insert(at, est.provide(TUNED, merge_logps(est.type_logps(), tuned)))
+    return tuned, info
 
 
 @dataclass
@@ -582,10 +605,11 @@ def _baselines(names: Sequence[str], r: np.ndarray, weights: dict[str, np.ndarra
 def _served(backend: PolicyBackend, data: Annotations, pooled: PolicyBackend | None,
             merged: PolicyBackend | None, fair: Any, weights: dict[str, np.ndarray],
             type_weights: Sequence[float] | None, settings: ServedSettings,
-            n_boot: int) -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
+            n_boot: int, tuned: np.ndarray | None
+            ) -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
     """Every deployable policy's regret as served (pluralign.served), for aggregate.json."""
     policies = served_policies(backend, pooled, merged,
-                               None if fair is None else fair.weights_, weights)
+                               None if fair is None else fair.weights_, weights, tuned)
     est = served_regret(backend, data, policies, settings)
     units = weigh_types(est.units, type_weights)
     r = units.mean(axis=0)
@@ -601,10 +625,12 @@ FAIR_POLICY = Path("fair") / "policy.json"
 
 
 #: What a user can serve, in the order preferred at equal worst-type regret: one model first.
-DEPLOYABLE = ("merged", "fair", "mmra")
+DEPLOYABLE = ("merged", "fair", TUNED, "mmra")
 _WHAT = {"merged": "one adapter whose weights are the type adapters' weighted sum",
          "fair": "the min-max merge, decoded token by token from the K adapters' combined "
                  "log-probabilities",
+         TUNED: "the min-max merge decoded token by token at weights tuned on the served "
+                "objective (chosen on other held-out prompts than these)",
          "mmra": "the MMRA mixture (one type policy drawn per request)"}
 
 
@@ -681,13 +707,16 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
         out["merged_path"] = "merged"
     fair_file = run.path / FAIR_POLICY
     if out["fair"] is not None:
+        name = TUNED if out.get("fair_tuned") else "fair"
         write_json(fair_file, {
             "policy": "min-max merge: pi proportional to prod_k pi_k^q_k, decoded token by "
-                      "token from the type policies", "weights": out["fair"]["weights"],
+                      "token from the type policies", "weights": (out.get("fair_tuned") or
+                                                                  out["fair"])["weights"],
+            "tuned_on_served": name == TUNED, "program_weights": out["fair"]["weights"],
             "type_policies": run.info["policies"], "backend": run.info["backend"],
             "beta": run.backend.beta, "objective": out["objective"],
-            "value": out["fair"]["value"], "max_regret": out["fair"]["max_regret"],
-            "served_max_regret": (out["served"].get("max_regret") or {}).get("fair")})
+            "value": out["fair"]["value"], "max_regret": out["baselines"][name]["max_regret"],
+            "served_max_regret": (out["served"].get("max_regret") or {}).get(name)})
         out["fair_path"] = str(fair_file.relative_to(run.path))
     else:
         fair_file.unlink(missing_ok=True)
@@ -699,7 +728,8 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
 def policy_weights(out: dict[str, Any]) -> list[float]:
     """The weights that fix an aggregation's policies: the mixture's and the merges'."""
     return [*out["weights"], *(out.get("merged_weights") or []),
-            *((out.get("fair") or {}).get("weights") or [])]
+            *((out.get("fair") or {}).get("weights") or []),
+            *((out.get("fair_tuned") or {}).get("weights") or [])]
 
 
 def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float],

@@ -450,6 +450,10 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-tokens", type=int, default=None, metavar="N",
                    help="decoding horizon of the served responses (default: the run's "
                         "max_response_tokens, what `generate` uses)")
+    p.add_argument("--no-served-tuning", action="store_true",
+                   help="do not try other weights for the token-level merge (the program's, "
+                        "uniform, the MMRA mixture's) on held-out prompts besides the measured "
+                        "ones")
     _n_boot_arg(p)
 
 
@@ -463,7 +467,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
     from pluralign.served import served_settings
     served = served_settings(args.served_samples, args.served_prompts, args.served_tokens,
-                             args.seed)
+                             args.seed, tune=not args.no_served_tuning)
     out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
                         type_weights=weights, n_samples=args.samples, random_state=args.seed,
                         merge=not args.no_merge, base_measure=args.base_measure,

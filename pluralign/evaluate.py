@@ -322,12 +322,13 @@ def _policy_columns(run: FittedRun, data: Annotations, aggregated: dict[str, Any
     fresh = policy_logps(todo, data, {id(backend): s}, base_measure) if todo else None
     logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
                       for p in singles], axis=2)
-    if aggregated.get("fair"):  # the min-max merge, decoded from the K type policies
-        fair = scores.get("fair")
-        if fair is None:
-            fair = merge_logps(logps[..., :k], aggregated["fair"]["weights"])
-        logps = np.concatenate([logps, fair[..., None]], axis=2)
-        singles = [*singles, Policy("fair", backend, None)]
+    for name in ("fair", "fair_tuned"):  # the min-max merge, decoded from the K type policies
+        if aggregated.get(name):
+            column = scores.get(name)
+            if column is None:
+                column = merge_logps(logps[..., :k], aggregated[name]["weights"])
+            logps = np.concatenate([logps, column[..., None]], axis=2)
+            singles = [*singles, Policy(name, backend, None)]
     mixes = {"mmra": aggregated["weights"],
              **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
     logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]

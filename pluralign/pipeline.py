@@ -96,6 +96,9 @@ class AggregateSection:
         "help": "held-out prompts for the served regrets, a seeded random subset (0: all)"})
     served_tokens: int | None = field(default=None, metadata={
         "help": "decoding horizon of the served responses (default: max_response_tokens)"})
+    served_tuning: bool = field(default=True, metadata={
+        "help": "try other weights for the token-level merge (uniform, the MMRA mixture's) "
+                "on held-out prompts besides the measured ones, and serve the best"})
     objective: str = field(default="auto", metadata={
         "help": "kl (regret under the KL-regularised value; the min-max merge is solved too), "
                 "paper (expected reward, the reference MMRA) or auto (kl with candidates)"})
@@ -293,7 +296,8 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.aggregate import format_aggregate, run_aggregate
     from pluralign.served import served_settings
     a = cfg.aggregate
-    served = served_settings(a.served_samples, a.served_prompts, a.served_tokens, cfg.run.seed)
+    served = served_settings(a.served_samples, a.served_prompts, a.served_tokens, cfg.run.seed,
+                             a.served_tuning)
     result = run_aggregate(out, _heldout(out), estimator=a.estimator, type_weights=a.type_weights,
                            n_samples=a.n_samples, random_state=cfg.run.seed, merge=a.merge,
                            base_measure=a.base_measure, n_boot=a.n_boot,

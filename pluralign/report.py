@@ -63,6 +63,10 @@ DEFINITIONS = (
      "candidate responses, where the min-max programs are solved; for the linear backend, "
      "whose policies live on the candidates, the two are one figure. The deploy interval holds "
      "jointly over the deployable policies it was chosen from."),
+    ("fair_tuned", "The min-max merge decoded token by token at other weights than the "
+     "program's (uniform or the MMRA mixture's), when those served with a lower worst-type "
+     "regret on held-out prompts other than the measured ones: the decoded merge is not the "
+     "program's policy, so its best weights need not be the program's."),
     ("mmra / uniform / utilitarian", "Mixtures of the type policies (draw a type policy with "
      "these probabilities, then decode): min-max regret (under kl the exact min-max over "
      "mixtures of the regret they serve; under paper the LP), equal weights, and the one "

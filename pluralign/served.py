@@ -22,6 +22,7 @@ estimator is what is served.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +37,14 @@ from pluralign.data import Annotations
 class ServedSettings:
     """How served regrets are measured: responses per prompt, how many held-out prompts (a
     seeded random subset; None: all), the decoding horizon (None: the backend's
-    max_response_tokens) and the seed."""
+    max_response_tokens), the seed, and whether to tune the token-level merge's weights on
+    the served objective (`tune_merge`)."""
 
     n_samples: int = 4
     max_prompts: int | None = 32
     max_new_tokens: int | None = None
     random_state: int = 0
+    tune: bool = True
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -53,13 +56,13 @@ class ServedSettings:
                              f"prompts), got {self.max_prompts}")
 
 
-def served_settings(samples: int, prompts: int | None, tokens: int | None,
-                    seed: int) -> ServedSettings | None:
+def served_settings(samples: int, prompts: int | None, tokens: int | None, seed: int,
+                    tune: bool = True) -> ServedSettings | None:
     """Settings from the command line or a recipe: 0 samples turns the measure off, 0 (or
     None) prompts means all of them."""
     if samples == 0:
         return None
-    return ServedSettings(samples, prompts or None, tokens, seed)
+    return ServedSettings(samples, prompts or None, tokens, seed, tune)
 
 
 @dataclass
@@ -90,13 +93,15 @@ class ServedEstimate:
 
 def served_policies(backend: PolicyBackend, pooled: PolicyBackend | None,
                     merged: PolicyBackend | None, fair: np.ndarray | None,
-                    mixtures: dict[str, np.ndarray]) -> list[ServedPolicy]:
-    """The type policies, pooled, base, the weight-space merge, the token-level merge and
-    each mixture, in the order the candidates table lists them."""
+                    mixtures: dict[str, np.ndarray],
+                    tuned: np.ndarray | None = None) -> list[ServedPolicy]:
+    """The type policies, pooled, base, the token-level merge (and its tuned weights), each
+    mixture and the weight-space merge, in the order the candidates table lists them."""
     out = [ServedPolicy(f"type_{k}", backend, k) for k in range(backend.n_types)]
     out += [ServedPolicy("pooled", pooled, 0)] if pooled is not None else []
     out += [ServedPolicy("base", backend, None)]
     out += [ServedPolicy("fair", backend, np.asarray(fair))] if fair is not None else []
+    out += [ServedPolicy(TUNED, backend, np.asarray(tuned))] if tuned is not None else []
     out += [ServedPolicy(name, None, mixture=np.asarray(p)) for name, p in mixtures.items()]
     # the merged adapter lives in the type policies' model: decoded there by its name
     return out + ([ServedPolicy("merged", backend, merged.adapter(0))] if merged is not None
@@ -113,8 +118,8 @@ def served_regret(backend: PolicyBackend, data: Annotations, policies: list[Serv
     horizon = settings.max_new_tokens or backend.config.max_response_tokens
     drawn, own, types = {}, {}, {}
     sampled = [p for p in policies if p.mixture is None]
-    for i, p in enumerate(sampled):
-        seed = settings.random_state + 7919 * i
+    for p in sampled:  # each policy's seed from its name: adding one changes no other's draws
+        seed = settings.random_state + zlib.crc32(p.name.encode()) % 1_000_003
         if p.owner is backend:  # scored by every type in the decoding passes themselves
             out = backend.draw(ids, p.spec, n, seed, horizon, score=(*range(k), p.spec))
             rows, logps = out.ids, out.logps                               # [P, n, K + 1]
@@ -133,6 +138,37 @@ def served_regret(backend: PolicyBackend, data: Annotations, policies: list[Serv
         "prompts": len(ids), "of_prompts": len(_distinct(data)), "n_samples": n,
         "max_new_tokens": horizon, "mean_tokens": float(np.mean(lengths)),
         "share_cut_at_horizon": float(cut), "random_state": settings.random_state})
+
+
+#: The column of the token-level merge at weights tuned on the served objective.
+TUNED = "fair_tuned"
+
+
+def tune_merge(backend: PolicyBackend, data: Annotations, candidates: dict[str, np.ndarray],
+               settings: ServedSettings, type_weights: np.ndarray | None = None
+               ) -> tuple[str, dict[str, Any]]:
+    """Which weights of the token-level merge serve best: each candidate (the program's q on
+    the candidates, uniform, the MMRA weights...) decoded and scored on tuning prompts
+    disjoint from those `served_regret` measures on (so the choice does not flatter the
+    figure reported), the lowest (weighted) worst-type regret chosen. The decoded merge is not
+    the candidate program's pi_q, so its best weights need not be the program's. Returns the
+    chosen name ("" when fewer than 2 other prompts are left to tune on) and what was seen."""
+    measured = {json.dumps(p, sort_keys=True) for p in _prompts(data, settings)}
+    rest = Annotations([a for a in data if json.dumps(a.prompt, sort_keys=True) not in measured])
+    if len(_distinct(rest)) < 2:
+        return "", {"skipped": "fewer than 2 held-out prompts besides the measured ones"}
+    tuning = ServedSettings(settings.n_samples, settings.max_prompts, settings.max_new_tokens,
+                            settings.random_state + 1, tune=False)
+    est = served_regret(backend, rest, [ServedPolicy(n, backend, q)
+                                        for n, q in candidates.items()], tuning)
+    c = np.ones(backend.n_types) if type_weights is None else np.asarray(type_weights)
+    worst = (c[:, None] * est.matrix).max(axis=0)
+    chosen = est.names[int(np.argmin(worst))]
+    return chosen, {"prompts": est.info["prompts"], "n_samples": est.info["n_samples"],
+                    "chosen": chosen, "candidates": {
+                        n: {"weights": np.asarray(candidates[n]).tolist(),
+                            "max_regret": float(w)} for n, w in zip(est.names, worst,
+                                                                    strict=True)}}
 
 
 def _units(p: ServedPolicy, own: dict[str, np.ndarray], types: dict[str, np.ndarray],

@@ -223,16 +223,26 @@ def test_lora_run_quotes_served_regrets_in_aggregate_and_report(tmp_path, cli):
     rc, _, err = cli("em", "--data", tmp_path / "data", "--out", run, "--types", "2",
                      "--config", tmp_path / "em.yaml")
     assert rc == 0, err
-    rc, out, err = cli("aggregate", "--run", run, "--served-samples", "3")
+    rc, out, err = cli("aggregate", "--run", run, "--served-samples", "3", "--served-prompts",
+                       "6")
     assert rc == 0, err
     agg = json.loads((run / "aggregate.json").read_text())
     served = agg["served"]
     deployable = ["type_0", "type_1", "pooled", "base", "fair", "mmra", "uniform",
                   "utilitarian", "merged"]
+    tuning = agg["fair"]["tuning"]   # the weights tried on 6 of the 12 other prompts
+    assert tuning["prompts"] == 6 and set(tuning["candidates"]) == {"program", "uniform",
+                                                                      "mmra"}
+    if tuning["chosen"] != "program":  # other weights served better there: a column of its own
+        deployable.insert(5, "fair_tuned")
+        assert agg["fair_tuned"]["weights"] == tuning["candidates"][tuning["chosen"]]["weights"]
+        assert "fair_tuned" in agg["policies"] and "fair_tuned" in agg["baselines"]
     assert served["policies"] == deployable and served["n_samples"] == 3
+    assert served["prompts"] == 6 and served["of_prompts"] == agg["prompts"]
     assert set(served["intervals"]["max_regret"]) == set(deployable)
     r = np.asarray(served["regret_matrix"])
-    assert r.shape == (2, 9) and r[0, 0] == 0 and r[1, 1] == 0 and (r[:, 2:] != 0).any()
+    assert r.shape == (2, len(deployable)) and r[0, 0] == 0 and r[1, 1] == 0
+    assert (r[:, 2:] != 0).any()
     d = agg["deploy"]
     assert d["measured"] == "served" and d["policy"] in ("merged", "fair", "mmra")
     assert d["max_regret"] == pytest.approx(served["max_regret"][d["policy"]])
@@ -249,6 +259,6 @@ def test_lora_run_quotes_served_regrets_in_aggregate_and_report(tmp_path, cli):
     assert rc == 0, err
     sampled = json.loads((run / "aggregate.json").read_text())
     assert sampled["estimator"] == "sampled" and sampled["objective"] == "paper"
-    assert sampled["policies"] == [n for n in deployable if n != "fair"]   # no merge: paper
+    assert sampled["policies"] == [n for n in deployable if not n.startswith("fair")]  # paper
     assert np.asarray(sampled["regret_stderr"]).shape == (2, 8)
     assert sampled["deploy"]["measured"] == "candidates"

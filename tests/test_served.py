@@ -133,3 +133,26 @@ def test_decoding_with_a_shared_trunk_draws_and_scores_as_the_whole_model(tiny):
     flat = [(q, y) for q, rows in enumerate(shared.ids) for y in rows]
     after = sequences.continuation_logps(b, ids, flat, [0, 1, None, MERGE])
     assert np.allclose(shared.logps.reshape(-1, 4), after, atol=1e-4)
+
+
+def test_tuning_picks_the_weights_that_serve_best_on_other_prompts(tiny):
+    """The token-level merge's weights tuned on the served objective: of three candidates the
+    one with the lowest exact worst-type regret on the tuning prompts, which are the held-out
+    prompts the served measure does not use."""
+    import json
+
+    from pluralign.served import _prompts, tune_merge
+    b, data = tiny
+    settings = ServedSettings(n_samples=200, max_prompts=8, random_state=3)
+    candidates = {"program": MERGE, "even": np.array([0.5, 0.5]), "lopsided": np.array([0.95,
+                                                                                        0.05])}
+    chosen, info = tune_merge(b, data, candidates, settings)
+    measured = {json.dumps(p, sort_keys=True) for p in _prompts(data, settings)}
+    rest = Annotations([a for a in data if json.dumps(a.prompt, sort_keys=True) not in measured])
+    assert info["prompts"] == len(rest) == 8
+    types = [np.stack([_sequences(b, a.prompt, i) for a in rest]) for i in range(2)]
+    exact = {name: max(BETA * _kl(np.stack([_sequences(b, a.prompt, q) for a in rest]),
+                                  t).mean() for t in types) for name, q in candidates.items()}
+    assert chosen == min(exact, key=exact.get), (info, exact)
+    for name, seen in info["candidates"].items():
+        assert seen["max_regret"] == pytest.approx(exact[name], rel=0.3)

@@ -460,14 +460,13 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
     weighted = weigh_types(units, type_weights)
     r = weighted.mean(axis=0)
     mmra = r[:, names.index("mmra")]
-    est_stderr = estimator == "sampled"
     out = {"estimator": estimator, "n_samples": n_samples if estimator == "sampled" else None,
            "base_measure": base_measure if estimator == "candidates" else None,
            "random_state": random_state, "annotations": len(data),
            "annotators": len(data.annotator_ids), "prompts": int(len(units)),
            "data_fingerprint": data.fingerprint(), "types": [f"type_{i}" for i in range(k)],
            "policies": names, "regret_matrix": units.mean(axis=0).tolist(),
-           "regret_stderr": None if not est_stderr or len(units) < 2 else
+           "regret_stderr": None if estimator != "sampled" or len(units) < 2 else
            (units.std(axis=0, ddof=1) / np.sqrt(len(units))).tolist(),
            "type_weights": None if type_weights is None else list(map(float, type_weights)),
            "weights": weights["mmra"].tolist(), "max_regret": float(mmra.max()),
@@ -476,8 +475,7 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
            "lp_max_regret": lp.max_regret_, "lp_weights": lp.weights_.tolist(),
            "solver": mixture.solver_ if mixture is not None else lp.solver_,
            "baselines": _baselines(names, r, weights, k), "objective": objective,
-           "merged_weights": None if merged is None else
-           (fair.weights_ if fair is not None else weights["mmra"]).tolist(),
+           "merged_weights": None if merged is None else fit.merge_weights.tolist(),
            "fair": None if fair is None else {
                "weights": fair.weights_.tolist(), "value": fair.value_,
                "max_regret": fair.max_regret_, "regrets": fair.regrets_.tolist(),
@@ -527,6 +525,7 @@ class FairFit:
     fair: MinMaxMerge | None
     mixture: MinMaxMixture | None
     merged: PolicyBackend | None
+    merge_weights: np.ndarray               # the merge's (kl) or the mixture's (paper)
 
 
 def _fit_fair(est: RegretEstimator, priors: Sequence[float], pooled: PolicyBackend | None,
@@ -549,10 +548,11 @@ def _fit_fair(est: RegretEstimator, priors: Sequence[float], pooled: PolicyBacke
         policies.append(est.provide("fair", merge_logps(log_types, fair.weights_)))
         # a mixture serves sum_j p_j pi_j: under kl its regret is that distribution's
         policies += [est.provide(n, mixture_logps(log_types, w)) for n, w in weights.items()]
-    merged = _merge(backend, fair.weights_ if fair is not None else weights["mmra"], merge)
+    merge_weights = fair.weights_ if fair is not None else weights["mmra"]
+    merged = _merge(backend, merge_weights, merge)
     if merged is not None:
         policies.append(Policy("merged", merged, 0))
-    return FairFit(policies, weights, lp, fair, mixture, merged)
+    return FairFit(policies, weights, lp, fair, mixture, merged, merge_weights)
 
 
 def _columns(est: RegretEstimate, weights: dict[str, np.ndarray], objective: str,

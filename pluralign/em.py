@@ -62,16 +62,11 @@ def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) ->
     be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
     import torch
 
-    from pluralign.backends.base import NonFiniteScoreError
+    from pluralign.backends.base import check_finite
     from pluralign.losses import plackett_luce_logprob
-    real = rankings.mask.numpy()[..., None]
-    bad = ~np.isfinite(logratios) & real
-    if bad.any():
-        row, cand, k = (int(x) for x in np.argwhere(bad)[0])
-        raise NonFiniteScoreError(f"log-ratio {logratios[row, cand, k]} for type_{k} on "
-                                  f"candidate {cand} of annotation {row}: an E-step cannot "
-                                  "read it as a number")
-    s = torch.as_tensor(np.where(real, logratios, 0.0), dtype=torch.float64)
+    real = rankings.mask.numpy()
+    check_finite(logratios, None, "log-ratio", real)
+    s = torch.as_tensor(np.where(real[..., None], logratios, 0.0), dtype=torch.float64)
     return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
                      for k in range(s.shape[-1])], axis=1)
 

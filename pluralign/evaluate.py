@@ -34,7 +34,7 @@ from pluralign.aggregate import (
     scores_key,
     weigh_types,
 )
-from pluralign.backends.base import NonFiniteScoreError, PolicyBackend, check_finite
+from pluralign.backends.base import PolicyBackend, check_finite
 from pluralign.ceiling import ceiling_warnings, compare, match_labels
 from pluralign.data import Annotations, as_annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
@@ -84,11 +84,7 @@ def annotation_metrics(rewards: np.ndarray, rankings: Rankings) -> dict[str, np.
     Plackett–Luce log-likelihood. rewards[n, M, J]: implied rewards (NaN padding; a
     non-finite reward on a real candidate is an error)."""
     real = rankings.mask.numpy()
-    bad = ~np.isfinite(rewards) & real[..., None]
-    if bad.any():
-        row, cand, j = (int(x) for x in np.argwhere(bad)[0])
-        raise NonFiniteScoreError(f"implied reward {rewards[row, cand, j]} of policy {j} on "
-                                  f"candidate {cand} of annotation {row}")
+    check_finite(rewards, None, "implied reward", real, column="policy ")
     out: dict[str, list[np.ndarray]] = {}
     for j in range(rewards.shape[2]):
         r = rewards[..., j]

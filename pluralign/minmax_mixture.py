@@ -65,8 +65,7 @@ class MinMaxMixture:
         cross = -(q.T @ (we[:, None] * logq[valid]))                    # [K(j), K(i)]
         keep = q.max(axis=1) > NEGLIGIBLE  # candidates no policy gives mass: m log m ~ 0
         start = self._solve(q[keep], we[keep], cross, c)
-        weights = _polish(start, q, we, cross, c, self.beta)
-        self.weights_ = weights
+        self.weights_ = _polish(start, q, we, cross, c, self.beta)
         self.regrets_ = c * mixture_regrets(log_types, self.weights_, self.beta, w)
         self.max_regret_ = float(self.regrets_.max())
         self.binding_ = self.regrets_ >= self.max_regret_ - max(self.tol,

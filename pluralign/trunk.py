@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,16 +19,21 @@ from torch import nn
 TRUNK_ARCHITECTURES = ("LlamaModel", "MistralModel", "Qwen2Model")
 
 
-def _mask_cache_arg() -> str:
-    """create_causal_mask's name for the KV cache: `cache` from transformers 5.2x, before
-    that `past_key_values` (the old name now warns)."""
+def cache_keyword(fn: Callable[..., Any]) -> str:
+    """`fn`'s name for the KV cache: `cache` in recent transformers (5.2x), an older name
+    before (the old name now warns)."""
     import inspect
+    names = inspect.signature(fn).parameters
+    return next((n for n in ("cache", "past_key_values", "past_key_value") if n in names),
+                "past_key_values")
 
+
+def _mask_cache_arg() -> str:
     from transformers.masking_utils import create_causal_mask
-    names = inspect.signature(create_causal_mask).parameters
-    return "cache" if "cache" in names else "past_key_values"
+    return cache_keyword(create_causal_mask)
 
 
+#: create_causal_mask's keyword for the KV cache.
 MASK_CACHE_ARG = _mask_cache_arg()
 
 

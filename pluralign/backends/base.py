@@ -76,22 +76,26 @@ class NonFiniteScoreError(ValueError):
     """A score (log-ratio, log-prob) that is NaN or infinite on a real candidate."""
 
 
-def check_finite(values: np.ndarray, data: Annotations, what: str) -> np.ndarray:
-    """`values` [n, M, ...] unchanged when finite on every real candidate (the first m of each
-    row; padding may be NaN), else NonFiniteScoreError naming the first bad annotation."""
+def check_finite(values: np.ndarray, data: Annotations | None, what: str,
+                 real: np.ndarray | None = None, column: str = "type_") -> np.ndarray:
+    """`values` [n, M, ...] unchanged when finite on every real candidate (`real` [n, M];
+    default: the first m of each row of `data`; padding may be NaN), else NonFiniteScoreError
+    naming the first bad annotation (with its annotator and source row when `data` is given)
+    and its `column` (a type, a policy)."""
     values = np.asarray(values)
-    mask = real_candidates(data, values.shape[1])
+    mask = real_candidates(data, values.shape[1]) if real is None else np.asarray(real)
     bad = ~np.isfinite(values) & mask.reshape(*mask.shape, *([1] * (values.ndim - 2)))
     if not bad.any():
         return values
     where = np.argwhere(bad)[0]
     row, cand = int(where[0]), int(where[1])
-    column = f" for type_{int(where[2])}" if values.ndim > 2 else ""
+    which = f" for {column}{int(where[2])}" if values.ndim > 2 else ""
+    name = describe_annotation(data, row) if data is not None else f"annotation {row}"
     raise NonFiniteScoreError(
-        f"{what} {values[tuple(where)]}{column} on candidate {cand} of "
-        f"{describe_annotation(data, row)}: a score that is not a finite number would be "
-        f"read as one by every later step; check that response and the model (an empty or "
-        f"truncated response, an overflow in float16) ({int(bad.sum())} such value(s) in all)")
+        f"{what} {values[tuple(where)]}{which} on candidate {cand} of {name}: a score that "
+        f"is not a finite number would be read as one by every later step; check that "
+        f"response and the model (an empty or truncated response, an overflow in float16) "
+        f"({int(bad.sum())} such value(s) in all)")
 
 
 def real_candidates(data: Annotations, width: int) -> np.ndarray:

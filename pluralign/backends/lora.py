@@ -506,7 +506,6 @@ class LoRABackend(PolicyBackend):
                      max_new_tokens: int | None, temperature: float,
                      top_p: float) -> list[Annotation]:
         """Samples of `spec` for each row's prompt, decoded to text (one draw per prompt)."""
-        check_decoding(temperature, top_p)
         keys = [json.dumps(a.prompt, sort_keys=True) for a in data]
         unique = {key: a for key, a in zip(keys, data, strict=True)}
         ids = self.draw([self.prompt_tokens(a.prompt) for a in unique.values()], spec, n,

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pluralign.backends.base import check_mixture
 from pluralign.progress import bar
-from pluralign.trunk import MASK_CACHE_ARG, Batch, full_forward, top_forward
+from pluralign.trunk import MASK_CACHE_ARG, Batch, cache_keyword, full_forward, top_forward
 
 if TYPE_CHECKING:
     from pluralign.backends.lora import LoRABackend
@@ -32,18 +33,10 @@ if TYPE_CHECKING:
 Spec = Any
 
 
-def _cache_arg(fn: Any) -> str:
-    """`fn`'s name for the KV cache: `cache` in recent transformers, else an older one."""
-    import inspect
-    names = inspect.signature(fn).parameters
-    return next((n for n in ("cache", "past_key_values", "past_key_value") if n in names),
-                "past_key_values")
-
-
 def _names() -> tuple[str, str]:
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-    return _cache_arg(LlamaForCausalLM.forward), _cache_arg(LlamaDecoderLayer.forward)
+    return cache_keyword(LlamaForCausalLM.forward), cache_keyword(LlamaDecoderLayer.forward)
 
 
 #: The KV cache's keyword for a model's forward and for one decoder layer's.
@@ -60,10 +53,7 @@ def adapters_of(spec: Spec, k: int) -> list[Any]:
     merge weighs above zero."""
     if _single(spec):
         return [int(spec) if isinstance(spec, np.integer) else spec]
-    q = np.asarray(spec, dtype=np.float64)
-    if q.shape != (k,) or (q < 0).any() or not np.isclose(q.sum(), 1.0, atol=1e-6):
-        raise ValueError(f"merge weights must be {k} non-negative numbers summing to 1, got "
-                         f"{q.tolist()}")
+    q = check_mixture(spec, k)
     return [j for j in range(k) if q[j] > 0]
 
 

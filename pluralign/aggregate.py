@@ -30,9 +30,10 @@ import numpy as np
 from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
-from pluralign.io import folder_lock, sha256_file, write_json, write_with
+from pluralign.io import sha256_file, write_json, write_with
 from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
 from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
+from pluralign.runfolder import run_folder
 from pluralign.served import TUNED, ServedSettings, served_policies, served_regret, tune_merge
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
@@ -677,10 +678,11 @@ def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   n_samples: int = 8, random_state: int = 0, merge: bool = True,
                   base_measure: str = "uniform", n_boot: int = 1000,
                   objective: str = "auto",
-                  served: ServedSettings | None = DEFAULT_SERVED) -> dict[str, Any]:
+                  served: ServedSettings | None = DEFAULT_SERVED,
+                  overwrite: bool = False) -> dict[str, Any]:
     """`pluralign aggregate`: aggregate a run folder's policies on `data_dir` (default: the
     run's own data); writes aggregate.json and merged/ into the run folder."""
-    with folder_lock(run_dir, "aggregate", create=False):
+    with run_folder(run_dir, "aggregate", overwrite, create=False):
         return _aggregate_run(run_dir, data_dir, estimator, type_weights, n_samples,
                               random_state, merge, base_measure, n_boot, objective, served)
 

@@ -237,11 +237,47 @@ def _add(sub, name: str, run: Callable, configure: Callable, help_text: str) -> 
     sp.set_defaults(handler=run)
 
 
+def _path(text: str) -> str:
+    """A path flag: `~` expanded as everywhere else; an empty path refused (it would silently
+    mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return os.path.expanduser(text)
+
+
+def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str], int]:
+    """An integer flag checked by `rule` from pluralign.checks, the rule its YAML key follows."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            rule(value, *bounds, name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    return convert
+
+
+def _seed_arg(p: argparse.ArgumentParser, help_text: str = "random_state",
+              default: int | None = 0) -> None:
+    from pluralign import checks
+    p.add_argument("--seed", type=_int(checks.seed, name="--seed"), default=default,
+                   metavar="S", help=help_text)
+
+
+def _at_least(low: int, name: str) -> Callable[[str], int]:
+    from pluralign import checks
+    return _int(checks.at_least, low, name=name)
+
+
 def _ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=_path,
                    help=".jsonl/.json/.csv/.tsv/.parquet (optionally .gz), a datasets folder, "
                         "or a dataset name")
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", type=_path,
+                   help="dataset folder to write")
     p.add_argument("--preset", default="auto",
                    help="auto (default), pairwise, ranked, scored or long")
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"],
@@ -255,21 +291,41 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--empty-responses", default="keep", choices=["keep", "reject"],
                    help="an empty-string response is a real empty answer (keep, default, with "
                         "a warning) or a bad row (reject)")
-    p.add_argument("--max-responses", type=int, default=None, metavar="N",
-                   help="reject a row with more than N responses (default: no limit; lists "
-                        "over 64 are reported)")
+    p.add_argument("--max-responses", type=_at_least(2, "--max-responses"), default=None,
+                   metavar="N", help="reject a row with more than N responses (default: no "
+                                     "limit; lists over 64 are reported)")
+    _max_input_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _overwrite_arg(p)
 
 
-def _overwrite_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the dataset already in --out (refused without this flag)")
+def _max_input_arg(p: argparse.ArgumentParser) -> None:
+    from pluralign.ingest.readers import MAX_INPUT_MB
+    p.add_argument("--max-input-mb", type=_at_least(0, "--max-input-mb"), default=MAX_INPUT_MB,
+                   metavar="MB", help=f"refuse an input file larger than this once "
+                                      f"decompressed (default {MAX_INPUT_MB}; 0: no limit)")
+
+
+OVERWRITE_HELP = {
+    "dataset": "replace the dataset already in --out (refused without this flag)",
+    "file": "replace a file already at --out (refused without this flag)",
+    "run": "use a non-empty folder that pluralign did not make as the run folder (refused "
+           "without this flag); pluralign writes its files beside yours and deletes none of "
+           "them"}
+
+
+def _overwrite_arg(p: argparse.ArgumentParser, kind: str = "dataset") -> None:
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP[kind])
 
 
 def _refuse_overwrite(out: str, overwrite: bool) -> None:
-    """A dataset folder is not replaced silently: runs and reports may point at it."""
+    """A dataset folder is not replaced silently: runs and reports may point at it; nor is a
+    folder that can never be a dataset folder (the root, home, a project checkout)."""
+    from pluralign.runfolder import forbidden
     path = Path(out)
+    why = forbidden(path)
+    if why:
+        raise UsageError(f"{out} is {why}: never a dataset folder; choose a new folder")
     if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     what = "a dataset" if (path / "manifest.json").is_file() else "files"
@@ -277,12 +333,28 @@ def _refuse_overwrite(out: str, overwrite: bool) -> None:
                      "another --out")
 
 
+def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """A file is written over only with --overwrite, and never over (or into) an input."""
+    path = Path(out)
+    for source in inputs:
+        src = Path(source).resolve()
+        if path.resolve() == src or path.resolve().is_relative_to(src) and src.is_dir():
+            raise UsageError(f"{out} is {'inside ' if src.is_dir() else ''}this command's "
+                             f"input {source}; choose another --out")
+    if path.is_dir():
+        raise UsageError(f"{out} is a folder; --out names a file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it, or choose "
+                         "another --out")
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pluralign.ingest import format_report, ingest, parse_mapping, write
     _refuse_overwrite(args.out, args.overwrite)
     result = ingest(args.inputs, preset=args.preset, on_error=args.on_error,
                     mapping=parse_mapping(args.map), ties=args.ties,
-                    empty_responses=args.empty_responses, max_responses=args.max_responses)
+                    empty_responses=args.empty_responses, max_responses=args.max_responses,
+                    max_input_mb=args.max_input_mb)
     write(result, args.out, with_rejects=args.on_error == "skip")
     if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
@@ -295,7 +367,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _simulate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", type=_path,
+                   help="dataset folder to write")
     p.add_argument("--flavour", default="feature", choices=["feature", "text"],
                    help="feature: numeric features, linear rewards; text: English responses "
                         "whose attributes drive each type's reward")
@@ -320,7 +393,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlapping-types", action="store_true",
                    help="feature flavour: draw type directions independently (two may nearly "
                         "coincide) instead of mutually orthogonal")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    _seed_arg(p, "seed of the population")
     _overwrite_arg(p)
 
 
@@ -343,12 +416,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", metavar="DIR", help="a canonical dataset folder")
-    p.add_argument("--out", required=True, metavar="FILE", help="JSON Lines file to write")
+    p.add_argument("data", metavar="DIR", type=_path, help="a canonical dataset folder")
+    p.add_argument("--out", required=True, metavar="FILE", type=_path,
+                   help="JSON Lines file to write (never inside DIR)")
+    _overwrite_arg(p, "file")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pluralign.data import load
+    _refuse_file_overwrite(args.out, args.overwrite, [args.data])
     data = load(args.data)
     data.to_jsonl(args.out)
     print(f"wrote {len(data)} annotations to {args.out}")
@@ -356,15 +432,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _em_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="a canonical dataset folder")
-    p.add_argument("--out", required=True, metavar="DIR",
+    p.add_argument("--data", required=True, metavar="DIR", type=_path,
+                   help="a canonical dataset folder")
+    p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="where posteriors.csv, em.json and the policies go; re-running with the "
                         "same DIR resumes an interrupted run from its checkpoints")
     p.add_argument("--backend", choices=["linear", "lora"], default=None,
                    help="policy backend (default linear)")
     p.add_argument("--types", default=None, metavar="K|auto",
                    help="number of types, or auto (default 3)")
-    p.add_argument("--max-types", type=int, default=None, metavar="N",
+    p.add_argument("--max-types", type=_at_least(1, "--max-types"), default=None, metavar="N",
                    help="with --types auto: try K = 1..N (default 4)")
     p.add_argument("--features", choices=["given", "onehot", "embedding"], default=None,
                    help="linear backend features (default given)")
@@ -375,10 +452,11 @@ def _em_args(p: argparse.ArgumentParser) -> None:
                    help="how --types auto chooses K: held-out annotator likelihood over folds "
                         "that hold out every annotator once (cv, default), over one split "
                         "(heldout), or BIC")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="random_state")
+    _seed_arg(p, "random_state", default=None)
     p.add_argument("--force", action="store_true",
                    help="fit even when the data cannot identify types (DESIGN §2)")
-    p.add_argument("--config", default=None, metavar="FILE",
+    _overwrite_arg(p, "run")
+    p.add_argument("--config", default=None, metavar="FILE", type=_path,
                    help="YAML with sections em (EMDPO parameters), linear and lora "
                         "(backend settings); flags override it")
 
@@ -388,18 +466,20 @@ def cmd_em(args: argparse.Namespace) -> int:
     from pluralign.em_run import EMSettings, run_em
     settings = EMSettings.from_sources(args.config, args)
     data = load(args.data)
-    summary = run_em(data, settings, Path(args.out), data_path=args.data)
+    summary = run_em(data, settings, Path(args.out), data_path=args.data,
+                     overwrite=args.overwrite)
     if distributed.is_main():
         print(summary)
     return 0
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", metavar="CONFIG.yaml",
+    p.add_argument("config", metavar="CONFIG.yaml", type=_path,
                    help="sections run, ingest, em, linear, lora, aggregate, evaluate "
                         "(see pipelines/)")
-    p.add_argument("--out", default=None, metavar="RUN_DIR",
+    p.add_argument("--out", default=None, metavar="RUN_DIR", type=_path,
                    help="run folder (default: run.out in the YAML)")
+    _overwrite_arg(p, "run")
     p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
                    help="redo this stage and every later one: ingest, reference, em, "
                         "aggregate, evaluate or report")
@@ -411,13 +491,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, metavar="DIR",
+    p.add_argument("--run", required=True, metavar="DIR", type=_path,
                    help="a run folder: what `pluralign em --out DIR` wrote")
 
 
-def _aggregate_args(p: argparse.ArgumentParser) -> None:
+def _writes_run(p: argparse.ArgumentParser) -> None:
+    """--run, and --overwrite to adopt a folder that pluralign did not mark as its own."""
     _run_arg(p)
-    p.add_argument("--data", default=None, metavar="DIR",
+    _overwrite_arg(p, "run")
+
+
+def _aggregate_args(p: argparse.ArgumentParser) -> None:
+    _writes_run(p)
+    p.add_argument("--data", default=None, metavar="DIR", type=_path,
                    help="prompts to estimate regret on (default: the run's own data); "
                         "held-out prompts are better")
     p.add_argument("--estimator", choices=["candidates", "sampled"], default="candidates",
@@ -425,10 +511,9 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
                         "(default); sampled: generate from each policy and score the samples")
     p.add_argument("--type-weights", default=None, metavar="W1,W2,...",
                    help="importance of each type: scales the rows of the regret matrix")
-    p.add_argument("--samples", type=int, default=8, metavar="N",
+    p.add_argument("--samples", type=_at_least(1, "--samples"), default=8, metavar="N",
                    help="sampled: responses per prompt and policy (default 8)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the sampled estimator and of the bootstrap")
+    _seed_arg(p, "seed of the sampled estimator and of the bootstrap")
     p.add_argument("--no-merge", action="store_true",
                    help="do not build the merged single adapter")
     p.add_argument("--base-measure", choices=["uniform", "reference"], default="uniform",
@@ -440,14 +525,16 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
                    help="regret under the KL-regularised value the policies maximise (kl; "
                         "then the min-max merge is solved too) or expected reward only (paper, "
                         "the reference MMRA); auto: kl with candidates, paper with sampled")
-    p.add_argument("--served-samples", type=int, default=4, metavar="N",
+    p.add_argument("--served-samples", type=_at_least(0, "--served-samples"), default=4,
+                   metavar="N",
                    help="models that generate (LoRA), kl objective: responses decoded per "
                         "held-out prompt from every deployable policy and scored exactly, to "
                         "measure its regret as served (default 4; 0: not measured)")
-    p.add_argument("--served-prompts", type=int, default=32, metavar="N",
+    p.add_argument("--served-prompts", type=_served_prompts(), default=32, metavar="N",
                    help="held-out prompts the served regrets use, a seeded random subset "
                         "(default 32; 0: all)")
-    p.add_argument("--served-tokens", type=int, default=None, metavar="N",
+    p.add_argument("--served-tokens", type=_at_least(1, "--served-tokens"), default=None,
+                   metavar="N",
                    help="decoding horizon of the served responses (default: the run's "
                         "max_response_tokens, what `generate` uses)")
     p.add_argument("--no-served-tuning", action="store_true",
@@ -457,21 +544,27 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
     _n_boot_arg(p)
 
 
+def _served_prompts() -> Callable[[str], int]:
+    from pluralign import checks
+    return _int(checks.served_prompts, name="--served-prompts")
+
+
 def _n_boot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-boot", type=int, default=1000, metavar="B",
+    p.add_argument("--n-boot", type=_at_least(0, "--n-boot"), default=1000, metavar="B",
                    help="bootstrap replicates for the 95%% intervals (default 1000; 0: none)")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from pluralign.aggregate import format_aggregate, run_aggregate
-    weights = _floats(args.type_weights, "--type-weights") if args.type_weights else None
+    weights = _weights(args.type_weights, "--type-weights") if args.type_weights else None
     from pluralign.served import served_settings
     served = served_settings(args.served_samples, args.served_prompts, args.served_tokens,
                              args.seed, tune=not args.no_served_tuning)
     out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
                         type_weights=weights, n_samples=args.samples, random_state=args.seed,
                         merge=not args.no_merge, base_measure=args.base_measure,
-                        n_boot=args.n_boot, objective=args.objective, served=served)
+                        n_boot=args.n_boot, objective=args.objective, served=served,
+                        overwrite=args.overwrite)
     print(format_aggregate(out))
     print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
         f", {Path(args.run) / 'merged'}/" if out.get("merged_path") else ""))
@@ -479,48 +572,52 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
-    p.add_argument("--data", default=None, metavar="HELDOUT_DIR",
+    _writes_run(p)
+    p.add_argument("--data", default=None, metavar="HELDOUT_DIR", type=_path,
                    help="a dataset folder of held-out annotations (default: the run's own "
                         "data, an in-sample evaluation)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed")
+    _seed_arg(p, "bootstrap seed")
     _n_boot_arg(p)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pluralign.evaluate import format_evaluation, run_evaluate
-    out = run_evaluate(Path(args.run), args.data, args.n_boot, args.seed)
+    out = run_evaluate(Path(args.run), args.data, args.n_boot, args.seed, args.overwrite)
     print(format_evaluation(out))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    _writes_run(p)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pluralign.report import write_report
-    paths = write_report(Path(args.run))
+    paths = write_report(Path(args.run), args.overwrite)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def _assign_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
-    p.add_argument("--data", required=True, metavar="NEW_DATA",
+    p.add_argument("--data", required=True, metavar="NEW_DATA", type=_path,
                    help="the new annotators' annotations: a dataset folder or any input "
                         "`pluralign ingest` reads (a file in any of its formats, a datasets "
                         "folder), validated as ingest does")
     p.add_argument("--preset", default="auto", help="input format of a file (as ingest)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="write the posteriors as CSV here (default: print them)")
+    p.add_argument("--out", default=None, metavar="FILE", type=_path,
+                   help="write the posteriors as CSV here (default: print them); never into "
+                        "the run folder, whose posteriors.csv is the run's own")
+    _overwrite_arg(p, "file")
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from pluralign.em_run import load_run, write_posteriors
+    from pluralign.em_run import load_run, posteriors_table, write_posteriors
     from pluralign.ingest import to_annotations
     from pluralign.personalize import assign, blind_warnings
+    if args.out:
+        _refuse_file_overwrite(args.out, args.overwrite, [args.run, args.data])
     run = load_run(args.run)
     data = to_annotations(args.data, args.preset)
     gamma, ids = assign(run, data)
@@ -529,10 +626,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
         write_posteriors(Path(args.out), ids, gamma)
         print(f"wrote {len(ids)} annotators' type posteriors to {args.out}")
     else:
-        print("annotator_id,type,confidence," + ",".join(
-            f"type_{k}" for k in range(gamma.shape[1])))
-        for h, row in zip(ids, gamma, strict=True):
-            print(f"{h},type_{row.argmax()},{row.max():.4f}," + ",".join(f"{p:.4f}" for p in row))
+        print(posteriors_table(ids, gamma, summary=True, digits=4), end="")
     return 0
 
 
@@ -540,15 +634,17 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--prompt", required=True, metavar="TEXT")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--type", type=int, dest="type_k", metavar="K", help="type K's policy")
+    who.add_argument("--type", type=_at_least(0, "--type"), dest="type_k", metavar="K",
+                     help="type K's policy")
     who.add_argument("--annotator", metavar="ID", help="the annotator's most likely type")
     who.add_argument("--policy", choices=["mmra", "fair"],
                      help="mmra: draw a type policy by the mixture weights; fair: decode with "
                           "the min-max merge of every type policy (aggregate's deploy choice "
                           "under the kl objective)")
-    p.add_argument("--samples", type=int, default=1, metavar="N")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+    p.add_argument("--samples", type=_at_least(1, "--samples"), default=1, metavar="N")
+    _seed_arg(p, "sampling seed")
+    p.add_argument("--max-new-tokens", type=_at_least(1, "--max-new-tokens"), default=None,
+                   metavar="N",
                    help="longest answer in tokens (default: the run's max_response_tokens)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T",
                    help="> 0; below 1 sharper, above 1 more varied (default 1: the policy)")
@@ -563,8 +659,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed)
     print(f"policy: {why}", file=sys.stderr)
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     for text in generate(run, args.prompt, k, args.samples, args.seed,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p):
@@ -575,16 +669,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _suggest_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--annotator", required=True, metavar="ID")
-    p.add_argument("--candidates", required=True, metavar="FILE",
+    p.add_argument("--candidates", required=True, metavar="FILE", type=_path,
                    help="candidate queries (a prompt with 3+ responses each): a dataset folder "
                         "or any input `pluralign ingest` reads (rankings may be placeholders)")
-    p.add_argument("--answers", default=None, metavar="DATA",
+    p.add_argument("--answers", default=None, metavar="DATA", type=_path,
                    help="the annotator's annotations so far, in any form --candidates takes "
                         "(default: the run's posterior)")
     p.add_argument("--preset", default="auto", help="input format of the files (as ingest)")
-    p.add_argument("--ranking-length", type=int, default=None, metavar="L",
-                   help="how many places the annotator will rank (default: all)")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="queries to show")
+    p.add_argument("--ranking-length", type=_at_least(1, "--ranking-length"), default=None,
+                   metavar="L", help="how many places the annotator will rank (default: all; "
+                                     "at most the shortest candidate list)")
+    p.add_argument("--top", type=_at_least(1, "--top"), default=10, metavar="N",
+                   help="queries to show")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
@@ -597,11 +693,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     _warn(blind_warnings(run, queries, "candidate queries"))
     if answers is not None:
         _warn(blind_warnings(run, answers, "answers"))
-    post = annotator_posterior(run, args.annotator, answers)
-    print("current posterior: " + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
+    post, source = annotator_posterior(run, args.annotator, answers, explain=True)
+    print(f"current posterior ({source}): "
+          + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
     for r in rank_queries(run, queries, post, args.ranking_length)[: args.top]:
         prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
-        print(f"{r['information_gain']:.4f} nats  #{r['index']}  {prompt[:70]}")
+        print(f"{r['information_gain']:.4f} nats  #{r['index']}  {_one_line(prompt, 70)}")
     return 0
 
 
@@ -616,6 +713,22 @@ def _range(text: str, flag: str) -> tuple[int, int]:
         return (int(lo), int(hi or lo))
     except ValueError:
         raise UsageError(f"{flag} expects N or MIN-MAX, got '{text}'") from None
+
+
+def _one_line(text: str, width: int) -> str:
+    """Data text for one printed line: line breaks and other control characters shown
+    escaped (a prompt cannot forge further output lines), cut to `width`."""
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                    for ch in text[: width * 2])
+    return shown[:width]
+
+
+def _weights(text: str, flag: str) -> list[float]:
+    from pluralign import checks
+    try:
+        return checks.weights(_floats(text, flag), flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _floats(text: str, flag: str) -> list[float]:

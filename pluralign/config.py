@@ -37,6 +37,9 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: a list as a key
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: a key must be a name, "
+                                  f"got a {type(key).__name__}")
             if key in seen:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key "
                                   f"'{key}' (a second value would silently replace the first)")
@@ -81,18 +84,27 @@ def _text(path: Path) -> str:
 def section(config: dict[str, Any], name: str, allowed: dict[str, Any], source: str,
             where: str | None = None) -> dict[str, Any]:
     """Section `name` of `config`, checked against `allowed` (key -> annotation)."""
-    values = config.get(name) or {}
+    values = config.get(name)
+    values = {} if values is None else values  # `em:` with nothing under it: the defaults
     where = where or name
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: section '{where}' must be a mapping")
+        raise ConfigError(f"{source}: section '{where}' must be a mapping of keys, got "
+                          f"{type(values).__name__} {values!r}")
     for key, value in values.items():
         if key not in allowed:
             raise ConfigError(f"{source}: unknown key '{key}' in section '{where}'; known keys: "
                               f"{', '.join(sorted(allowed))}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{source}: key '{where}.{key}' is out of range: {value} (at most "
+                              "2**63 - 1 in size)")
         if not _fits(value, allowed[key]):
             raise ConfigError(f"{source}: key '{where}.{key}' has the wrong type: expected "
                               f"{_name(allowed[key])}, got {type(value).__name__} {value!r}")
     return dict(values)
+
+
+#: The largest integer a setting may hold (64-bit, as torch and numpy take them).
+MAX_INT = 2**63 - 1
 
 
 def check_sections(config: dict[str, Any], known: tuple[str, ...], source: str) -> None:

@@ -367,7 +367,7 @@ def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
                          f"this pluralign reads {SCHEMA_VERSION}")
-    records = from_table(pq.read_table(table_path))
+    records = from_table(pq.read_table(table_path, use_threads=False))  # see ingest.readers
     data = Annotations(records, manifest)
     if verify:
         if len(records) != manifest.get("rows"):

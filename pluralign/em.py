@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from pluralign import diagnostics, distributed, em_params, identifiability, progress, prune
+from pluralign import checks, diagnostics, distributed, em_params, identifiability, progress, prune
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
@@ -300,6 +300,7 @@ class EMDPO(BaseEstimator):
             raise ValueError("heldout_fraction must be in (0, 1)")
         if self.se_factor < 0:
             raise ValueError(f"se_factor must be >= 0, got {self.se_factor}")
+        checks.seed(self.random_state, "random_state")
         self._floor()  # checks the floor's values
 
     def _announce(self, backend: PolicyBackend, data: Annotations, k: int, left: int) -> None:

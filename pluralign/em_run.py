@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 import time
 from collections import Counter
@@ -22,7 +21,8 @@ from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
 from pluralign.em_params import em_init
-from pluralign.io import folder_lock, sha256_file, write_json, write_text
+from pluralign.io import csv_text, sha256_file, unguard_cell, write_json, write_text
+from pluralign.runfolder import remove_made, run_folder
 
 if TYPE_CHECKING:
     from pluralign.em import EMDPO
@@ -107,12 +107,14 @@ DOWNSTREAM = ("aggregate.json", "scores.npz", "merged", "fair", "evaluation.json
 
 
 def run_em(data: Annotations, settings: EMSettings, out: Path,
-           data_path: str | Path | None = None, heldout: bool = False) -> str:
+           data_path: str | Path | None = None, heldout: bool = False,
+           overwrite: bool = False) -> str:
     """Fit, write the outputs into `out`, and return a summary for a person. The folder is
     locked while EM runs; what later steps made from an earlier fit there is removed.
     `heldout`: annotators kept out of EM will measure the supervised ceiling (evaluate), so
-    em.json does not pay for a cross-fitted one on the training annotators."""
-    with folder_lock(out, "em"):
+    em.json does not pay for a cross-fitted one on the training annotators. `overwrite`: use
+    a non-empty folder pluralign did not make (pluralign.runfolder)."""
+    with run_folder(out, "em", overwrite):
         report = _fit_and_write(data, settings, out, data_path, heldout)
     return summarise(report, out)
 
@@ -171,18 +173,10 @@ def _write(em: EMDPO, report: dict[str, Any], out: Path, policies: Path,
         ceiling.save(out / CEILING)
         if crossfit is not None:  # evaluate on the training data reads these, not a refit
             write_posteriors(out / CEILING / CROSSFIT_FILE, crossfit[1], crossfit[0])
-    elif (out / CEILING / "ceiling.json").is_file():  # an earlier fit's, on labelled data
-        shutil.rmtree(out / CEILING)
+    elif (out / CEILING).exists():  # an earlier fit's, on labelled data
+        remove_made(out, [CEILING], f"an earlier EM fit's supervised ceiling in {out}")
     write_json(out / "em.json", report)
-    stale = [name for name in DOWNSTREAM if (out / name).exists()]
-    for name in stale:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink()
-    if stale:
-        print(f"removed {', '.join(stale)}: made from an earlier EM fit in {out}",
-              file=sys.stderr)
+    remove_made(out, DOWNSTREAM, f"made from an earlier EM fit in {out}")
 
 
 def made_from(run_dir: Path, *names: str) -> dict[str, str | None]:
@@ -275,33 +269,24 @@ def read_posteriors(path: Path) -> tuple[list[str], np.ndarray]:
     """The inverse of write_posteriors."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    return ([_uncell(r[0]) for r in rows[1:]],
+    return ([unguard_cell(r[0]) for r in rows[1:]],
             np.array([[float(x) for x in r[1:]] for r in rows[1:]]))
 
 
+def posteriors_table(ids: list[str], gamma: np.ndarray, summary: bool = False,
+                     digits: int = 6) -> str:
+    """annotator_id, (with `summary`: the most likely type and its probability,) then one
+    probability column per type named type_0, type_1, ...: CSV through io.csv_text."""
+    header = ["annotator_id", *(["type", "confidence"] if summary else []),
+              *[f"type_{k}" for k in range(gamma.shape[1])]]
+    rows = [[h, *([f"type_{row.argmax()}", float(row.max())] if summary else []),
+             *map(float, row)] for h, row in zip(ids, gamma, strict=True)]
+    return csv_text(header, rows, digits)
+
+
 def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:
-    """annotator_id, then one probability column per type named type_0, type_1, ..."""
-    header = ",".join(["annotator_id"] + [f"type_{k}" for k in range(gamma.shape[1])])
-    rows = [",".join([_csv(h)] + [f"{p:.6f}" for p in row]) for h, row in zip(ids, gamma,
-                                                                              strict=True)]
-    write_text(path, "\n".join([header, *rows]) + "\n")
-
-
-#: A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...)).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-def _csv(text: str) -> str:
-    """An annotator id as a CSV cell: quoted when needed, and prefixed with ' when a spreadsheet
-    would run it as a formula (OWASP's CSV-injection advice; read_posteriors removes it)."""
-    if text.startswith(FORMULA_START):
-        text = "'" + text
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
-
-
-def _uncell(text: str) -> str:
-    """The inverse of _csv's formula guard."""
-    return text[1:] if text.startswith("'") else text
+    """The posteriors table (posteriors_table) written atomically."""
+    write_text(path, posteriors_table(ids, gamma))
 
 
 LABEL_COLUMNS = ("true_type", "group")

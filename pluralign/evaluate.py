@@ -49,10 +49,11 @@ from pluralign.em_run import (
     made_from,
     split_label_warnings,
 )
-from pluralign.io import folder_lock, write_json
+from pluralign.io import write_json
 from pluralign.losses import pair_blocks, plackett_luce_logprob
 from pluralign.minmax_merge import merge_logps
 from pluralign.rankings import Rankings
+from pluralign.runfolder import run_folder
 
 
 def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
@@ -370,10 +371,10 @@ def _warnings(data: Annotations, train: Annotations | None,
 
 
 def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
-    with folder_lock(run_dir, "evaluate", create=False):
+    with run_folder(run_dir, "evaluate", overwrite, create=False):
         return _evaluate_run(Path(run_dir), data_dir, n_boot, seed)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -19,6 +21,7 @@ from pluralign import distributed
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it."""
     path = Path(path)
+    _refuse_linked_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -51,6 +54,39 @@ def _naming(e: OSError, path: Path) -> OSError:
     return type(e)(e.errno, e.strerror, str(path))
 
 
+_ROOTS: list[Path] = []  # folders whose insides no write may leave through a link
+
+
+@contextmanager
+def guard_root(folder: Path) -> Iterator[None]:
+    """While inside, a write below `folder` refuses a linked folder on its way (a link named
+    `fair` or `report_files` would lead the write out)."""
+    _ROOTS.append(Path(os.path.abspath(folder)))
+    try:
+        yield
+    finally:
+        _ROOTS.pop()
+
+
+def _refuse_linked_parents(path: Path) -> None:
+    """Raise when a folder between a guarded root and `path` is a symbolic link."""
+    full = Path(os.path.abspath(path))
+    for root in _ROOTS:
+        if not full.is_relative_to(root):
+            continue
+        here = root
+        for part in full.relative_to(root).parts[:-1]:
+            here = here / part
+            if here.is_symlink():
+                raise LinkedPathError(f"{here} is a symbolic link to {here.resolve()}; "
+                                      "pluralign writes nothing through a link inside a run "
+                                      "folder: remove the link")
+
+
+class LinkedPathError(ValueError):
+    """A write would pass through a symbolic link inside a run folder."""
+
+
 LOCK_FILE = ".pluralign.lock"
 _HELD: set[str] = set()  # folders this process holds: nested calls (run -> em) pass through
 
@@ -74,7 +110,7 @@ def folder_lock(folder: str | os.PathLike, what: str, create: bool = True) -> It
     if key in _HELD:
         yield
         return
-    f = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held across yield
+    f = _open_lock(folder / LOCK_FILE)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,6 +129,20 @@ def folder_lock(folder: str | os.PathLike, what: str, create: bool = True) -> It
     finally:
         _HELD.discard(key)
         f.close()  # closing releases the lock
+
+
+def _open_lock(path: Path):  # noqa: ANN202 - a text file object
+    """Open the lock file for reading and writing without following a link: a link in its
+    place (pointing anywhere) is replaced by a plain file, its target never touched."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        if not path.is_symlink():
+            raise
+        path.unlink()  # the name is pluralign's own; the link is not followed
+        fd = os.open(path, flags, 0o644)
+    return os.fdopen(fd, "r+", encoding="utf-8")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -116,6 +166,35 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Call `writer(tmp_path)` and rename the result onto `path` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+#: A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...)); a leading
+#: ' is the guard itself, so a cell that starts with one gets another (the guard round-trips).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def guard_cell(text: str) -> str:
+    """A data string as a spreadsheet-safe cell: prefixed with ' when it would run as a
+    formula (OWASP's CSV-injection advice); unguard_cell undoes it."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unguard_cell(text: str) -> str:
+    """The inverse of guard_cell."""
+    return text[1:] if text.startswith("'") else text
+
+
+def csv_text(header: list[str], rows: list[list[Any]], digits: int = 6) -> str:
+    """The one table writer for CSV, saved or printed: the csv module's quoting (a comma,
+    quote or line break in an id stays inside its cell), data strings guarded against
+    formulas, numbers with `digits` decimals."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([guard_cell(c) if isinstance(c, str) else f"{c:.{digits}f}"
+                         for c in row])
+    return buf.getvalue()
 
 
 def _json_default(obj: Any) -> Any:

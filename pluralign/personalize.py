@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,10 @@ def rank_queries(run: FittedRun, queries: Annotations, posterior: np.ndarray,
                  length: int | None = None) -> list[dict[str, Any]]:
     """Every query with its expected information gain, best first. `length`: how many places
     the annotator will rank (default: all of the query's candidates)."""
+    shortest = min(q.m for q in queries)
+    if length is not None and not 1 <= length <= shortest:
+        raise ValueError(f"--ranking-length must be in 1..{shortest} (the shortest candidate "
+                         f"list), got {length}")
     s = run.backend.logratios(queries)
     out = []
     for i, q in enumerate(queries):
@@ -80,17 +85,23 @@ def rank_queries(run: FittedRun, queries: Annotations, posterior: np.ndarray,
     return sorted(out, key=lambda r: -r["information_gain"])
 
 
-def annotator_posterior(run: FittedRun, annotator: str,
-                        answers: Annotations | None = None) -> np.ndarray:
+def annotator_posterior(run: FittedRun, annotator: str, answers: Annotations | None = None,
+                        explain: bool = False) -> Any:
     """The annotator's type posterior: from `answers` (their annotations so far) if given,
-    else from the run's posteriors, else the type priors (a newcomer)."""
+    else from the run's posteriors, else the type priors (a newcomer, said with a warning).
+    With `explain`, (posterior, where it came from)."""
     if answers is not None:
         mine = answers.subset(i for i, a in enumerate(answers) if a.annotator_id == annotator)
         if len(mine):
-            return assign(run, mine)[0][0]
+            post, source = assign(run, mine)[0][0], f"from {len(mine)} answer(s) given"
+            return (post, source) if explain else post
     if annotator in run.annotator_ids:
-        return run.posteriors[run.annotator_ids.index(annotator)]
-    return run.priors
+        post, source = run.posteriors[run.annotator_ids.index(annotator)], "the run's"
+    else:
+        warnings.warn(f"annotator {annotator!r} is unknown to the run and has no answers "
+                      "given: starting from the type priors", UserWarning, stacklevel=2)
+        post, source = run.priors, f"{annotator!r} unknown to the run: the type priors"
+    return (post, source) if explain else post
 
 
 def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | None = None,
@@ -102,8 +113,8 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
             raise ValueError(f"--type must be in 0..{k - 1}, got {type_k}")
         return type_k, f"type_{type_k} (asked for)"
     if annotator is not None:
-        post = annotator_posterior(run, annotator)
         known = annotator in run.annotator_ids
+        post = annotator_posterior(run, annotator) if known else run.priors
         j = int(post.argmax())
         return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
                    f"{post[j]:.3f})" if known else

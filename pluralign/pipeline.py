@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from pluralign import checks
 from pluralign import config as C
 from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
 from pluralign.ingest.core import ON_ERROR
-from pluralign.io import folder_lock, sha256_file, write_json
+from pluralign.io import sha256_file, write_json
 from pluralign.minmax_merge import OBJECTIVES
+from pluralign.runfolder import run_folder, user_path
 from pluralign.simulate.population import SimulationConfig
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
@@ -50,6 +52,10 @@ class RunSection:
     out: str = field(default="runs/run", metadata={"help": "run folder (--out overrides)"})
     seed: int = field(default=0, metadata={
         "help": "seed of the held-out split, EM (unless em.random_state is set) and sampling"})
+
+    def __post_init__(self) -> None:
+        self.out = str(user_path(self.out, "out"))  # ~ expanded here as everywhere; "" refused
+        checks.seed(self.seed, "seed")
 
 
 @dataclass
@@ -67,6 +73,7 @@ class IngestSection:
         "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
 
     def __post_init__(self) -> None:
+        self.inputs = [str(user_path(p, "an input")) for p in self.inputs]
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if not 0 <= self.heldout_fraction < 1:
@@ -112,16 +119,14 @@ class AggregateSection:
         if self.base_measure not in BASE_MEASURES:
             raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got "
                              f"{self.base_measure!r}")
-        if self.n_samples < 1:
-            raise ValueError("n_samples must be >= 1")
-        if self.n_boot < 0:
-            raise ValueError("n_boot must be >= 0")
-        if self.served_samples < 0 or self.served_prompts < 0 or (
-                self.served_tokens is not None and self.served_tokens < 1):
-            raise ValueError("served_samples and served_prompts must be >= 0 and "
-                             "served_tokens >= 1")
-        if self.served_prompts == 1:
-            raise ValueError("served_prompts must be 0 (all) or >= 2")
+        checks.at_least(self.n_samples, 1, "n_samples")
+        checks.at_least(self.n_boot, 0, "n_boot")
+        checks.at_least(self.served_samples, 0, "served_samples")
+        checks.served_prompts(self.served_prompts, "served_prompts")
+        if self.served_tokens is not None:
+            checks.at_least(self.served_tokens, 1, "served_tokens")
+        if self.type_weights is not None:
+            checks.weights(self.type_weights, "type_weights")
 
 
 @dataclass
@@ -136,8 +141,9 @@ class EvaluateSection:
                 "prompts (regrets) for the 95% intervals (0: none)"})
 
     def __post_init__(self) -> None:
-        if self.n_boot < 0:
-            raise ValueError("n_boot must be >= 0")
+        checks.at_least(self.n_boot, 0, "n_boot")
+        if self.data is not None:
+            self.data = str(user_path(self.data, "data"))
 
 
 @dataclass
@@ -363,13 +369,13 @@ def versions() -> dict[str, str | None]:
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
-                 from_stage: str | None = None) -> Path:
+                 from_stage: str | None = None, overwrite: bool = False) -> Path:
     """Run every stage not already done with the same key and intact outputs; returns the run
     folder. The folder is locked for the run: a second process aimed at it stops at once."""
     if from_stage is not None and from_stage not in STAGES:
         raise C.ConfigError(f"--from must be one of {', '.join(STAGES)}, got {from_stage!r}")
-    out = Path(out or cfg.run.out)
-    with folder_lock(out, "run"):
+    out = user_path(cfg.run.out if out is None else out, "the run folder (run.out or --out)")
+    with run_folder(out, "run", overwrite):
         _run_stages(cfg, out, from_stage)
     return out
 
@@ -377,7 +383,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path | None = None,
 def _run_stages(cfg: PipelineConfig, out: Path, from_stage: str | None) -> None:
     (out / "manifests").mkdir(parents=True, exist_ok=True)
     inputs = input_fingerprint(cfg)
-    upstream, forced = "", False
+    upstream, forced, ran = "", False, None
+    had = {s for s in STAGES if (out / "manifests" / f"{s}.json").is_file()}  # ran before
     for stage in STAGES:
         forced = forced or stage == from_stage
         key = stage_key(stage, cfg, upstream, inputs)
@@ -390,11 +397,15 @@ def _run_stages(cfg: PipelineConfig, out: Path, from_stage: str | None) -> None:
             if damaged and done.get("key") == key:
                 print(f"[{stage}] outputs missing or changed since it ran ({', '.join(damaged)})"
                       "; running it again")
+            why = None if damaged and done.get("key") == key else \
+                rerun_reason(stage, cfg, done, key, upstream, inputs, from_stage,
+                             ran if stage in had else None)
+            ran = ran or stage
             forced = forced or bool(damaged)  # later stages read what this one rewrites
             manifest_file.unlink(missing_ok=True)  # this stage and all later are redone
             for later in STAGES[STAGES.index(stage) + 1:]:
                 (out / "manifests" / f"{later}.json").unlink(missing_ok=True)
-            print(f"[{stage}] running")
+            print(f"[{stage}] running" + (f" again: {why}" if why else ""))
             _seed(cfg.run.seed)
             t0 = time.perf_counter()
             before = _snapshot(out)
@@ -409,6 +420,38 @@ def _run_stages(cfg: PipelineConfig, out: Path, from_stage: str | None) -> None:
                 "outputs": _outputs(out, before)})
             print(f"[{stage}] done in {time.perf_counter() - t0:.1f} s")
         upstream = key
+
+
+def rerun_reason(stage: str, cfg: PipelineConfig, done: dict[str, Any] | None, key: str,
+                 upstream: str, inputs: dict[str, Any], from_stage: str | None,
+                 earlier: str | None = None) -> str | None:
+    """Why a stage that ran before runs again (None when it never ran): the settings that
+    changed, the inputs, `earlier` (a stage that ran in this call), --from, or a manifest of
+    another version."""
+    if done is None:
+        return f"--from {from_stage}" if from_stage else \
+            f"{earlier} ran again" if earlier else None
+    if from_stage and STAGES.index(stage) >= STAGES.index(from_stage):
+        return f"--from {from_stage}"
+    if done.get("key") == key or done.get("upstream") != upstream:
+        return f"{earlier or 'an earlier stage'} ran again"
+    changed = _changes(done.get("config"), json.loads(json.dumps(cfg.section_of(stage),
+                                                                 default=str)), stage)
+    if changed:
+        return "settings changed (" + "; ".join(changed[:4]) + \
+            (f"; {len(changed) - 4} more" if len(changed) > 4 else "") + ")"
+    if stage == "ingest" and done.get("inputs") != inputs:
+        moved = [k for k in inputs if (done.get("inputs") or {}).get(k) != inputs[k]]
+        return f"inputs changed ({', '.join(moved) or 'the list of inputs'})"
+    return "its record was written by another pluralign version"
+
+
+def _changes(before: Any, after: Any, where: str) -> list[str]:
+    """'key: old -> new' for every leaf that differs between two JSON values."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [c for k in sorted(set(before) | set(after), key=str)
+                for c in _changes(before.get(k), after.get(k), f"{where}.{k}")]
+    return [] if before == after else [f"{where}: {json.dumps(before)} -> {json.dumps(after)}"]
 
 
 #: Run-folder entries that are bookkeeping, not a stage's outputs.
@@ -454,6 +497,6 @@ def _seed(seed: int) -> None:
 def main_run(args: argparse.Namespace) -> int:
     """`pluralign run`: load and check the YAML, run, print where the report is."""
     cfg = PipelineConfig.load(args.config)
-    out = run_pipeline(cfg, Path(args.out) if args.out else None, args.from_stage)
+    out = run_pipeline(cfg, args.out, args.from_stage, args.overwrite)
     print(f"report: {out / 'report.html'}")
     return 0

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from pluralign import bootstrap
 from pluralign.em_run import check_made_from
-from pluralign.io import folder_lock, write_json, write_text, write_with
+from pluralign.io import write_json, write_text, write_with
+from pluralign.runfolder import run_folder
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
            "personalization")
@@ -479,11 +481,16 @@ def warning_rows(story: dict[str, Any]) -> list[list[str]]:
     return rows + [[w["code"], w["message"]] for w in story["warnings"]]
 
 
+#: Markdown syntax a data string must not carry: a link or image (`![x](http://...)` makes a
+#: viewer fetch a remote image), code spans and table pipes. Backslash escapes render as the
+#: character itself.
+MD_SPECIAL = re.compile(r"([\\`\[\]()!|])")
+
+
 def md_escape(text: str) -> str:
-    """Data text safe in Markdown: HTML escaped (a label `<script>` stays text) and table pipes,
-    backslashes and line breaks escaped (a `|` cannot split a table row)."""
-    return (html.escape(str(text)).replace("\\", "\\\\").replace("|", "\\|")
-            .replace("\r", " ").replace("\n", " "))
+    """Data text safe in Markdown: HTML escaped (a label `<script>` stays text), link, image
+    and code syntax and table pipes backslash-escaped, line breaks made spaces."""
+    return MD_SPECIAL.sub(r"\\\1", html.escape(str(text))).replace("\r", " ").replace("\n", " ")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -509,7 +516,7 @@ def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],
                                                     config_rows(em, agg, ev)), "## Figures", ""]
     for name in FIGURES:
-        lines += [f"![{TITLES[name]}]({images[name]})", "", f"*{caps[name]}*", ""]
+        lines += [f"![{TITLES[name]}]({images[name]})", "", f"*{md_escape(caps[name])}*", ""]
     return "\n".join(lines)
 
 
@@ -565,9 +572,9 @@ img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 """
 
 
-def write_report(run: Path) -> list[Path]:
+def write_report(run: Path, overwrite: bool = False) -> list[Path]:
     """Write report.json, report.md (figures in report_files/) and report.html into `run`."""
-    with folder_lock(run, "report", create=False):
+    with run_folder(run, "report", overwrite, create=False):
         return _write_report(Path(run))
 
 

@@ -134,3 +134,59 @@ def test_random_files_ingest_reconciled_or_refused_in_one_line(tmp_path_factory,
         rejects = (d / "out" / "rejects.jsonl").read_text().splitlines()
         assert len(rejects) == report["rejected"]["total"]
 
+
+
+HEADER_NAMES = [*FIELDS, "", " annotator_id", "x,y", 'q"uote', "ranking "]
+
+
+@FUZZ
+@given(header=st.lists(st.sampled_from(HEADER_NAMES), min_size=1, max_size=8),
+       n=st.integers(0, 4))
+def test_random_csv_headers_are_read_or_refused_naming_the_column(tmp_path_factory, cli, header,
+                                                                  n):
+    d = tmp_path_factory.mktemp("headers")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for i in range(n):
+        w.writerow([{"annotator_id": f"w{i}", "prompt": f"q{i}", "chosen": "a", "rejected": "b",
+                     "responses": '["a", "b"]', "ranking": "[1, 0]"}.get(h, "x") for h in header])
+    path = d / "input.csv"
+    path.write_text(buf.getvalue())
+    rc, out, err = cli("ingest", path, "--out", d / "out")
+    assert rc in (0, 2) and "Traceback" not in err, err
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        assert rc == 2 and f"{path}, line 1: column {twice[0]!r} appears" in err, err
+    if rc == 2:
+        assert len(err.strip().splitlines()) == 1 and str(path) in err, err
+
+
+@FUZZ
+@given(depth=st.integers(1, 3000), kind=st.sampled_from(["[", "{"]),
+       dup=st.sampled_from([None, "top", "inner"]), on_error=st.sampled_from(["fail", "skip"]))
+def test_nested_json_and_duplicate_keys_are_refused_naming_the_line(tmp_path_factory, cli, depth,
+                                                                    kind, dup, on_error):
+    d = tmp_path_factory.mktemp("nested")
+    inner = '{"k": 1, "k": 2}' if dup == "inner" else "1"
+    value = ("[" * depth + inner + "]" * depth if kind == "[" else
+             '{"a": ' * depth + inner + "}" * depth)
+    extra = ', "annotator_id": "again"' if dup == "top" else ""
+    good = json.dumps({"annotator_id": "w0", "prompt": "p", "responses": ["a", "b"],
+                       "ranking": [1, 0]})
+    line = f'{{"annotator_id": "w1", "prompt": "q", "responses": ["a", "b"], "ranking": [0, 1], ' \
+           f'"metadata": {value}{extra}}}'
+    path = d / "input.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    rc, out, err = cli("ingest", path, "--out", d / "out", "--on-error", on_error)
+    assert rc in (0, 2) and "Traceback" not in err, err
+    levels = depth + 2 + (dup == "inner")  # the row, metadata, then the nesting
+    bad = dup is not None or levels > 64
+    if on_error == "fail" and bad:
+        assert rc == 2 and f"{path}, line 2" in err, err
+        if dup is None or levels <= 64:
+            assert ("twice" if dup else "nested too deeply") in err, err
+        else:  # both wrong: whichever the reader meets first
+            assert "twice" in err or "nested too deeply" in err, err
+    if on_error == "skip" and bad:
+        assert rc == 0 and len((d / "out" / "rejects.jsonl").read_text().splitlines()) == 1

@@ -315,10 +315,11 @@ def test_3_features_at_an_extreme_scale_give_the_results_of_sane_ones(feature_po
                                                                       tmp_path, cli, factor):
     scaled = _scaled_copy(feature_population, tmp_path / "scaled", factor)
     for data, out in ((feature_population, "plain"), (scaled, "scaled")):
-        rc, _, err = cli("em", "--data", data, "--out", tmp_path / out, "--types", "2")
+        rc, _, err = cli("em", "--data", data, "--out", tmp_path / f"{out}-run", "--types", "2")
         assert rc == 0, err
     assert "divided by" in err and "outside" in err
-    plain, big = (json.loads((tmp_path / n / "em.json").read_text()) for n in ("plain", "scaled"))
+    plain, big = (json.loads((tmp_path / f"{n}-run" / "em.json").read_text())
+                  for n in ("plain", "scaled"))
     assert big["audit"]["ari"] == pytest.approx(plain["audit"]["ari"])
     assert plain["audit"]["ari"] > 0.9
     assert big["priors"] == pytest.approx(plain["priors"], abs=1e-6)

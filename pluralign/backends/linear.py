@@ -123,6 +123,11 @@ class LinearBackend(PolicyBackend):
                 phi[i, : a.m] = a.features
         if self.scale_ is None:
             self.scale_ = given_scale(phi[rank.mask.numpy()])
+        elif phi.shape[2] != len(self.scale_[0]):
+            raise ValueError(f"this data's features have width {phi.shape[2]}, but the "
+                             f"linear policies were fitted on features of width "
+                             f"{len(self.scale_[0])}: give data with the features the run "
+                             "was trained on")
         phi = (phi - self.scale_[0]) / self.scale_[1]
         return Design(rank, uniform_log_ref(rank.mask), phi=torch.from_numpy(phi))
 

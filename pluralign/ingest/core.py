@@ -13,7 +13,7 @@ from pluralign import __version__
 from pluralign.data import Annotation, Annotations, FieldError, check_annotation, load, save
 from pluralign.ingest.errors import IngestError
 from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
-from pluralign.ingest.readers import RawRow, read_source, rows_of
+from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.io import sha256_file, write_json, write_jsonl
 
@@ -58,12 +58,14 @@ def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
 
 def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
            mapping: dict[str, str] | None = None, ties: str = "truncate",
-           empty_responses: str = "keep", max_responses: int | None = None) -> IngestResult:
+           empty_responses: str = "keep", max_responses: int | None = None,
+           max_input_mb: int = MAX_INPUT_MB) -> IngestResult:
     """Read and validate `inputs`; raise IngestError at the first bad row when on_error='fail'.
 
     `empty_responses`: "keep" accepts an empty string as a real (empty) answer and lists where
     it occurs in the report's warnings; "reject" treats it as a bad row. A null is always bad.
     `max_responses`: a row with more responses is a bad row (reason too_many_responses).
+    `max_input_mb`: a file larger than this once decompressed is refused (0: no limit).
     """
     if max_responses is not None and max_responses < 2:
         raise IngestError(f"--max-responses must be >= 2, got {max_responses}",
@@ -83,7 +85,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
     run = _Run(on_error, allow_empty=empty_responses == "keep", max_responses=max_responses)
     for spec in inputs:
         try:
-            name, rows = read_source(spec)
+            name, rows = read_source(spec, max_input_mb)
         except IngestError as e:
             if on_error == "skip" and e.reason == "empty_file":
                 run.warnings.append(f"{spec}: {e.detail}; skipped")
@@ -99,11 +101,16 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
     run.warn_repeats()
     run.warn_id_collisions()
     run.warn_wide_lists()
+    if run.identical_at:
+        run.warnings.append(
+            f"{len(run.identical_at)} accepted annotation(s) rank a response against an "
+            f"identical one (same text, same features): {_shown(run.identical_at)}; kept, as "
+            "real data has them (HH-RLHF: a chosen equal to its rejected), but such a comparison "
+            "says nothing about the annotator and adds a constant to the likelihood")
     if run.empty_at:
-        shown = ", ".join(run.empty_at[:5]) + (" ..." if len(run.empty_at) > 5 else "")
         run.warnings.append(f"{len(run.empty_at)} accepted annotation(s) hold an empty response "
                             f"(kept as a real empty answer; --empty-responses reject refuses "
-                            f"them): {shown}")
+                            f"them): {_shown(run.empty_at)}")
     options = {"preset": preset, "on_error": on_error, "ties": ties,
                "empty_responses": empty_responses, "max_responses": max_responses,
                "map": {v: k for k, v in (mapping or {}).items()}}
@@ -125,6 +132,31 @@ def write(result: IngestResult, out_dir: str | os.PathLike, with_rejects: bool) 
         rejects.unlink()  # a stale file from an earlier run would misdescribe this one
 
 
+def _shown(places: list[str]) -> str:
+    """The first few locations of a list, for a warning."""
+    return ", ".join(places[:5]) + (" ..." if len(places) > 5 else "")
+
+
+def identical_ranked(a: Annotation) -> bool:
+    """Whether two candidates with the same text (and the same features, when given) are
+    compared: at least one of them is ranked."""
+    ranked = set(a.ranking)
+    seen: dict[Any, int] = {}
+    for j, r in enumerate(a.responses):
+        key = (r, None if a.features is None else tuple(a.features[j]))
+        if key in seen and (j in ranked or seen[key] in ranked):
+            return True
+        seen.setdefault(key, j)
+    return False
+
+
+def fold_id(text: str) -> str:
+    """An id as a person reads it: compatibility-normalised (full-width letters), invisible
+    format characters (zero-width space, joiners) removed, spaces stripped, case folded."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip().casefold()
+
+
 class _Run:
     """Accumulates accepted records, rejects and counts across input files."""
 
@@ -133,6 +165,7 @@ class _Run:
         self.max_responses = max_responses
         self.allow_empty = allow_empty
         self.empty_at: list[str] = []
+        self.identical_at: list[str] = []
         self.records: list[Annotation] = []
         self.rejects: list[dict[str, Any]] = []
         self.by_reason: Counter[str] = Counter()
@@ -188,20 +221,27 @@ class _Run:
                 "judgement; each is kept as its own annotation (they may be different people)")
 
     def warn_id_collisions(self) -> None:
-        """Warn about annotator ids that differ only by case or surrounding whitespace: kept
-        apart (they may be different people), but usually one person spelled two ways."""
+        """Warn about annotator ids that look alike (case, surrounding spaces, full-width
+        letters, invisible characters): kept apart, as they may be different people, but
+        usually one person spelled two ways. Ids holding invisible characters are listed too."""
         spellings: dict[str, set[str]] = {}
-        for a in self.records:
-            folded = unicodedata.normalize("NFC", a.annotator_id).strip().casefold()
-            spellings.setdefault(folded, set()).add(a.annotator_id)
+        for a in {a.annotator_id for a in self.records}:
+            spellings.setdefault(fold_id(a), set()).add(a)
         clashes = [sorted(v) for v in spellings.values() if len(v) > 1]
-        if not clashes:
-            return
-        shown = "; ".join(" / ".join(repr(i) for i in c) for c in clashes[:5])
-        self.warnings.append(
-            f"{len(clashes)} annotator id(s) differ only by case or surrounding spaces and are "
-            f"kept apart: {shown}{' ...' if len(clashes) > 5 else ''}; if they are one person, "
-            "fix the ids in the source")
+        if clashes:
+            shown = "; ".join(" / ".join(ascii(i) for i in c) for c in sorted(clashes)[:5])
+            self.warnings.append(
+                f"{len(clashes)} group(s) of annotator ids look alike (they differ only by "
+                f"case, spaces, full-width letters or zero-width characters) and are kept "
+                f"apart: {shown}{' ...' if len(clashes) > 5 else ''}; if they are one person, "
+                "fix the ids in the source")
+        hidden = sorted(i for v in spellings.values() for i in v if any(
+            unicodedata.category(ch) == "Cf" for ch in i))
+        if hidden:
+            self.warnings.append(
+                f"{len(hidden)} annotator id(s) hold invisible (zero-width or format) "
+                f"characters: {', '.join(ascii(i) for i in hidden[:5])}"
+                f"{' ...' if len(hidden) > 5 else ''}")
 
     def _warn_no_annotator(self, name: str, columns: set[str]) -> None:
         hints = [c for c in sorted(columns) if c.lower() in ANNOTATOR_HINTS]
@@ -240,6 +280,8 @@ class _Run:
             self.feature_dim = len(a.features[0])
         if any(not r.strip() for r in a.responses):
             self.empty_at.append(str(unit.location))
+        if identical_ranked(a):
+            self.identical_at.append(str(unit.location))
         if preset in ("scored", "long") and a.L < a.m:
             self.ties_truncated += 1
         self.records.append(a)

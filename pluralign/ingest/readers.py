@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,15 @@ from typing import Any
 from pluralign import hub
 from pluralign.data import FieldError
 from pluralign.ingest.errors import IngestError, Location
+
+#: Default limit on an input file's size once decompressed (ingest --max-input-mb): a small
+#: .gz can expand a thousandfold, and every byte is held in memory while rows are read.
+MAX_INPUT_MB = 1024
+#: Deepest nesting of JSON arrays and objects accepted in a row (a chat prompt needs 3).
+MAX_DEPTH = 64
+# A CSV cell may be as long as a JSON Lines value: up to the input size limit (the csv
+# module's default refuses cells over 128 KiB).
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
            ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -38,8 +48,9 @@ class RawRow:
     textual: bool = False  # values came from text cells (CSV): numbers may arrive as strings
 
 
-def read_source(spec: str) -> tuple[str, list[RawRow]]:
-    """Read every row of one input; returns its display name and rows."""
+def read_source(spec: str, max_input_mb: int = MAX_INPUT_MB) -> tuple[str, list[RawRow]]:
+    """Read every row of one input; returns its display name and rows. A file larger than
+    `max_input_mb` once decompressed is refused before it is all in memory (0: no limit)."""
     path = Path(spec)
     if path.is_dir():
         return spec, _read_hf_folder(path)
@@ -54,12 +65,7 @@ def read_source(spec: str) -> tuple[str, list[RawRow]]:
         raise IngestError(f"unknown file format '{Path(inner).suffix or inner}'; expected one of "
                           f"{', '.join(sorted(FORMATS))} (optionally .gz), a dataset folder or "
                           "a dataset name", spec, reason="unknown_format")
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise IngestError(f"not a readable gzip file ({e})", spec, reason="bad_file") from e
+    data = _read_bytes(path, spec, max_input_mb)
     if data.startswith(codecs.BOM_UTF8):  # Excel and Notepad write one: not part of the header
         data = data[len(codecs.BOM_UTF8):]
     if not data.strip():
@@ -69,6 +75,81 @@ def read_source(spec: str) -> tuple[str, list[RawRow]]:
     if not rows:
         raise IngestError("the file holds no rows", spec, reason="empty_file")
     return spec, rows
+
+
+def _read_bytes(path: Path, spec: str, max_input_mb: int) -> bytes:
+    """The file's bytes, decompressed when .gz, refusing more than `max_input_mb` MB."""
+    limit = max_input_mb * 2**20 if max_input_mb else None
+    gz = path.name.endswith(".gz")
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            data = _read_upto(f, limit)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        if not gz or isinstance(e, PermissionError | FileNotFoundError):
+            raise
+        raise IngestError(f"not a readable gzip file ({e})", spec, reason="bad_file") from e
+    if limit is not None and len(data) > limit:
+        raise IngestError(f"larger than {max_input_mb} MB{' once decompressed' if gz else ''}; "
+                          f"if the file is genuine, raise --max-input-mb (0: no limit)", spec,
+                          reason="too_large")
+    return data
+
+
+def _read_upto(f: io.BufferedIOBase, limit: int | None) -> bytes:
+    """All of `f`, or a little over `limit` bytes when longer: read in 1 MiB chunks, as
+    f.read(n) would allocate n bytes up front."""
+    chunks, size = [], 0
+    while limit is None or size <= limit:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class _Duplicate(dict):
+    """A JSON object in which a key appeared twice (the last value would silently win)."""
+
+    key: str = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a plain dict, or a _Duplicate naming the repeated key."""
+    out = _Duplicate() if len({k for k, _ in pairs}) < len(pairs) else {}
+    for k, v in pairs:
+        if k in out and isinstance(out, _Duplicate) and not out.key:
+            out.key = k
+        out[k] = v
+    return out
+
+
+def json_value(text: str) -> Any:
+    """json.loads with duplicate keys and deep nesting found: raises FieldError naming the
+    key, or the depth (Python's reader would overflow its stack past ~1,000 levels)."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_object)
+    except RecursionError:
+        raise FieldError("(line)", f"nested too deeply (more than {MAX_DEPTH} levels of "
+                                   "arrays and objects)", "too_deep") from None
+    _check_shape(obj)
+    return obj
+
+
+def _check_shape(obj: Any) -> None:
+    """Walk `obj` without recursion: a duplicate key or nesting past MAX_DEPTH raises."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FieldError("(line)", f"nested too deeply (more than {MAX_DEPTH} levels of "
+                                       "arrays and objects)", "too_deep")
+        if isinstance(value, _Duplicate):
+            raise FieldError(value.key, "appears twice in one object (the second value would "
+                                        "silently replace the first)", "duplicate_key")
+        children = value.values() if isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
 def _read_jsonl(data: bytes, name: str) -> list[RawRow]:
@@ -89,14 +170,22 @@ def _read_jsonl(data: bytes, name: str) -> list[RawRow]:
 
 def _parse_json_row(text: str, loc: Location) -> RawRow:
     try:
-        obj = json.loads(text)
+        obj = json_value(text)
     except json.JSONDecodeError as e:
-        return RawRow(loc, None, text, FieldError(
+        return RawRow(loc, None, _shown(text), FieldError(
             "(line)", f"truncated or invalid JSON ({e.msg}, column {e.colno})", "invalid_json"))
+    except FieldError as e:
+        return RawRow(loc, None, _shown(text), e)
     if not isinstance(obj, dict):
         return RawRow(loc, None, text, FieldError(
             "(line)", f"expected a JSON object, got {type(obj).__name__}", "invalid_json"))
     return RawRow(loc, obj, obj)
+
+
+def _shown(text: str, limit: int = 2000) -> str:
+    """A rejected line as kept in rejects.jsonl: cut when long (a 100,000-deep line would
+    make the rejects file as deep to read back)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _decode_whole(data: bytes, name: str) -> str:
@@ -111,12 +200,18 @@ def _decode_whole(data: bytes, name: str) -> str:
 def _read_json(data: bytes, name: str) -> list[RawRow]:
     text = _decode_whole(data, name)
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved under a .json name
             return _read_jsonl(data, name)
         raise IngestError(f"truncated or invalid JSON ({e.msg}, column {e.colno})",
                           Location(name, "line", e.lineno), reason="invalid_json") from e
+    except RecursionError:
+        raise IngestError(f"nested too deeply (more than {MAX_DEPTH} levels of arrays and "
+                          "objects)", name, reason="too_deep") from None
+    if isinstance(obj, _Duplicate):
+        raise IngestError(f"key '{obj.key}' appears twice in the top-level object", name,
+                          reason="duplicate_key")
     if isinstance(obj, dict):  # {"data": [...]} or similar: the one list of objects inside
         lists = [v for v in obj.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -128,6 +223,11 @@ def _read_json(data: bytes, name: str) -> list[RawRow]:
     rows = []
     for number, item in enumerate(obj, start=1):
         loc = Location(name, "row", number)
+        try:
+            _check_shape(item)
+        except FieldError as e:
+            rows.append(RawRow(loc, None, _shown(json.dumps(item)[:2000]), e))
+            continue
         if isinstance(item, dict):
             rows.append(RawRow(loc, item, item))
         else:
@@ -147,6 +247,11 @@ def _read_csv(data: bytes, name: str, delimiter: str = ",") -> list[RawRow]:
     if any(_has_surrogates(h) for h in header):
         raise IngestError("undecodable bytes in the header", Location(name, "line", 1),
                           reason="undecodable")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise IngestError(f"column {twice[0]!r} appears more than once in the header (one "
+                          "column's values would silently replace the other's)",
+                          Location(name, "line", 1), reason="duplicate_column")
     rows = []
     start = reader.line_num + 1
     for cells in reader:
@@ -165,7 +270,12 @@ def _read_csv(data: bytes, name: str, delimiter: str = ",") -> list[RawRow]:
             rows.append(RawRow(loc, None, raw, FieldError(
                 "(line)", f"{len(cells)} cells, the header has {len(header)}", "invalid_csv")))
             continue
-        rows.append(RawRow(loc, {k: _csv_cell(v) for k, v in raw.items()}, raw, textual=True))
+        try:
+            cells_read = {k: _csv_cell(v) for k, v in raw.items()}
+        except FieldError as e:
+            rows.append(RawRow(loc, None, {k: _shown(v) for k, v in raw.items()}, e))
+            continue
+        rows.append(RawRow(loc, cells_read, raw, textual=True))
     return rows
 
 
@@ -184,7 +294,7 @@ def _csv_cell(cell: str) -> Any:
     stripped = cell.strip()
     if stripped[:1] in "[{":
         try:
-            return json.loads(stripped)
+            return json_value(stripped)
         except json.JSONDecodeError:
             return cell
     return cell
@@ -193,9 +303,16 @@ def _csv_cell(cell: str) -> Any:
 def _read_parquet(data: bytes, name: str) -> list[RawRow]:
     import pyarrow.parquet as pq
     try:
-        table = pq.read_table(io.BytesIO(data))
+        # One thread: pyarrow's pool threads, alive at exit on the error path, aborted the
+        # process now and then ("terminate called without an active exception", exit 134).
+        table = pq.read_table(io.BytesIO(data), use_threads=False)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise IngestError(f"not a readable parquet file ({e})", name, reason="bad_file") from e
+    names = table.schema.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise IngestError(f"column {twice[0]!r} appears more than once (one column's values "
+                          "would silently replace the other's)", name, reason="duplicate_column")
     return rows_of(table.to_pylist(), name)
 
 

@@ -183,30 +183,30 @@ def a_symlinked_lock_leaves_its_target_alone(c: Ctx) -> bool:
     return outside.read_text() == "precious\n"
 
 
-@probe(3)
-def a_symlinked_figures_folder_leaves_its_target_alone(c: Ctx) -> bool:
-    d = c.fresh("figs")
+def _linked_folder(c: Ctx, name: str, mine: bool, *command: str) -> bool:
+    """Replace run/NAME by a link to a folder outside (holding files of the same names when
+    `mine`), run the command, and say whether the outside folder is as it was."""
+    d = c.fresh(name)
     run = c.run_copy(d)
     outside = d / "outside"
     outside.mkdir()
-    for p in (run / "report_files").iterdir():
+    for p in (run / name).iterdir() if mine else ():
         (outside / p.name).write_bytes(b"mine")
-    shutil.rmtree(run / "report_files")
-    (run / "report_files").symlink_to(outside)
-    c.cli("report", "--run", run)
-    return all(p.read_bytes() == b"mine" for p in outside.iterdir())
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    shutil.rmtree(run / name)
+    (run / name).symlink_to(outside)
+    c.cli(*command, "--run", run)
+    return {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
+@probe(3)
+def a_symlinked_figures_folder_leaves_its_target_alone(c: Ctx) -> bool:
+    return _linked_folder(c, "report_files", True, "report")
 
 
 @probe(3)
 def a_symlinked_policy_folder_leaves_its_target_alone(c: Ctx) -> bool:
-    d = c.fresh("fair")
-    run = c.run_copy(d)
-    outside = d / "outside"
-    outside.mkdir()
-    shutil.rmtree(run / "fair")
-    (run / "fair").symlink_to(outside)
-    c.cli("aggregate", "--run", run, "--n-boot", "0")
-    return not any(outside.iterdir())
+    return _linked_folder(c, "fair", False, "aggregate", "--n-boot", "0")
 
 
 @probe(3)

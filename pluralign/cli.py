@@ -333,14 +333,25 @@ def _refuse_overwrite(out: str, overwrite: bool) -> None:
                      "another --out")
 
 
+def _refuse_inputs(out: str, inputs: Sequence[str | Path], holding: bool = False) -> None:
+    """--out is never an input, nor inside an input folder; with `holding`, nor a folder that
+    holds an input (ingest would write its files beside the files it reads)."""
+    target = Path(out).resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if not Path(source).exists():
+            continue
+        inside = src.is_dir() and target.is_relative_to(src)
+        if target == src or inside or (holding and src.is_relative_to(target)):
+            where = "is" if target == src else "is inside" if inside else "holds"
+            raise UsageError(f"{out} {where} this command's input {source}; choose another "
+                             "--out")
+
+
 def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
     """A file is written over only with --overwrite, and never over (or into) an input."""
     path = Path(out)
-    for source in inputs:
-        src = Path(source).resolve()
-        if path.resolve() == src or path.resolve().is_relative_to(src) and src.is_dir():
-            raise UsageError(f"{out} is {'inside ' if src.is_dir() else ''}this command's "
-                             f"input {source}; choose another --out")
+    _refuse_inputs(out, inputs)
     if path.is_dir():
         raise UsageError(f"{out} is a folder; --out names a file")
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -350,6 +361,7 @@ def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Pat
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pluralign.ingest import format_report, ingest, parse_mapping, write
+    _refuse_inputs(args.out, args.inputs, holding=True)
     _refuse_overwrite(args.out, args.overwrite)
     result = ingest(args.inputs, preset=args.preset, on_error=args.on_error,
                     mapping=parse_mapping(args.map), ties=args.ties,
@@ -465,6 +477,7 @@ def cmd_em(args: argparse.Namespace) -> int:
     from pluralign.data import load
     from pluralign.em_run import EMSettings, run_em
     settings = EMSettings.from_sources(args.config, args)
+    _refuse_inputs(args.out, [args.data])
     data = load(args.data)
     summary = run_em(data, settings, Path(args.out), data_path=args.data,
                      overwrite=args.overwrite)

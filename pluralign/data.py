@@ -355,6 +355,13 @@ def save(records: Sequence[Annotation], out_dir: str | os.PathLike,
     return manifest
 
 
+def read_parquet(source: Any) -> Any:
+    """A parquet file as a pyarrow Table, read without starting any pyarrow thread: its pool
+    threads, still alive when Python exits, aborted the process now and then ("terminate
+    called without an active exception", exit 134 instead of 2 on an input error)."""
+    return pq.ParquetFile(source, pre_buffer=False).read(use_threads=False)
+
+
 def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
     """Load a canonical dataset folder; with `verify`, check row count and fingerprint."""
     d = Path(data_dir)
@@ -367,7 +374,7 @@ def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
                          f"this pluralign reads {SCHEMA_VERSION}")
-    records = from_table(pq.read_table(table_path, use_threads=False))  # see ingest.readers
+    records = from_table(read_parquet(table_path))
     data = Annotations(records, manifest)
     if verify:
         if len(records) != manifest.get("rows"):

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,6 @@ from pluralign.cli import main
 from pluralign.data import load, save
 from pluralign.ingest import ingest
 from pluralign.ingest.errors import IngestError
-from pluralign.runfolder import MARKER, recorded
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,7 @@ def test_1_a_new_fit_removes_only_unchanged_files_pluralign_recorded(made, tmp_p
     assert rc == 0, err
     assert all((mine / rel).read_bytes() == c for rel, c in user.items())
     assert "kept" in err and "report.md" in err
+    from pluralign.runfolder import MARKER, recorded
     assert (mine / MARKER).is_file() and "em.json" in recorded(mine)
 
     run = copy_run(made, tmp_path)  # pluralign's own run: its unchanged files go
@@ -179,6 +180,10 @@ def test_4_export_and_assign_never_overwrite_without_asking_nor_their_inputs(mad
     refused(cli, "export", pop, "--out", pop / "annotations.parquet", "--overwrite",
             words=["input"])
     refused(cli, "export", pop, "--out", pop / "new.jsonl", words=["input"])
+    refused(cli, "ingest", pop, "--out", pop, "--overwrite", words=["input"])
+    refused(cli, "ingest", pop / "annotations.parquet", "--out", tmp_path, "--overwrite",
+            words=["holds this command's input"])
+    refused(cli, "em", "--data", pop, "--out", pop, "--overwrite", words=["input"])
     assert (pop / "annotations.parquet").read_bytes() == source
     afile = tmp_path / "afile.txt"
     afile.write_text("mine\n")
@@ -268,6 +273,15 @@ def test_6_a_bad_parquet_row_exits_2_every_time(tmp_path):
     rows = [ranked_row(f"w{i}", prompt=f"p{i}") for i in range(20)]
     rows[7]["ranking"] = [0, 0, 1]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    # The cause: pyarrow's pool threads still alive at exit. Reading starts none now.
+    probe = ("import os, pyarrow.parquet\nfrom pluralign.ingest import ingest\n"
+             "n = len(os.listdir('/proc/self/task'))\n"
+             f"try:\n    ingest([{str(tmp_path / 'bad.parquet')!r}])\nexcept Exception:\n"
+             "    pass\nprint(len(os.listdir('/proc/self/task')) - n)\n")
+    if Path("/proc/self/task").is_dir():
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           timeout=120)
+        assert r.stdout.strip() == "0", (r.stdout, r.stderr)
     for i in range(PARQUET_RUNS):  # the abort came at exit, in 5 of 70 runs
         r = subprocess.run([sys.executable, "-m", "pluralign.cli", "ingest",
                             str(tmp_path / "bad.parquet"), "--out", str(tmp_path / f"o{i}")],
@@ -325,6 +339,15 @@ def test_7_a_decompression_bomb_is_refused_before_it_fills_memory(tmp_path, cli)
     assert rc == 0, err
     with pytest.raises(IngestError, match="larger than 1 MB"):
         ingest([str(bomb)], max_input_mb=1)
+    with gzip.open(bomb, "wb") as f:  # under the size limit, but a thousandfold expansion
+        f.write((json.dumps(ranked_row("w1")) + "\n").encode())
+        f.write(b" " * (80 << 20))
+    tracemalloc.start()
+    try:
+        refused(cli, "ingest", bomb, "--out", tmp_path / "o3", words=["100-fold", "bomb"])
+        assert tracemalloc.get_traced_memory()[1] < 200 * 2**20
+    finally:
+        tracemalloc.stop()
 
 
 # -- 8: unclear errors --------------------------------------------------------------------------

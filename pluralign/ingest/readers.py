@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign import hub
-from pluralign.data import FieldError
+from pluralign.data import FieldError, read_parquet
 from pluralign.ingest.errors import IngestError, Location
 
 #: Default limit on an input file's size once decompressed (ingest --max-input-mb): a small
@@ -78,12 +78,14 @@ def read_source(spec: str, max_input_mb: int = MAX_INPUT_MB) -> tuple[str, list[
 
 
 def _read_bytes(path: Path, spec: str, max_input_mb: int) -> bytes:
-    """The file's bytes, decompressed when .gz, refusing more than `max_input_mb` MB."""
+    """The file's bytes, decompressed when .gz, refusing more than `max_input_mb` MB, and a
+    .gz that expands more than BOMB_RATIO-fold past BOMB_FLOOR_MB (both lifted by 0)."""
     limit = max_input_mb * 2**20 if max_input_mb else None
     gz = path.name.endswith(".gz")
+    bomb = BOMB_RATIO * path.stat().st_size if gz and limit is not None else None
     try:
         with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-            data = _read_upto(f, limit)
+            data = _read_upto(f, limit, bomb)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         if not gz or isinstance(e, PermissionError | FileNotFoundError):
             raise
@@ -92,14 +94,26 @@ def _read_bytes(path: Path, spec: str, max_input_mb: int) -> bytes:
         raise IngestError(f"larger than {max_input_mb} MB{' once decompressed' if gz else ''}; "
                           f"if the file is genuine, raise --max-input-mb (0: no limit)", spec,
                           reason="too_large")
+    if bomb is not None and len(data) > max(bomb, BOMB_FLOOR_MB * 2**20):
+        raise IngestError(f"expands more than {BOMB_RATIO}-fold once decompressed (past "
+                          f"{len(data) >> 20} MB from {path.stat().st_size >> 10} KB): a "
+                          "decompression bomb? If the file is genuine, pass --max-input-mb 0 "
+                          "(no limit)", spec, reason="too_large")
     return data
 
 
-def _read_upto(f: io.BufferedIOBase, limit: int | None) -> bytes:
-    """All of `f`, or a little over `limit` bytes when longer: read in 1 MiB chunks, as
-    f.read(n) would allocate n bytes up front."""
+#: A .gz expanding more than this many times over, once past BOMB_FLOOR_MB, is refused: text
+#: compresses 3-15 fold, a bomb of repeated bytes a thousandfold.
+BOMB_RATIO = 100
+BOMB_FLOOR_MB = 64
+
+
+def _read_upto(f: io.BufferedIOBase, limit: int | None, bomb: int | None = None) -> bytes:
+    """All of `f`, or a little over `limit` bytes (or `bomb` bytes past BOMB_FLOOR_MB) when
+    longer: read in 1 MiB chunks, as f.read(n) would allocate n bytes up front."""
     chunks, size = [], 0
-    while limit is None or size <= limit:
+    stop = None if bomb is None else max(bomb, BOMB_FLOOR_MB * 2**20)
+    while (limit is None or size <= limit) and (stop is None or size <= stop):
         chunk = f.read(1 << 20)
         if not chunk:
             break
@@ -301,11 +315,9 @@ def _csv_cell(cell: str) -> Any:
 
 
 def _read_parquet(data: bytes, name: str) -> list[RawRow]:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
     try:
-        # One thread: pyarrow's pool threads, alive at exit on the error path, aborted the
-        # process now and then ("terminate called without an active exception", exit 134).
-        table = pq.read_table(io.BytesIO(data), use_threads=False)
+        table = read_parquet(pa.BufferReader(data))
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise IngestError(f"not a readable parquet file ({e})", name, reason="bad_file") from e
     names = table.schema.names

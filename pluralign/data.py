@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pluralign.artifacts import integer, manifest_info, text
 from pluralign.io import write_json, write_with
 
 SCHEMA_VERSION = 1
@@ -370,7 +371,7 @@ def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: missing; is {d} a pluralign dataset folder "
                                     "(made by `pluralign ingest` or `pluralign simulate`)?")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = manifest_info(manifest_path, {"rows": integer(0), "fingerprint": text})
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
                          f"this pluralign reads {SCHEMA_VERSION}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from collections import Counter
@@ -17,6 +16,7 @@ import numpy as np
 
 from pluralign import config as C
 from pluralign import diagnostics, distributed, progress
+from pluralign.artifacts import ArtifactError, em_info, posteriors_rows
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
@@ -236,15 +236,25 @@ def load_run(path: str | Path) -> FittedRun:
     if not info_file.is_file():
         raise FileNotFoundError(f"{path}: not a run folder (no em.json; run `pluralign em` "
                                 "first)")
-    info = json.loads(info_file.read_text())
-    options = dict(info.get("backend_options") or {})
+    info = read_em_info(info_file)
+    ids, gamma = read_posteriors(path / "posteriors.csv", info["n_types"])
+    options = dict(info["backend_options"])
     from pluralign.em import make_backend
     backend = make_backend(info["backend"], info["n_types"], options)
-    backend.load(path / info["policies"])
     baseline = make_backend(info["backend"], 1, options)
+    backend.load(path / info["policies"])
     baseline.load(path / "baseline")
-    ids, gamma = read_posteriors(path / "posteriors.csv")
     return FittedRun(path, info, backend, baseline, ids, gamma)
+
+
+def read_em_info(path: Path) -> dict[str, Any]:
+    """em.json, checked (artifacts.em_info), its backend options by the backend's settings."""
+    info = em_info(path)
+    try:
+        BACKEND_CONFIGS[info["backend"]](**{**info["backend_options"], "types": info["n_types"]})
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(path, "backend_options", str(e)) from None
+    return info
 
 
 def crossfit_posteriors(run: FittedRun) -> tuple[list[str], np.ndarray] | None:
@@ -265,12 +275,17 @@ def load_ceiling(run: FittedRun) -> Any:
                                   lambda k: make_backend(run.info["backend"], k, options))
 
 
-def read_posteriors(path: Path) -> tuple[list[str], np.ndarray]:
-    """The inverse of write_posteriors."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    return ([unguard_cell(r[0]) for r in rows[1:]],
-            np.array([[float(x) for x in r[1:]] for r in rows[1:]]))
+def read_posteriors(path: Path, n_types: int | None = None) -> tuple[list[str], np.ndarray]:
+    """The inverse of write_posteriors, checked (artifacts.posteriors_rows): `n_types` type
+    columns when given, each row a finite distribution."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ArtifactError(path, None, f"not a readable CSV file ({e})") from None
+    ids, values = posteriors_rows(path, rows, n_types)
+    return [unguard_cell(h) for h in ids], np.array(values, dtype=np.float64).reshape(
+        len(ids), len(rows[0]) - 1)
 
 
 def posteriors_table(ids: list[str], gamma: np.ndarray, summary: bool = False,

@@ -10,7 +10,6 @@ accuracies, ARI and the personalization curve, prompts for regrets.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from pluralign.aggregate import (
     scores_key,
     weigh_types,
 )
+from pluralign.artifacts import aggregate_info
 from pluralign.backends.base import PolicyBackend, check_finite
 from pluralign.ceiling import ceiling_warnings, compare, match_labels
 from pluralign.data import Annotations, as_annotations
@@ -382,7 +382,7 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
                   seed: int) -> dict[str, Any]:
     run = load_run(run_dir)
     agg_file = run.path / "aggregate.json"
-    aggregated = json.loads(agg_file.read_text()) if agg_file.is_file() else None
+    aggregated = aggregate_info(agg_file, run.backend.n_types) if agg_file.is_file() else None
     if aggregated is not None:
         check_made_from(run.path, "aggregate.json", aggregated)
     if aggregated is None:

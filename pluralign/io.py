@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -152,14 +153,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    """Write `obj` as indented, strict JSON atomically (a NaN or infinity becomes null: a bare
+    NaN token is not JSON, and other readers refuse the file)."""
+    write_text(path, json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False,
+                                default=_json_default) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write one JSON object per line atomically."""
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n"
-                             for r in rows))
+    """Write one strict JSON object per line atomically."""
+    write_text(path, "".join(json.dumps(strict(r), ensure_ascii=False, allow_nan=False,
+                                        default=_json_default) + "\n" for r in rows))
+
+
+def strict(obj: Any) -> Any:
+    """`obj` with numpy values made plain and every non-finite float made None."""
+    if hasattr(obj, "tolist") and not isinstance(obj, str | bytes):
+        obj = obj.tolist()  # numpy arrays and scalars
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    return obj
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:

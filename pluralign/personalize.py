@@ -20,6 +20,7 @@ import torch
 
 from pluralign import diagnostics
 from pluralign.aggregate import FAIR_POLICY
+from pluralign.artifacts import aggregate_info
 from pluralign.data import Annotation, Annotations
 from pluralign.em import type_posteriors
 from pluralign.em_run import FittedRun
@@ -132,7 +133,7 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
         if not agg.is_file():
             raise FileNotFoundError(f"{agg} is missing: run `pluralign aggregate --run "
                                     f"{run.path}` first")
-        weights = np.asarray(json.loads(agg.read_text())["weights"])
+        weights = np.asarray(aggregate_info(agg, k)["weights"])
         j = int(np.random.default_rng(seed).choice(k, p=weights / weights.sum()))
         return j, f"type_{j}: drawn from the MMRA mixture (p = {weights[j]:.3f})"
     raise ValueError("say which policy: --type K, --annotator ID or --policy mmra|fair")

@@ -31,8 +31,15 @@ import numpy as np
 from pluralign import checks
 from pluralign import config as C
 from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
+from pluralign.artifacts import manifest_info, mapping, optional, text
 from pluralign.data import Annotations, load, save
-from pluralign.em_run import BACKEND_CONFIGS, EMSettings, annotator_labels, split_label_warnings
+from pluralign.em_run import (
+    BACKEND_CONFIGS,
+    EMSettings,
+    annotator_labels,
+    read_em_info,
+    split_label_warnings,
+)
 from pluralign.ingest.core import ON_ERROR
 from pluralign.io import sha256_file, write_json
 from pluralign.minmax_merge import OBJECTIVES
@@ -40,6 +47,8 @@ from pluralign.runfolder import run_folder, user_path
 from pluralign.simulate.population import SimulationConfig
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
+#: What a stage manifest must hold to be trusted (an older one without `outputs` is redone).
+STAGE_MANIFEST = {"key": text, "outputs": optional(mapping), "config": optional(mapping)}
 SECTIONS = ("run", "simulate", "ingest", "em", *BACKEND_CONFIGS, "aggregate", "evaluate")
 PACKAGES = ("pluralign", "torch", "transformers", "peft", "accelerate", "cvxpy", "numpy",
             "scikit-learn")
@@ -289,7 +298,7 @@ def stage_em(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     summary = run_em(load(out / "data"), cfg.em, out, data_path=out / "data",
                      heldout=(out / "heldout").is_dir())
     print(summary)
-    info = json.loads((out / "em.json").read_text())
+    info = read_em_info(out / "em.json")
     return {"n_types": info["n_types"], "n_iter": info["n_iter"], "audit": info["audit"]}
 
 
@@ -389,7 +398,8 @@ def _run_stages(cfg: PipelineConfig, out: Path, from_stage: str | None) -> None:
         forced = forced or stage == from_stage
         key = stage_key(stage, cfg, upstream, inputs)
         manifest_file = out / "manifests" / f"{stage}.json"
-        done = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+        done = manifest_info(manifest_file, STAGE_MANIFEST, ("outputs", "config")) \
+            if manifest_file.is_file() else None
         damaged = [] if done is None else damaged_outputs(out, done)
         if not forced and done is not None and done.get("key") == key and not damaged:
             print(f"[{stage}] up to date, skipped")

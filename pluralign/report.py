@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from pluralign import bootstrap
-from pluralign.em_run import check_made_from
+from pluralign.artifacts import aggregate_info, evaluation_info
+from pluralign.em_run import check_made_from, read_em_info
 from pluralign.io import write_json, write_text, write_with
 from pluralign.runfolder import run_folder
 
@@ -100,8 +100,11 @@ def load_parts(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any
             how = f"pluralign em --data DATA --out {run}" if step == "em" else \
                 f"pluralign {step} --run {run}"
             raise FileNotFoundError(f"{path} is missing: run `{how}` first")
-        parts.append(json.loads(path.read_text()))
-        if name != "em.json":
+        if name == "em.json":
+            parts.append(read_em_info(path))
+        else:
+            parts.append(aggregate_info(path, parts[0]["n_types"]) if step == "aggregate"
+                         else evaluation_info(path))
             check_made_from(run, name, parts[-1])
     return parts[0], parts[1], parts[2]
 

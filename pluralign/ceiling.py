@@ -22,6 +22,7 @@ from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
+from pluralign.labels import annotator_labels
 
 #: A ceiling ARI below this means the groups cannot be told apart at this model and data size.
 LOW_CEILING_ARI = 0.2
@@ -76,7 +77,6 @@ class SupervisedCeiling:
         return gamma, ids
 
     def _labels(self, data: Annotations) -> dict[str, str]:
-        from pluralign.em_run import annotator_labels
         return annotator_labels(data, self.column)
 
     def _fit(self, data: Annotations, labels: dict[str, str],

@@ -7,7 +7,6 @@ import argparse
 import csv
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pluralign import config as C
-from pluralign import diagnostics, distributed, progress
+from pluralign import distributed, progress
 from pluralign.artifacts import ArtifactError, em_info, posteriors_rows
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
 from pluralign.em_params import em_init
 from pluralign.io import csv_text, sha256_file, unguard_cell, write_json, write_text
+from pluralign.labels import annotator_labels
 from pluralign.runfolder import remove_made, run_folder
 
 if TYPE_CHECKING:
@@ -302,36 +302,6 @@ def posteriors_table(ids: list[str], gamma: np.ndarray, summary: bool = False,
 def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:
     """The posteriors table (posteriors_table) written atomically."""
     write_text(path, posteriors_table(ids, gamma))
-
-
-LABEL_COLUMNS = ("true_type", "group")
-
-
-def annotator_labels(data: Annotations, column: str | None = None) -> dict[str, str]:
-    """Each annotator's known label in `column` (None: true_type, else group; the most frequent
-    one), for the annotators that have one."""
-    labels: dict[str, Counter] = {}
-    for a in data:
-        if column is None:
-            label = a.true_type if a.true_type is not None else a.group
-        else:
-            label = getattr(a, column)
-        if label is not None:
-            labels.setdefault(a.annotator_id, Counter())[str(label)] += 1
-    return {h: c.most_common(1)[0][0] for h, c in labels.items()}
-
-
-def label_columns(data: Annotations) -> dict[str, dict[str, str]]:
-    """Every label column the data carries (true_type, group), each as annotator -> label."""
-    out = {c: annotator_labels(data, c) for c in LABEL_COLUMNS}
-    return {c: v for c, v in out.items() if v}
-
-
-def split_label_warnings(train: Annotations, held: Annotations) -> list[dict[str, str]]:
-    """Labelled groups of the training data that the held-out data misses, per label column."""
-    held_labels = label_columns(held)
-    return [w for col, labels in label_columns(train).items()
-            for w in diagnostics.split_warnings(labels, held_labels.get(col, {}), col)]
 
 
 def audit(data: Annotations, em: EMDPO, ceiling: Any = None,

@@ -40,16 +40,14 @@ from pluralign.data import Annotations, as_annotations
 from pluralign.em import annotation_loglik, annotator_loglik, e_step
 from pluralign.em_run import (
     FittedRun,
-    annotator_labels,
     check_made_from,
     crossfit_posteriors,
-    label_columns,
     load_ceiling,
     load_run,
     made_from,
-    split_label_warnings,
 )
 from pluralign.io import write_json
+from pluralign.labels import annotator_labels, label_columns, split_label_warnings
 from pluralign.losses import pair_blocks, plackett_luce_logprob
 from pluralign.minmax_merge import merge_logps
 from pluralign.rankings import Rankings

@@ -36,12 +36,11 @@ from pluralign.data import Annotations, load, save
 from pluralign.em_run import (
     BACKEND_CONFIGS,
     EMSettings,
-    annotator_labels,
     read_em_info,
-    split_label_warnings,
 )
 from pluralign.ingest.core import ON_ERROR
 from pluralign.io import sha256_file, write_json
+from pluralign.labels import annotator_labels, split_label_warnings
 from pluralign.minmax_merge import OBJECTIVES
 from pluralign.runfolder import run_folder, user_path
 from pluralign.simulate.population import SimulationConfig

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from pluralign.data import Annotation
+if TYPE_CHECKING:
+    from pluralign.data import Annotation
 
 PAD = -1
 

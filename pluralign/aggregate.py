@@ -31,16 +31,15 @@ from pluralign import bootstrap
 from pluralign.backends.base import PolicyBackend, sample_row
 from pluralign.data import Annotation, Annotations
 from pluralign.io import sha256_file, write_json, write_with
-from pluralign.minmax_merge import OBJECTIVES, MinMaxMerge, kl_contributions, merge_logps
+from pluralign.minmax_merge import MinMaxMerge, kl_contributions, merge_logps
 from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
 from pluralign.runfolder import run_folder
 from pluralign.served import TUNED, ServedSettings, served_policies, served_regret, tune_merge
+from pluralign.settings import BASE_MEASURES, ESTIMATORS, OBJECTIVES
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
-ESTIMATORS = ("candidates", "sampled")
 #: Served regrets are measured by default where the backend decodes (pluralign.served).
 DEFAULT_SERVED = ServedSettings()
-BASE_MEASURES = ("uniform", "reference")
 SCORES = "scores.npz"  # the candidates' log-probs under each policy, reused by evaluation
 
 

@@ -5,7 +5,9 @@ refused in one place is refused in the other with the same words (only the name 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 #: The largest seed every generator takes (torch.manual_seed wants a 64-bit integer).
 MAX_SEED = 2**63 - 1
@@ -52,3 +54,11 @@ def served_prompts(value: int, name: str) -> int:
     if value == 1:
         raise ValueError(f"{name} must be 0 (all) or >= 2, got 1")
     return value
+
+
+def user_path(text: str | os.PathLike, what: str) -> Path:
+    """A path the user gave, with `~` expanded (the same everywhere); "" is refused, as it
+    would silently mean the working directory."""
+    if str(text).strip() == "":
+        raise ValueError(f"{what} is empty; name a folder, e.g. runs/NAME")
+    return Path(os.path.expanduser(str(text)))

@@ -379,47 +379,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _simulate_args(p: argparse.ArgumentParser) -> None:
+    from pluralign import config as C
+    from pluralign.settings import SimulationConfig
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="dataset folder to write")
-    p.add_argument("--flavour", default="feature", choices=["feature", "text"],
-                   help="feature: numeric features, linear rewards; text: English responses "
-                        "whose attributes drive each type's reward")
-    p.add_argument("--types", type=int, default=3, metavar="K", help="number of types")
-    p.add_argument("--annotators", type=int, default=100, metavar="N")
-    p.add_argument("--per-annotator", type=int, default=10, metavar="A",
-                   help="annotations per annotator")
-    p.add_argument("--list-size", default="3", metavar="M",
-                   help="candidates per annotation: M, or a range MIN-MAX such as 3-5")
-    p.add_argument("--ranking-length", type=int, default=None, metavar="L",
-                   help="ranked positions per annotation (1 = top-1 choice); default: all")
-    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                   help="Plackett–Luce temperature; higher is noisier (default 1)")
-    p.add_argument("--misspecify", default="", metavar="KIND=FRACTION,...",
-                   help="fractions of misspecified annotators: random, mixed, noisy")
-    p.add_argument("--items", type=int, default=None, metavar="N",
-                   help="item pool size (items repeat across annotators)")
-    p.add_argument("--feature-dim", type=int, default=8, metavar="D",
-                   help="feature flavour: feature width")
-    p.add_argument("--prior", default=None, metavar="P1,P2,...",
-                   help="type probabilities (default uniform)")
-    p.add_argument("--overlapping-types", action="store_true",
-                   help="feature flavour: draw type directions independently (two may nearly "
-                        "coincide) instead of mutually orthogonal")
-    _seed_arg(p, "seed of the population")
+    C.add_flags(p, SimulationConfig)
     _overwrite_arg(p)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pluralign.ingest import format_report
+    from pluralign import config as C
+    from pluralign.settings import SimulationConfig
+    config = C.from_flags(SimulationConfig, args)
     _refuse_overwrite(args.out, args.overwrite)
-    from pluralign.simulate import SimulationConfig, simulate, write_population
-    config = SimulationConfig(
-        flavour=args.flavour, types=args.types, annotators=args.annotators,
-        per_annotator=args.per_annotator, list_size=_range(args.list_size, "--list-size"),
-        ranking_length=args.ranking_length, temperature=args.temperature,
-        misspecify=_fractions(args.misspecify), seed=args.seed, items=args.items,
-        feature_dim=args.feature_dim, separate_types=not args.overlapping_types,
-        prior=tuple(_floats(args.prior, "--prior")) if args.prior else None)
+    from pluralign.ingest import format_report
+    from pluralign.simulate import simulate, write_population
     report = write_population(simulate(config), args.out)
     print(format_report(report))
     print(f"wrote {Path(args.out) / 'annotations.parquet'} (+ manifest.json, truth.json, "
@@ -515,68 +489,28 @@ def _writes_run(p: argparse.ArgumentParser) -> None:
 
 
 def _aggregate_args(p: argparse.ArgumentParser) -> None:
+    from pluralign import config as C
+    from pluralign.settings import AggregateSection
     _writes_run(p)
     p.add_argument("--data", default=None, metavar="DIR", type=_path,
                    help="prompts to estimate regret on (default: the run's own data); "
                         "held-out prompts are better")
-    p.add_argument("--estimator", choices=["candidates", "sampled"], default="candidates",
-                   help="candidates: exact expectations over each prompt's candidate responses "
-                        "(default); sampled: generate from each policy and score the samples")
-    p.add_argument("--type-weights", default=None, metavar="W1,W2,...",
-                   help="importance of each type: scales the rows of the regret matrix")
-    p.add_argument("--samples", type=_at_least(1, "--samples"), default=8, metavar="N",
-                   help="sampled: responses per prompt and policy (default 8)")
-    _seed_arg(p, "seed of the sampled estimator and of the bootstrap")
-    p.add_argument("--no-merge", action="store_true",
-                   help="do not build the merged single adapter")
-    p.add_argument("--base-measure", choices=["uniform", "reference"], default="uniform",
-                   help="candidates: each policy restricted to a prompt's candidates is "
-                        "proportional to exp(log-ratio) (uniform, default: measures what the "
-                        "policy changes) or to its own LM probability (reference: dominated by "
-                        "response length)")
-    p.add_argument("--objective", choices=["auto", "kl", "paper"], default="auto",
-                   help="regret under the KL-regularised value the policies maximise (kl; "
-                        "then the min-max merge is solved too) or expected reward only (paper, "
-                        "the reference MMRA); auto: kl with candidates, paper with sampled")
-    p.add_argument("--served-samples", type=_at_least(0, "--served-samples"), default=4,
-                   metavar="N",
-                   help="models that generate (LoRA), kl objective: responses decoded per "
-                        "held-out prompt from every deployable policy and scored exactly, to "
-                        "measure its regret as served (default 4; 0: not measured)")
-    p.add_argument("--served-prompts", type=_served_prompts(), default=32, metavar="N",
-                   help="held-out prompts the served regrets use, a seeded random subset "
-                        "(default 32; 0: all)")
-    p.add_argument("--served-tokens", type=_at_least(1, "--served-tokens"), default=None,
-                   metavar="N",
-                   help="decoding horizon of the served responses (default: the run's "
-                        "max_response_tokens, what `generate` uses)")
-    p.add_argument("--no-served-tuning", action="store_true",
-                   help="do not try other weights for the token-level merge (the program's, "
-                        "uniform, the MMRA mixture's) on held-out prompts besides the measured "
-                        "ones")
-    _n_boot_arg(p)
-
-
-def _served_prompts() -> Callable[[str], int]:
-    from pluralign import checks
-    return _int(checks.served_prompts, name="--served-prompts")
-
-
-def _n_boot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-boot", type=_at_least(0, "--n-boot"), default=1000, metavar="B",
-                   help="bootstrap replicates for the 95%% intervals (default 1000; 0: none)")
+    C.add_flags(p, AggregateSection)
+    _seed_arg(p, "seed of the sampled estimator, the served regrets and the bootstrap")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    from pluralign import config as C
+    from pluralign.settings import AggregateSection
+    a = C.from_flags(AggregateSection, args)
     from pluralign.aggregate import format_aggregate, run_aggregate
-    weights = _weights(args.type_weights, "--type-weights") if args.type_weights else None
     from pluralign.served import served_settings
-    served = served_settings(args.served_samples, args.served_prompts, args.served_tokens,
-                             args.seed, tune=not args.no_served_tuning)
-    out = run_aggregate(Path(args.run), args.data, estimator=args.estimator,
-                        type_weights=weights, n_samples=args.samples, random_state=args.seed,
-                        merge=not args.no_merge, base_measure=args.base_measure,
-                        n_boot=args.n_boot, objective=args.objective, served=served,
+    served = served_settings(a.served_samples, a.served_prompts, a.served_tokens, args.seed,
+                             tune=a.served_tuning)
+    out = run_aggregate(Path(args.run), args.data, estimator=a.estimator,
+                        type_weights=a.type_weights, n_samples=a.n_samples,
+                        random_state=args.seed, merge=a.merge, base_measure=a.base_measure,
+                        n_boot=a.n_boot, objective=a.objective, served=served,
                         overwrite=args.overwrite)
     print(format_aggregate(out))
     print(f"wrote {Path(args.run) / 'aggregate.json'}" + (
@@ -585,17 +519,20 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    from pluralign import config as C
+    from pluralign.settings import EvaluateSection
     _writes_run(p)
-    p.add_argument("--data", default=None, metavar="HELDOUT_DIR", type=_path,
-                   help="a dataset folder of held-out annotations (default: the run's own "
-                        "data, an in-sample evaluation)")
+    C.add_flags(p, EvaluateSection)
     _seed_arg(p, "bootstrap seed")
-    _n_boot_arg(p)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pluralign import config as C
+    from pluralign.settings import EvaluateSection
+    e = C.from_flags(EvaluateSection, args)
     from pluralign.evaluate import format_evaluation, run_evaluate
-    out = run_evaluate(Path(args.run), args.data, args.n_boot, args.seed, args.overwrite)
+    out = run_evaluate(Path(args.run), e.data, e.n_boot, args.seed,
+                       args.overwrite)
     print(format_evaluation(out))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0
@@ -720,14 +657,6 @@ def _warn(warnings: list[dict[str, str]]) -> None:
         print(f"WARNING [{w['code']}]: {w['message']}", file=sys.stderr)
 
 
-def _range(text: str, flag: str) -> tuple[int, int]:
-    lo, _, hi = text.partition("-")
-    try:
-        return (int(lo), int(hi or lo))
-    except ValueError:
-        raise UsageError(f"{flag} expects N or MIN-MAX, got '{text}'") from None
-
-
 def _one_line(text: str, width: int) -> str:
     """Data text for one printed line: line breaks and other control characters shown
     escaped (a prompt cannot forge further output lines), cut to `width`."""
@@ -736,29 +665,6 @@ def _one_line(text: str, width: int) -> str:
     return shown[:width]
 
 
-def _weights(text: str, flag: str) -> list[float]:
-    from pluralign import checks
-    try:
-        return checks.weights(_floats(text, flag), flag)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{flag} expects comma-separated numbers, got '{text}'") from None
-
-
-def _fractions(text: str) -> dict[str, float]:
-    out = {}
-    for part in filter(None, text.split(",")):
-        kind, sep, value = part.partition("=")
-        if not sep:
-            raise UsageError(f"--misspecify expects KIND=FRACTION, got '{part}'")
-        out[kind.strip()] = _floats(value, "--misspecify")[0]
-    return out
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ stops before any work, with a message naming the key and the file."""
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import collections.abc
 import dataclasses
@@ -175,3 +176,98 @@ def _name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")  # list[float] and the like, whole
+
+
+# -- command-line flags generated from the same dataclasses ---------------------------------
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the settings dataclass `cls` (but `skip`): its name, type,
+    choices and help come from the field, so YAML and the command line cannot drift. Metadata
+    may rename a flag (`flag`), give a metavar, choices, or a parser for text (`parse`: range,
+    fractions). A bool that defaults to True becomes a flag that turns it off. A flag not given
+    is absent from the parsed namespace: the dataclass's default applies (from_flags)."""
+    hints = dataclass_fields(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta, kind = f.metadata, hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = flag_of(f, default)
+        shown = " (on by default; this flag turns it off)" if default is True else \
+            "" if default in (None, False) or default == {} else f" (default {default})"
+        common = {"dest": f.name, "default": argparse.SUPPRESS,
+                  "help": (meta.get("help", "") + shown).replace("%", "%%")}
+        if kind is bool:
+            parser.add_argument(flag, action="store_false" if default else "store_true",
+                                **common)
+            continue
+        parser.add_argument(flag, type=_text_parser(kind, meta.get("parse"), flag),
+                            choices=meta.get("choices"), metavar=meta.get("metavar"), **common)
+
+
+def flag_of(f: dataclasses.Field, default: Any) -> str:
+    """The command-line flag of a settings field: metadata `flag`, else --NAME (--no-NAME for
+    a bool that defaults to True)."""
+    return f.metadata.get("flag") or "--" + ("no-" if default is True else "") + \
+        f.name.replace("_", "-")
+
+
+def from_flags(cls: type, args: argparse.Namespace) -> Any:
+    """`cls` built from the flags add_flags made (those given; defaults from the dataclass).
+    A bad value is refused by the rule its YAML key follows, in the same words, with the
+    flag's name in place of the key's."""
+    fields = dataclasses.fields(cls)
+    try:
+        return cls(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        for f in fields:
+            if message.startswith(f.name + " "):
+                default = f.default if f.default is not dataclasses.MISSING else None
+                message = flag_of(f, default) + message[len(f.name):]
+                break
+        raise ConfigError(message) from None
+
+
+def _text_parser(kind: Any, parse: str | None, flag: str) -> Callable[[str], Any]:
+    """Text to a value of type `kind` (int, float, str, X | None, lists of numbers)."""
+    if parse is not None:
+        return _named(PARSERS[parse], flag)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) in (list, tuple):
+        item = next(a for a in typing.get_args(kind) if a is not Ellipsis)
+        return _named(lambda text: [item(x) for x in text.split(",")], flag)
+    return _named(kind, flag)
+
+
+def _named(convert: Callable[[str], Any], flag: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r} ({e})") from None
+    parse.__name__ = flag  # argparse names the type in its message
+    return parse
+
+
+def _range(text: str) -> tuple[int, int]:
+    """N, or MIN-MAX."""
+    lo, _, hi = text.partition("-")
+    try:
+        return (int(lo), int(hi or lo))
+    except ValueError:
+        raise ValueError("expects N or MIN-MAX") from None
+
+
+def _fractions(text: str) -> dict[str, float]:
+    """KIND=FRACTION,..."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        kind, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expects KIND=FRACTION, got {part!r}")
+        out[kind.strip()] = float(value)
+    return out
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {"range": _range, "fractions": _fractions}

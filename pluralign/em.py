@@ -29,6 +29,7 @@ from pluralign import checks, diagnostics, distributed, em_params, identifiabili
 from pluralign.backends.base import PolicyBackend
 from pluralign.data import Annotations, as_annotations
 from pluralign.io import write_json
+from pluralign.settings import INITS, SELECTIONS
 
 if TYPE_CHECKING:
     import torch
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BackendFactory = em_params.BackendFactory
-SELECTIONS = ("cv", "heldout", "bic")
-INITS = ("auto", "kmeans", "linear", "random")
 
 
 class IdentifiabilityError(ValueError):

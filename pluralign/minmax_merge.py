@@ -31,9 +31,9 @@ import warnings
 
 import numpy as np
 
-#: The objectives regret is measured under: `kl` (the KL-regularised value that the policies
-#: maximise; the default) and `paper` (expected reward only, as the reference MMRA).
-OBJECTIVES = ("kl", "paper")
+#: The objectives regret is measured under (pluralign.settings.OBJECTIVES): `kl` (the
+#: KL-regularised value that the policies maximise; the default) and `paper` (expected reward
+#: only, as the reference MMRA).
 #: Clarabel's tolerances for the dual: at its defaults (1e-8 relative gap) max_i R_i(pi_q)
 #: exceeds D(q) by up to ~1e-6; at these, by ~1e-9.
 CLARABEL_TIGHT = {"tol_gap_abs": 1e-11, "tol_gap_rel": 1e-11, "tol_feas": 1e-11,

@@ -21,16 +21,14 @@ import random
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pluralign import checks
 from pluralign import config as C
-from pluralign.aggregate import BASE_MEASURES, ESTIMATORS
 from pluralign.artifacts import manifest_info, mapping, optional, text
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import (
@@ -38,11 +36,10 @@ from pluralign.em_run import (
     EMSettings,
     read_em_info,
 )
-from pluralign.ingest.core import ON_ERROR
 from pluralign.io import sha256_file, write_json
 from pluralign.labels import annotator_labels, split_label_warnings
-from pluralign.minmax_merge import OBJECTIVES
 from pluralign.runfolder import run_folder, user_path
+from pluralign.settings import AggregateSection, EvaluateSection, IngestSection, RunSection
 from pluralign.simulate.population import SimulationConfig
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
@@ -51,107 +48,6 @@ STAGE_MANIFEST = {"key": text, "outputs": optional(mapping), "config": optional(
 SECTIONS = ("run", "simulate", "ingest", "em", *BACKEND_CONFIGS, "aggregate", "evaluate")
 PACKAGES = ("pluralign", "torch", "transformers", "peft", "accelerate", "cvxpy", "numpy",
             "scikit-learn")
-
-
-@dataclass
-class RunSection:
-    """Where the run goes and its seed."""
-
-    out: str = field(default="runs/run", metadata={"help": "run folder (--out overrides)"})
-    seed: int = field(default=0, metadata={
-        "help": "seed of the held-out split, EM (unless em.random_state is set) and sampling"})
-
-    def __post_init__(self) -> None:
-        self.out = str(user_path(self.out, "out"))  # ~ expanded here as everywhere; "" refused
-        checks.seed(self.seed, "seed")
-
-
-@dataclass
-class IngestSection:
-    """What to read, and how many annotators to keep out of EM for evaluation."""
-
-    inputs: list[str] = field(default_factory=list, metadata={
-        "help": "files to ingest, or one canonical dataset folder (required unless the YAML "
-                "has a simulate section)"})
-    preset: str = field(default="auto", metadata={"help": "input layout (pluralign ingest)"})
-    on_error: str = field(default="fail", metadata={"help": "fail or skip bad rows"})
-    max_responses: int | None = field(default=None, metadata={
-        "help": "a row with more responses is a bad row (default: no limit)"})
-    heldout_fraction: float = field(default=0.0, metadata={
-        "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
-
-    def __post_init__(self) -> None:
-        self.inputs = [str(user_path(p, "an input")) for p in self.inputs]
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-
-
-@dataclass
-class AggregateSection:
-    """How the regret matrix is estimated and the mixture found (pluralign aggregate)."""
-
-    estimator: str = field(default="candidates", metadata={"help": "candidates or sampled"})
-    type_weights: list[float] | None = field(default=None, metadata={
-        "help": "importance of each type (scales the regret matrix's rows)"})
-    n_samples: int = field(default=8, metadata={"help": "sampled: responses per prompt"})
-    merge: bool = field(default=True, metadata={"help": "build the merged single adapter"})
-    base_measure: str = field(default="uniform", metadata={
-        "help": "candidates: uniform (each policy restricted to a prompt's candidates is "
-                "proportional to exp(log-ratio)) or reference (its LM probability, dominated by "
-                "response length)"})
-    n_boot: int = field(default=1000, metadata={
-        "help": "bootstrap replicates over held-out prompts for the regret intervals (0: none)"})
-    served_samples: int = field(default=4, metadata={
-        "help": "models that generate (LoRA), kl objective: responses decoded per held-out "
-                "prompt from every deployable policy and scored exactly, to measure its regret "
-                "as served (0: not measured)"})
-    served_prompts: int = field(default=32, metadata={
-        "help": "held-out prompts for the served regrets, a seeded random subset (0: all)"})
-    served_tokens: int | None = field(default=None, metadata={
-        "help": "decoding horizon of the served responses (default: max_response_tokens)"})
-    served_tuning: bool = field(default=True, metadata={
-        "help": "try other weights for the token-level merge (uniform, the MMRA mixture's) "
-                "on held-out prompts besides the measured ones, and serve the best"})
-    objective: str = field(default="auto", metadata={
-        "help": "kl (regret under the KL-regularised value; the min-max merge is solved too), "
-                "paper (expected reward, the reference MMRA) or auto (kl with candidates)"})
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("auto", *OBJECTIVES):
-            raise ValueError(f"objective must be auto or one of {OBJECTIVES}, got "
-                             f"{self.objective!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.base_measure not in BASE_MEASURES:
-            raise ValueError(f"base_measure must be one of {BASE_MEASURES}, got "
-                             f"{self.base_measure!r}")
-        checks.at_least(self.n_samples, 1, "n_samples")
-        checks.at_least(self.n_boot, 0, "n_boot")
-        checks.at_least(self.served_samples, 0, "served_samples")
-        checks.served_prompts(self.served_prompts, "served_prompts")
-        if self.served_tokens is not None:
-            checks.at_least(self.served_tokens, 1, "served_tokens")
-        if self.type_weights is not None:
-            checks.weights(self.type_weights, "type_weights")
-
-
-@dataclass
-class EvaluateSection:
-    """Which annotations to evaluate on."""
-
-    data: str | None = field(default=None, metadata={
-        "help": "a held-out dataset folder; default: the ingest stage's held-out split, else "
-                "the training data (in-sample)"})
-    n_boot: int = field(default=1000, metadata={
-        "help": "bootstrap replicates over annotators (accuracies, ARI, personalization) and "
-                "prompts (regrets) for the 95% intervals (0: none)"})
-
-    def __post_init__(self) -> None:
-        checks.at_least(self.n_boot, 0, "n_boot")
-        if self.data is not None:
-            self.data = str(user_path(self.data, "data"))
 
 
 @dataclass

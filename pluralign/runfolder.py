@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pluralign import __version__, distributed
+from pluralign.checks import user_path
 from pluralign.io import LOCK_FILE, folder_lock, guard_root, sha256_file, write_json
 
 MARKER = ".pluralign-run.json"
@@ -28,14 +29,6 @@ BOOKKEEPING = (MARKER, LOCK_FILE)
 
 class UnsafeFolderError(ValueError):
     """A folder pluralign must not write into, or a link that would lead a write outside."""
-
-
-def user_path(text: str | os.PathLike, what: str) -> Path:
-    """A path the user gave, with `~` expanded (the same everywhere); "" is refused, as it
-    would silently mean the working directory."""
-    if str(text).strip() == "":
-        raise UnsafeFolderError(f"{what} is empty; name a folder, e.g. runs/NAME")
-    return Path(os.path.expanduser(str(text)))
 
 
 def forbidden(folder: Path) -> str | None:

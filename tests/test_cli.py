@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ranked_row, write_jsonl
 
 
@@ -40,9 +41,11 @@ def test_help_lists_every_command():
         assert choice.help and choice.help.split()[0] in p.stdout
 
 
-def test_bad_simulate_values_exit_2(tmp_path, cli):
-    rc, _, err = cli("simulate", "--out", tmp_path, "--list-size", "three")
-    assert rc == 2 and "--list-size expects N or MIN-MAX" in err
+def test_bad_simulate_values_exit_2(tmp_path, cli, capsys):
+    with pytest.raises(SystemExit) as e:  # refused by the parser, before anything runs
+        cli("simulate", "--out", tmp_path, "--list-size", "three")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--list-size: cannot read 'three' (expects N or MIN-MAX)" in err
     rc, _, err = cli("simulate", "--out", tmp_path, "--misspecify", "lazy=0.2")
     assert rc == 2 and "unknown misspecification" in err
 

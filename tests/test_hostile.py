@@ -353,8 +353,13 @@ def test_7_a_decompression_bomb_is_refused_before_it_fills_memory(tmp_path, cli)
 # -- 8: unclear errors --------------------------------------------------------------------------
 def test_8_flags_are_checked_as_their_yaml_keys_are(made, tmp_path, cli, capsys):
     pop, run = made
-    assert "--n-boot must be >= 0, got -1" in argparse_refuses(
-        capsys, "evaluate", "--run", run, "--n-boot", "-1")
+    refused(cli, "evaluate", "--run", run, "--n-boot", "-1",
+            words=["--n-boot must be >= 0, got -1"])
+    refused(cli, "aggregate", "--run", run, "--served-prompts", "1",
+            words=["--served-prompts must be 0 (all) or >= 2, got 1"])
+    refused(cli, "simulate", "--out", run.parent / "sim", "--types", "0",
+            words=["--types must be >= 1, got 0"])
+    assert not (run.parent / "sim").exists()
     assert "--seed must be an integer in [0, 2**63 - 1]" in argparse_refuses(
         capsys, "aggregate", "--run", run, "--seed", str(10**23))
     assert "--top must be >= 1" in argparse_refuses(

@@ -16,9 +16,8 @@ from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_pr
 from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.io import sha256_file, write_json, write_jsonl
+from pluralign.settings import EMPTY, ON_ERROR
 
-ON_ERROR = ("fail", "skip")
-EMPTY = ("keep", "reject")
 REPORT_FILE = "report.json"
 REJECTS_FILE = "rejects.jsonl"
 CANONICAL_NAMES = frozenset({

@@ -9,18 +9,16 @@ per annotation, `noisy` annotators have their own temperature (log-normal around
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from pluralign.data import Annotation
 from pluralign.plackett_luce import sample_ranking
+from pluralign.settings import FLAVOURS, MISSPECIFY, SimulationConfig  # noqa: F401 (re-exported)
 from pluralign.simulate import textbank
 from pluralign.simulate.text import ATTRIBUTES, render
-
-FLAVOURS = ("feature", "text")
-MISSPECIFY = ("random", "mixed", "noisy")
 
 #: Stock personas of the text flavour: weights on (length, formality, bullets, caution,
 #: enthusiasm). They disagree on purpose: concise and thorough oppose on length.
@@ -30,71 +28,6 @@ PERSONAS: dict[str, tuple[float, ...]] = {
     "friendly": (0.0, -1.5, -1.0, -0.5, 2.0),
     "careful": (0.5, 1.0, 0.0, 2.0, -1.0),
 }
-
-
-@dataclass
-class SimulationConfig:
-    """What population to simulate; every field has a default but the flavour's essentials."""
-
-    flavour: str = field(default="feature", metadata={"help": "feature or text"})
-    types: int = field(default=3, metadata={"help": "number of annotator types K"})
-    annotators: int = field(default=100, metadata={"help": "number of annotators"})
-    per_annotator: int = field(default=10, metadata={"help": "annotations per annotator"})
-    list_size: tuple[int, int] = field(default=(3, 3), metadata={
-        "help": "candidates per annotation m, drawn uniformly from this inclusive range"})
-    ranking_length: int | None = field(default=None, metadata={
-        "help": "ranking length L (1 = top-1 choice); None ranks every candidate"})
-    temperature: float = field(default=1.0, metadata={"help": "PL temperature: higher = noisier"})
-    misspecify: dict[str, float] = field(default_factory=dict, metadata={
-        "help": "fraction of annotators of each misspecified kind: random, mixed, noisy"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    items: int | None = field(default=None, metadata={
-        "help": "size of the item pool annotators draw from (items repeat across annotators)"})
-    feature_dim: int = field(default=8, metadata={"help": "feature flavour: feature width"})
-    scale: float = field(default=2.0, metadata={"help": "feature flavour: norm of each type's "
-                                                        "reward vector"})
-    prior: tuple[float, ...] | None = field(default=None, metadata={
-        "help": "type probabilities; None = uniform"})
-    separate_types: bool = field(default=True, metadata={
-        "help": "feature flavour: type reward directions mutually orthogonal (when K <= "
-                "feature_dim), so that K types are K distinct tastes; False draws them "
-                "independently, and two types may nearly coincide"})
-
-    def __post_init__(self) -> None:
-        if self.flavour not in FLAVOURS:
-            raise ValueError(f"flavour must be one of {FLAVOURS}, got {self.flavour!r}")
-        for name in ("types", "annotators", "per_annotator", "feature_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        lo, hi = self.list_size
-        if not 2 <= lo <= hi:
-            raise ValueError(f"list_size must satisfy 2 <= min <= max, got {self.list_size}")
-        if self.flavour == "text" and hi > 2 ** len(ATTRIBUTES):
-            raise ValueError(f"text flavour supports at most {2 ** len(ATTRIBUTES)} candidates")
-        if self.ranking_length is not None and self.ranking_length < 1:
-            raise ValueError(f"ranking_length must be >= 1, got {self.ranking_length}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        unknown = set(self.misspecify) - set(MISSPECIFY)
-        if unknown:
-            raise ValueError(f"unknown misspecification {sorted(unknown)}; known: {MISSPECIFY}")
-        if any(f < 0 for f in self.misspecify.values()) or sum(self.misspecify.values()) > 1:
-            raise ValueError("misspecification fractions must be >= 0 and sum to at most 1")
-        if self.prior is not None:
-            p = np.asarray(self.prior, dtype=float)
-            if p.size != self.types or (p < 0).any() or not np.isclose(p.sum(), 1):
-                raise ValueError(f"prior needs {self.types} non-negative values summing to 1")
-        if self.items is not None and self.items < 1:
-            raise ValueError(f"items must be >= 1, got {self.items}")
-
-    @property
-    def n_items(self) -> int:
-        """Item pool size: given, or enough for each item to be seen a few times."""
-        if self.items is not None:
-            return self.items
-        total = self.annotators * self.per_annotator
-        floor = len(textbank.prompts()) if self.flavour == "text" else 20
-        return max(floor, total // 2)
 
 
 @dataclass

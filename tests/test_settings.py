@@ -1,0 +1,47 @@
+"""One settings layer: every field of a stage's settings is reachable from its YAML section
+and from its command's flags, generated from the same dataclass (so they cannot drift)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pluralign import config as C
+from pluralign.cli import build_parser
+from pluralign.pipeline import SECTIONS, PipelineConfig
+from pluralign.settings import AggregateSection, EvaluateSection, SimulationConfig
+
+#: command, settings class, YAML section, fields the command takes otherwise (or not at all)
+COVERED = [("simulate", SimulationConfig, "simulate", ()),
+           ("aggregate", AggregateSection, "aggregate", ()),
+           ("evaluate", EvaluateSection, "evaluate", ("data",))]
+
+
+def _dests(command: str) -> set[str]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.dest for a in sub.choices[command]._actions}
+
+
+@pytest.mark.parametrize(("command", "cls", "section", "elsewhere"), COVERED)
+def test_every_setting_is_a_flag_and_a_yaml_key(command, cls, section, elsewhere):
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert names - _dests(command) == set()
+    assert section in SECTIONS and set(C.dataclass_fields(cls)) == names
+
+
+def test_a_flag_and_its_yaml_key_give_the_same_value_and_the_same_refusal(tmp_path, cli):
+    parser = build_parser()
+    args = parser.parse_args(["aggregate", "--run", "r", "--samples", "3", "--no-merge",
+                              "--type-weights", "1,2", "--objective", "paper"])
+    flags = C.from_flags(AggregateSection, args)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("simulate: {}\naggregate: {n_samples: 3, merge: false, "
+                      "type_weights: [1, 2], objective: paper}\n")
+    assert PipelineConfig.load(recipe).aggregate == flags
+    assert flags.n_boot == AggregateSection().n_boot  # a flag not given: the field's default
+    recipe.write_text("simulate: {}\naggregate: {served_prompts: 1}\n")
+    with pytest.raises(C.ConfigError, match="served_prompts must be 0 \\(all\\) or >= 2"):
+        PipelineConfig.load(recipe)
+    rc, _, err = cli("aggregate", "--run", tmp_path, "--served-prompts", "1")
+    assert rc == 2 and "--served-prompts must be 0 (all) or >= 2, got 1" in err

@@ -423,24 +423,14 @@ def _em_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="where posteriors.csv, em.json and the policies go; re-running with the "
                         "same DIR resumes an interrupted run from its checkpoints")
-    p.add_argument("--backend", choices=["linear", "lora"], default=None,
-                   help="policy backend (default linear)")
-    p.add_argument("--types", default=None, metavar="K|auto",
-                   help="number of types, or auto (default 3)")
-    p.add_argument("--max-types", type=_at_least(1, "--max-types"), default=None, metavar="N",
-                   help="with --types auto: try K = 1..N (default 4)")
+    from pluralign import config as C
+    from pluralign.settings import EMSection
+    C.add_flags(p, EMSection)
     p.add_argument("--features", choices=["given", "onehot", "embedding"], default=None,
                    help="linear backend features (default given)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="LM for the lora backend or embedding features "
                         "(default builtin:smollm2-135m)")
-    p.add_argument("--selection", choices=["cv", "heldout", "bic"], default=None,
-                   help="how --types auto chooses K: held-out annotator likelihood over folds "
-                        "that hold out every annotator once (cv, default), over one split "
-                        "(heldout), or BIC")
-    _seed_arg(p, "random_state", default=None)
-    p.add_argument("--force", action="store_true",
-                   help="fit even when the data cannot identify types (DESIGN §2)")
     _overwrite_arg(p, "run")
     p.add_argument("--config", default=None, metavar="FILE", type=_path,
                    help="YAML with sections em (EMDPO parameters), linear and lora "

@@ -270,4 +270,15 @@ def _fractions(text: str) -> dict[str, float]:
     return out
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {"range": _range, "fractions": _fractions}
+def _types(text: str) -> int | str:
+    """K, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expects an integer or auto") from None
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {"range": _range, "fractions": _fractions,
+                                            "types": _types}

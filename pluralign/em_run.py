@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,19 +20,18 @@ from pluralign.artifacts import ArtifactError, em_info, posteriors_rows
 from pluralign.backends.base import PolicyBackend
 from pluralign.backends.settings import LinearConfig, LoRAConfig
 from pluralign.data import Annotations
-from pluralign.em_params import em_init
 from pluralign.io import csv_text, sha256_file, unguard_cell, write_json, write_text
 from pluralign.labels import annotator_labels
 from pluralign.runfolder import remove_made, run_folder
+from pluralign.settings import EMSection
 
 if TYPE_CHECKING:
     from pluralign.em import EMDPO
 
 BACKEND_CONFIGS = {"linear": LinearConfig, "lora": LoRAConfig}
-#: EMDPO parameters a YAML `em:` section may set (the rest are objects, not settings).
-EM_KEYS = ("backend", "n_types", "max_types", "init", "n_init", "max_iter", "tol", "selection",
-           "heldout_fraction", "sparse_threshold", "warm_start", "force", "random_state",
-           "min_type_share", "min_type_annotators", "merge_nats", "se_factor", "max_time")
+#: EMDPO parameters a YAML `em:` section or a flag may set (the rest are objects, not
+#: settings): the fields of settings.EMSection.
+EM_KEYS = tuple(f.name for f in dataclasses.fields(EMSection))
 
 
 @dataclass
@@ -60,16 +60,9 @@ class EMSettings:
                  args: argparse.Namespace | None = None) -> EMSettings:
         """Sections em, linear and lora of a parsed YAML (other sections are the caller's),
         with flags from `args` on top; every key checked before any work."""
-        em_fields = C.signature_fields(em_init)
-        em = C.section(raw, "em", {k: em_fields[k] for k in EM_KEYS}, source)
-        if args is not None:
-            _override(em, "backend", args.backend)
-            _override(em, "n_types", _types(args.types))
-            _override(em, "max_types", args.max_types)
-            _override(em, "selection", args.selection)
-            _override(em, "random_state", args.seed)
-            if args.force:
-                em["force"] = True
+        em = C.section(raw, "em", C.dataclass_fields(EMSection), source)
+        if args is not None:  # the flags given (config.add_flags) override the YAML
+            em.update({k: getattr(args, k) for k in EM_KEYS if hasattr(args, k)})
         backend = em.get("backend", "linear")
         if backend not in BACKEND_CONFIGS:
             raise C.ConfigError(f"{source}: em.backend must be linear or lora, got {backend!r}")
@@ -90,15 +83,6 @@ class EMSettings:
 def _override(values: dict[str, Any], key: str, flag: Any) -> None:
     if flag is not None:
         values[key] = flag
-
-
-def _types(text: str | None) -> int | str | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise C.ConfigError(f"--types expects an integer or auto, got '{text}'") from None
 
 
 #: What later steps write into a run folder from its EM fit; a new fit removes them.

@@ -226,3 +226,55 @@ class SimulationConfig:
         else:
             floor = 20
         return max(floor, total // 2)
+
+
+@dataclass
+class EMSection:
+    """EM-DPO's parameters (pluralign.em.EMDPO, whose __init__ takes the same names and
+    defaults: a test keeps them in step). Checked when EM starts, scikit-learn style."""
+
+    backend: str = field(default="linear", metadata={
+        "help": "policy backend", "choices": ("linear", "lora")})
+    n_types: int | str = field(default=3, metadata={
+        "help": "number of types K, or auto (chosen by `selection` over 1..max_types)",
+        "flag": "--types", "metavar": "K|auto", "parse": "types"})
+    max_types: int = field(default=4, metadata={
+        "help": "with n_types auto: the largest K tried", "metavar": "N"})
+    init: str = field(default="auto", metadata={
+        "help": "how EM starts: auto, kmeans (k-means++ on PL score statistics), linear (the "
+                "linear backend's posteriors start a "
+                "LoRA run) or random", "choices": INITS})
+    n_init: int = field(default=3, metadata={
+        "help": "restarts; the best objective is kept", "metavar": "N"})
+    max_iter: int = field(default=100, metadata={"help": "EM iterations at most",
+                                                 "metavar": "N"})
+    tol: float = field(default=1e-4, metadata={
+        "help": "stop when the objective's relative change falls below this", "metavar": "T"})
+    selection: str = field(default="cv", metadata={
+        "help": "how n_types auto chooses K: held-out annotator likelihood over folds that "
+                "hold out every annotator once (cv), over one split (heldout), or BIC",
+        "choices": SELECTIONS})
+    heldout_fraction: float = field(default=0.25, metadata={
+        "help": "selection heldout: the share of annotators held out", "metavar": "F"})
+    sparse_threshold: float = field(default=0.0, metadata={
+        "help": "skip (annotation, type) pairs whose posterior weight is below this in the "
+                "M-step", "metavar": "W"})
+    warm_start: bool = field(default=True, metadata={
+        "help": "each M-step starts from the previous iteration's policies"})
+    force: bool = field(default=False, metadata={
+        "help": "fit even when the data cannot identify types (DESIGN section 2)"})
+    random_state: int = field(default=0, metadata={"help": "seed", "flag": "--seed",
+                                                    "metavar": "S"})
+    min_type_share: float = field(default=0.05, metadata={
+        "help": "a type with a smaller prior is pruned", "metavar": "P"})
+    min_type_annotators: float = field(default=3.0, metadata={
+        "help": "a type resting on fewer effective annotators is pruned", "metavar": "N"})
+    merge_nats: float = field(default=1.0, metadata={
+        "help": "two types whose merge costs fewer nats per annotator are merged",
+        "metavar": "NATS"})
+    se_factor: float = field(default=1.645, metadata={
+        "help": "n_types auto: a larger K must beat the smaller by this many standard errors",
+        "metavar": "Z"})
+    max_time: float | None = field(default=None, metadata={
+        "help": "stop EM after this many seconds (the best fit so far is kept)",
+        "metavar": "SECONDS"})

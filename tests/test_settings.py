@@ -10,10 +10,10 @@ import pytest
 from pluralign import config as C
 from pluralign.cli import build_parser
 from pluralign.pipeline import SECTIONS, PipelineConfig
-from pluralign.settings import AggregateSection, EvaluateSection, SimulationConfig
+from pluralign.settings import AggregateSection, EMSection, EvaluateSection, SimulationConfig
 
 #: command, settings class, YAML section, fields the command takes otherwise (or not at all)
-COVERED = [("simulate", SimulationConfig, "simulate", ()),
+COVERED = [("simulate", SimulationConfig, "simulate", ()), ("em", EMSection, "em", ()),
            ("aggregate", AggregateSection, "aggregate", ()),
            ("evaluate", EvaluateSection, "evaluate", ("data",))]
 
@@ -45,3 +45,18 @@ def test_a_flag_and_its_yaml_key_give_the_same_value_and_the_same_refusal(tmp_pa
         PipelineConfig.load(recipe)
     rc, _, err = cli("aggregate", "--run", tmp_path, "--served-prompts", "1")
     assert rc == 2 and "--served-prompts must be 0 (all) or >= 2, got 1" in err
+
+
+def test_em_settings_and_the_estimators_init_take_the_same_names_and_defaults():
+    """Adding an EM parameter: its settings field and EMDPO's __init__ (scikit-learn needs an
+    explicit one); YAML, flags and the run's key follow the settings field."""
+    import inspect
+
+    from pluralign.em import EMDPO
+    from pluralign.settings import EMSection
+    objects = {"self", "backend_options", "checkpoint_dir", "callback", "init_options"}
+    init = {name: p.default for name, p in inspect.signature(EMDPO.__init__).parameters.items()
+            if name not in objects}
+    fields = {f.name: f.default for f in dataclasses.fields(EMSection)}
+    assert fields == init
+    assert {f.name for f in dataclasses.fields(EMSection)} - _dests("em") == set()

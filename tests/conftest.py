@@ -47,3 +47,19 @@ def cli(capsys):
         out = capsys.readouterr()
         return rc, out.out, out.err
     return run
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """A small simulated population and a finished run on it (em, aggregate, evaluate,
+    report), shared by the tests that probe run folders: copy the run before changing it."""
+    from pluralign.cli import main
+    root = tmp_path_factory.mktemp("made")
+    pop, run = root / "pop", root / "run"
+    assert main(["-q", "simulate", "--out", str(pop), "--types", "2", "--annotators", "12",
+                 "--per-annotator", "6", "--seed", "0"]) == 0
+    for args in (["em", "--data", pop, "--out", run, "--types", "2"],
+                 ["aggregate", "--run", run, "--n-boot", "0"],
+                 ["evaluate", "--run", run, "--n-boot", "0"], ["report", "--run", run]):
+        assert main(["-q", *map(str, args)]) == 0
+    return pop, run

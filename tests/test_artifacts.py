@@ -11,21 +11,6 @@ import shutil
 import numpy as np
 import pytest
 
-from pluralign.cli import main
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    pop, run = root / "pop", root / "run"
-    assert main(["-q", "simulate", "--out", str(pop), "--types", "2", "--annotators", "12",
-                 "--per-annotator", "6", "--seed", "0"]) == 0
-    for args in (["em", "--data", pop, "--out", run, "--types", "2"],
-                 ["aggregate", "--run", run, "--n-boot", "0"],
-                 ["evaluate", "--run", run, "--n-boot", "0"], ["report", "--run", run]):
-        assert main(["-q", *map(str, args)]) == 0
-    return pop, run
-
 
 def _edit_json(path, change):
     obj = json.loads(path.read_text())

@@ -23,20 +23,6 @@ from pluralign.ingest import ingest
 from pluralign.ingest.errors import IngestError
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """A small population and a finished run on it (em, aggregate, evaluate, report)."""
-    root = tmp_path_factory.mktemp("hostile")
-    pop, run = root / "pop", root / "run"
-    assert main(["-q", "simulate", "--out", str(pop), "--types", "2", "--annotators", "12",
-                 "--per-annotator", "6", "--seed", "0"]) == 0
-    for args in (["em", "--data", pop, "--out", run, "--types", "2"],
-                 ["aggregate", "--run", run, "--n-boot", "0"],
-                 ["evaluate", "--run", run, "--n-boot", "0"], ["report", "--run", run]):
-        assert main(["-q", *map(str, args)]) == 0
-    return pop, run
-
-
 def copy_run(made, where: Path) -> Path:
     shutil.copytree(made[1], where / "run")
     return where / "run"

@@ -35,7 +35,7 @@ from pluralign.minmax_merge import MinMaxMerge, kl_contributions, merge_logps
 from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
 from pluralign.runfolder import run_folder
 from pluralign.served import TUNED, ServedSettings, served_policies, served_regret, tune_merge
-from pluralign.settings import BASE_MEASURES, ESTIMATORS, OBJECTIVES
+from pluralign.settings import BASE_MEASURES, DEFAULT_BASE_MEASURE, ESTIMATORS, OBJECTIVES
 
 DEFAULT_SOLVERS = ("CLARABEL", "HIGHS", "SCIPY", "SCS")
 #: Served regrets are measured by default where the backend decodes (pluralign.served).
@@ -239,7 +239,7 @@ def check_base_measure(base_measure: str) -> None:
 
 def policy_logps(policies: list[Policy], data: Annotations,
                  known: dict[int, np.ndarray] | None = None,
-                 base_measure: str = "uniform") -> np.ndarray:
+                 base_measure: str = DEFAULT_BASE_MEASURE) -> np.ndarray:
     """log pi_j(y|x) of every candidate for each policy, up to a per-row constant: [n, M, J]
     (NaN padding). Under the uniform base measure log pi_ref counts as 0, so the column is s_j.
     `known` maps id(backend) to its logratios on `data` where already computed."""
@@ -268,8 +268,8 @@ class RegretEstimator:
     scoring (candidates) or generation (sampled)."""
 
     def __init__(self, backend: PolicyBackend, data: Annotations, estimator: str = "candidates",
-                 n_samples: int = 8, random_state: int = 0, base_measure: str = "uniform",
-                 objective: str = "paper"):
+                 n_samples: int = 8, random_state: int = 0,
+                 base_measure: str = DEFAULT_BASE_MEASURE, objective: str = "paper"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         check_base_measure(base_measure)
@@ -433,7 +433,7 @@ def aggregate(backend: PolicyBackend, data: Annotations, priors: Sequence[float]
               pooled: PolicyBackend | None = None, estimator: str = "candidates",
               type_weights: Sequence[float] | None = None, n_samples: int = 8,
               random_state: int = 0, merge: bool = True,
-              keep: dict[str, np.ndarray] | None = None, base_measure: str = "uniform",
+              keep: dict[str, np.ndarray] | None = None, base_measure: str = DEFAULT_BASE_MEASURE,
               n_boot: int = 1000, objective: str = "auto",
               served: ServedSettings | None = DEFAULT_SERVED
               ) -> tuple[dict[str, Any], PolicyBackend | None]:
@@ -675,7 +675,7 @@ def deploy(out: dict[str, Any], names: Sequence[str], units: np.ndarray, n_boot:
 def run_aggregate(run_dir: Path, data_dir: str | Path | None = None,
                   estimator: str = "candidates", type_weights: Sequence[float] | None = None,
                   n_samples: int = 8, random_state: int = 0, merge: bool = True,
-                  base_measure: str = "uniform", n_boot: int = 1000,
+                  base_measure: str = DEFAULT_BASE_MEASURE, n_boot: int = 1000,
                   objective: str = "auto",
                   served: ServedSettings | None = DEFAULT_SERVED,
                   overwrite: bool = False) -> dict[str, Any]:
@@ -734,7 +734,7 @@ def policy_weights(out: dict[str, Any]) -> list[float]:
 
 
 def scores_key(run_dir: Path, data: Annotations, weights: Sequence[float],
-               base_measure: str | None = "uniform") -> str:
+               base_measure: str | None = DEFAULT_BASE_MEASURE) -> str:
     """What saved scores must match to be reused: the fitted run (em.json), the data, the
     mixture weights (which fix the merged policy) and the base measure."""
     em = sha256_file(Path(run_dir) / "em.json")

@@ -151,7 +151,8 @@ def aggregate_info(path: str | Path, n_types: int) -> dict[str, Any]:
     check(agg, path, {"types": sequence(text, n_types), "policies": sequence(text),
                       "weights": probabilities(n_types), "max_regret": number,
                       "binding": sequence(length=n_types), "baselines": mapping,
-                      "objective": one_of("kl", "paper"), "made_from": mapping})
+                      "objective": one_of("kl", "paper"), "made_from": mapping,
+                      "base_measure": optional(one_of("uniform", "reference"))})
     return check(agg, path, {"regret_matrix": matrix(n_types, len(agg["policies"]))})
 
 

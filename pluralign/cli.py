@@ -280,15 +280,16 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                    help="dataset folder to write")
     p.add_argument("--preset", default="auto",
                    help="auto (default), pairwise, ranked, scored or long")
-    p.add_argument("--on-error", default="fail", choices=["fail", "skip"],
+    from pluralign.settings import EMPTY, ON_ERROR, TIES
+    p.add_argument("--on-error", default=ON_ERROR[0], choices=ON_ERROR,
                    help="fail: stop at the first bad row, exit 2, write nothing (default); "
                         "skip: reject bad rows into rejects.jsonl and go on")
     p.add_argument("--map", nargs="+", action="extend", default=[], metavar="CANONICAL=SOURCE",
                    help="rename a source column to a canonical field, e.g. annotator_id=worker")
-    p.add_argument("--ties", default="truncate", choices=["truncate", "reject"],
+    p.add_argument("--ties", default=TIES[0], choices=TIES,
                    help="scored/long layouts: keep the strictly ordered top of a ranking with "
                         "ties (default), or reject any row with a tie")
-    p.add_argument("--empty-responses", default="keep", choices=["keep", "reject"],
+    p.add_argument("--empty-responses", default=EMPTY[0], choices=EMPTY,
                    help="an empty-string response is a real empty answer (keep, default, with "
                         "a warning) or a bad row (reject)")
     p.add_argument("--max-responses", type=_at_least(2, "--max-responses"), default=None,
@@ -426,7 +427,8 @@ def _em_args(p: argparse.ArgumentParser) -> None:
     from pluralign import config as C
     from pluralign.settings import EMSection
     C.add_flags(p, EMSection)
-    p.add_argument("--features", choices=["given", "onehot", "embedding"], default=None,
+    from pluralign.settings import FEATURES
+    p.add_argument("--features", choices=FEATURES, default=None,
                    help="linear backend features (default given)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="LM for the lora backend or embedding features "

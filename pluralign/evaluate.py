@@ -52,6 +52,7 @@ from pluralign.losses import pair_blocks, plackett_luce_logprob
 from pluralign.minmax_merge import merge_logps
 from pluralign.rankings import Rankings
 from pluralign.runfolder import run_folder
+from pluralign.settings import DEFAULT_BASE_MEASURE
 
 
 def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
@@ -239,7 +240,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
                                        n_boot=0, served=None)
     else:
         merged = _merged(backend, aggregated.get("merged_weights") or aggregated["weights"])
-    base_measure = aggregated.get("base_measure") or "uniform"
+    base_measure = aggregated["base_measure"] or DEFAULT_BASE_MEASURE  # None: sampled
     logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
     check_finite(s, data, "log-ratio")  # also when read back from scores.npz
     check_finite(logps, data, "policy log-prob")
@@ -255,7 +256,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     metrics = annotation_metrics(implied_rewards(logps, log_ref, beta), rank)
     row_groups = [groups[c] for c in codes]
     table = group_means(metrics, row_groups, names)
-    objective = aggregated.get("objective") or "paper"
+    objective = aggregated["objective"]
     units = weigh_types(prompt_units(data).means(regret_contributions(s, logps, beta, objective)),
                         aggregated.get("type_weights"))
     regret = units.mean(axis=0)

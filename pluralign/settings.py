@@ -13,14 +13,19 @@ from pluralign.checks import user_path
 
 #: How aggregate estimates the regret matrix.
 ESTIMATORS = ("candidates", "sampled")
-#: The base measure of a policy restricted to a prompt's candidates.
+#: The base measure of a policy restricted to a prompt's candidates; the first is the default.
 BASE_MEASURES = ("uniform", "reference")
+DEFAULT_BASE_MEASURE = BASE_MEASURES[0]
 #: Regret under the KL-regularised value, or expected reward only (the reference MMRA).
 OBJECTIVES = ("kl", "paper")
 #: What ingest does with a bad row.
 ON_ERROR = ("fail", "skip")
 #: An empty response: a real answer, or a bad row.
 EMPTY = ("keep", "reject")
+#: Scored and long layouts: keep the strictly ordered top of a ranking with ties, or reject it.
+TIES = ("truncate", "reject")
+#: The linear backend's features.
+FEATURES = ("given", "onehot", "embedding")
 #: How EM-DPO chooses K with n_types auto, and how it starts.
 SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
@@ -84,7 +89,7 @@ class AggregateSection:
     n_samples: int = field(default=8, metadata={"help": "sampled: responses per prompt",
                                                 "flag": "--samples", "metavar": "N"})
     merge: bool = field(default=True, metadata={"help": "build the merged single adapter"})
-    base_measure: str = field(default="uniform", metadata={
+    base_measure: str = field(default=DEFAULT_BASE_MEASURE, metadata={
         "help": "candidates: uniform (each policy restricted to a prompt's candidates is "
                 "proportional to exp(log-ratio)) or reference (its LM probability, dominated by "
                 "response length)", "choices": BASE_MEASURES})

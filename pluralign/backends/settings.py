@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FEATURES = ("given", "onehot", "embedding")
+from pluralign.settings import FEATURES  # noqa: F401 (defined with the other choices)
+
 #: Names of the losses in `losses.LOSSES` (a test keeps the two in step).
 LOSS_NAMES = ("pl_dpo", "ipo", "distill")
 

@@ -24,9 +24,9 @@ from pluralign.data import Annotation, FieldError
 from pluralign.ingest import fields as F
 from pluralign.ingest.errors import IngestError, Location
 from pluralign.ingest.readers import RawRow
+from pluralign.settings import TIES  # noqa: F401 (defined with the other choices)
 
 COMMON = ("annotator_id", "item_id", "true_type", "group", "split", "features")
-TIES = ("truncate", "reject")
 
 
 @dataclass

@@ -278,33 +278,11 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "or a dataset name")
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="dataset folder to write")
-    p.add_argument("--preset", default="auto",
-                   help="auto (default), pairwise, ranked, scored or long")
-    from pluralign.settings import EMPTY, ON_ERROR, TIES
-    p.add_argument("--on-error", default=ON_ERROR[0], choices=ON_ERROR,
-                   help="fail: stop at the first bad row, exit 2, write nothing (default); "
-                        "skip: reject bad rows into rejects.jsonl and go on")
-    p.add_argument("--map", nargs="+", action="extend", default=[], metavar="CANONICAL=SOURCE",
-                   help="rename a source column to a canonical field, e.g. annotator_id=worker")
-    p.add_argument("--ties", default=TIES[0], choices=TIES,
-                   help="scored/long layouts: keep the strictly ordered top of a ranking with "
-                        "ties (default), or reject any row with a tie")
-    p.add_argument("--empty-responses", default=EMPTY[0], choices=EMPTY,
-                   help="an empty-string response is a real empty answer (keep, default, with "
-                        "a warning) or a bad row (reject)")
-    p.add_argument("--max-responses", type=_at_least(2, "--max-responses"), default=None,
-                   metavar="N", help="reject a row with more than N responses (default: no "
-                                     "limit; lists over 64 are reported)")
-    _max_input_arg(p)
+    from pluralign import config as C
+    from pluralign.settings import IngestOptions
+    C.add_flags(p, IngestOptions)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _overwrite_arg(p)
-
-
-def _max_input_arg(p: argparse.ArgumentParser) -> None:
-    from pluralign.ingest.readers import MAX_INPUT_MB
-    p.add_argument("--max-input-mb", type=_at_least(0, "--max-input-mb"), default=MAX_INPUT_MB,
-                   metavar="MB", help=f"refuse an input file larger than this once "
-                                      f"decompressed (default {MAX_INPUT_MB}; 0: no limit)")
 
 
 OVERWRITE_HELP = {
@@ -361,19 +339,19 @@ def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Pat
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pluralign.ingest import format_report, ingest, parse_mapping, write
+    from pluralign import config as C
+    from pluralign.settings import IngestOptions
+    opts = C.from_flags(IngestOptions, args)
     _refuse_inputs(args.out, args.inputs, holding=True)
     _refuse_overwrite(args.out, args.overwrite)
-    result = ingest(args.inputs, preset=args.preset, on_error=args.on_error,
-                    mapping=parse_mapping(args.map), ties=args.ties,
-                    empty_responses=args.empty_responses, max_responses=args.max_responses,
-                    max_input_mb=args.max_input_mb)
-    write(result, args.out, with_rejects=args.on_error == "skip")
+    from pluralign.ingest import format_report, ingest_with, write
+    result = ingest_with(args.inputs, opts)
+    write(result, args.out, with_rejects=opts.on_error == "skip")
     if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     else:
         print(format_report(result.report))
-        extra = ", rejects.jsonl" if args.on_error == "skip" else ""
+        extra = ", rejects.jsonl" if opts.on_error == "skip" else ""
         print(f"wrote {Path(args.out) / 'annotations.parquet'} (+ manifest.json, report.json"
               f"{extra})")
     return 0

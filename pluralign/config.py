@@ -200,6 +200,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
             parser.add_argument(flag, action="store_false" if default else "store_true",
                                 **common)
             continue
+        if meta.get("nargs"):  # a list given as several words: --map a=b c=d
+            parser.add_argument(flag, nargs=meta["nargs"], action="extend",
+                                metavar=meta.get("metavar"), **common)
+            continue
         parser.add_argument(flag, type=_text_parser(kind, meta.get("parse"), flag),
                             choices=meta.get("choices"), metavar=meta.get("metavar"), **common)
 

@@ -112,9 +112,8 @@ def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
         data = load(inputs[0])
         report: dict[str, Any] = {"read": len(data), "accepted": len(data)}
     else:
-        from pluralign.ingest import ingest
-        result = ingest(inputs, preset=cfg.ingest.preset, on_error=cfg.ingest.on_error,
-                        max_responses=cfg.ingest.max_responses)
+        from pluralign.ingest import ingest_with
+        result = ingest_with(inputs, cfg.ingest)
         data, report = Annotations(result.records), result.report
     train, held = split_annotators(data, cfg.ingest.heldout_fraction, cfg.run.seed)
     save(list(train), out / "data", {"source": inputs})

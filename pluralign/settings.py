@@ -24,6 +24,9 @@ ON_ERROR = ("fail", "skip")
 EMPTY = ("keep", "reject")
 #: Scored and long layouts: keep the strictly ordered top of a ranking with ties, or reject it.
 TIES = ("truncate", "reject")
+#: Default limit on an input file's size once decompressed (ingest max_input_mb): a small .gz
+#: can expand a thousandfold, and every byte is held in memory while rows are read.
+MAX_INPUT_MB = 1024
 #: The linear backend's features.
 FEATURES = ("given", "onehot", "embedding")
 #: How EM-DPO chooses K with n_types auto, and how it starts.
@@ -54,23 +57,54 @@ class RunSection:
 
 
 @dataclass
-class IngestSection:
-    """What to read, and how many annotators to keep out of EM for evaluation."""
+class IngestOptions:
+    """How input rows are read and checked: `pluralign ingest`'s flags and the keys of the
+    pipeline's `ingest:` section (IngestSection adds what to read)."""
+
+    preset: str = field(default="auto", metadata={
+        "help": "input layout: auto, pairwise, ranked, scored or long"})
+    on_error: str = field(default="fail", metadata={
+        "help": "fail: stop at the first bad row, exit 2, write nothing; skip: reject bad rows "
+                "into rejects.jsonl and go on", "choices": ON_ERROR})
+    map: list[str] = field(default_factory=list, metadata={
+        "help": "rename a source column to a canonical field, e.g. annotator_id=worker",
+        "metavar": "CANONICAL=SOURCE", "nargs": "+"})
+    ties: str = field(default="truncate", metadata={
+        "help": "scored/long layouts: keep the strictly ordered top of a ranking with ties, or "
+                "reject any row with a tie", "choices": TIES})
+    empty_responses: str = field(default="keep", metadata={
+        "help": "an empty-string response is a real empty answer (keep, with a warning) or a "
+                "bad row (reject)", "choices": EMPTY})
+    max_responses: int | None = field(default=None, metadata={
+        "help": "a row with more responses is a bad row (default: no limit; lists over 64 "
+                "are reported)", "metavar": "N"})
+    max_input_mb: int = field(default=MAX_INPUT_MB, metadata={
+        "help": "refuse an input file larger than this once decompressed, and a .gz expanding "
+                "more than 100-fold past 64 MB (0: no limit)", "metavar": "MB"})
+
+    def __post_init__(self) -> None:
+        for name, choices in (("on_error", ON_ERROR), ("ties", TIES),
+                              ("empty_responses", EMPTY)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.max_responses is not None:
+            checks.at_least(self.max_responses, 2, "max_responses")
+        checks.at_least(self.max_input_mb, 0, "max_input_mb")
+
+
+@dataclass
+class IngestSection(IngestOptions):
+    """What to read and how, and how many annotators to keep out of EM for evaluation."""
 
     inputs: list[str] = field(default_factory=list, metadata={
         "help": "files to ingest, or one canonical dataset folder (required unless the YAML "
                 "has a simulate section)"})
-    preset: str = field(default="auto", metadata={"help": "input layout (pluralign ingest)"})
-    on_error: str = field(default="fail", metadata={"help": "fail or skip bad rows"})
-    max_responses: int | None = field(default=None, metadata={
-        "help": "a row with more responses is a bad row (default: no limit)"})
     heldout_fraction: float = field(default=0.0, metadata={
         "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.inputs = [str(user_path(p, "an input")) for p in self.inputs]
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 

@@ -16,7 +16,7 @@ from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_pr
 from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.io import sha256_file, write_json, write_jsonl
-from pluralign.settings import EMPTY, ON_ERROR
+from pluralign.settings import EMPTY, ON_ERROR, IngestOptions
 
 REPORT_FILE = "report.json"
 REJECTS_FILE = "rejects.jsonl"
@@ -53,6 +53,14 @@ def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
                               f"{', '.join(sorted(CANONICAL_NAMES))}", reason="bad_option")
         mapping[source] = canonical
     return mapping
+
+
+def ingest_with(inputs: list[str], options: IngestOptions) -> IngestResult:
+    """ingest() with the reading options of a settings.IngestOptions (flags or YAML)."""
+    return ingest(inputs, preset=options.preset, on_error=options.on_error,
+                  mapping=parse_mapping(options.map), ties=options.ties,
+                  empty_responses=options.empty_responses, max_responses=options.max_responses,
+                  max_input_mb=options.max_input_mb)
 
 
 def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",

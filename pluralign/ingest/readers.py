@@ -23,10 +23,8 @@ from typing import Any
 from pluralign import hub
 from pluralign.data import FieldError, read_parquet
 from pluralign.ingest.errors import IngestError, Location
+from pluralign.settings import MAX_INPUT_MB
 
-#: Default limit on an input file's size once decompressed (ingest --max-input-mb): a small
-#: .gz can expand a thousandfold, and every byte is held in memory while rows are read.
-MAX_INPUT_MB = 1024
 #: Deepest nesting of JSON arrays and objects accepted in a row (a chat prompt needs 3).
 MAX_DEPTH = 64
 # A CSV cell may be as long as a JSON Lines value: up to the input size limit (the csv

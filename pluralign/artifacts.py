@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: The backends a run can name (pluralign.em.make_backend builds them).
-BACKENDS = ("linear", "lora")
+from pluralign.settings import BACKENDS, BASE_MEASURES, OBJECTIVES
 
 
 class ArtifactError(ValueError):
@@ -151,8 +150,8 @@ def aggregate_info(path: str | Path, n_types: int) -> dict[str, Any]:
     check(agg, path, {"types": sequence(text, n_types), "policies": sequence(text),
                       "weights": probabilities(n_types), "max_regret": number,
                       "binding": sequence(length=n_types), "baselines": mapping,
-                      "objective": one_of("kl", "paper"), "made_from": mapping,
-                      "base_measure": optional(one_of("uniform", "reference"))})
+                      "objective": one_of(*OBJECTIVES), "made_from": mapping,
+                      "base_measure": optional(one_of(*BASE_MEASURES))})
     return check(agg, path, {"regret_matrix": matrix(n_types, len(agg["policies"]))})
 
 

@@ -27,24 +27,15 @@ def seed(value: int, name: str) -> int:
     return value
 
 
-def weights(values: Sequence[float], name: str, n: int | None = None) -> list[float]:
-    """Importance weights: finite, >= 0, not all 0, and `n` of them when given."""
+def weights(values: Sequence[float], name: str) -> list[float]:
+    """Importance weights: finite, >= 0, not all 0."""
     values = [float(v) for v in values]
     bad = [v for v in values if not math.isfinite(v) or v < 0]
     if bad:
         raise ValueError(f"{name} must be finite numbers >= 0, got {bad[0]}")
     if values and sum(values) <= 0:
         raise ValueError(f"{name} must not all be 0")
-    if n is not None and len(values) != n:
-        raise ValueError(f"{name} needs {n} values (one per type), got {len(values)}")
     return values
-
-
-def between(value: int, low: int, high: int, name: str) -> int:
-    """`value` in [low, high], or ValueError saying the range."""
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-    return value
 
 
 def served_prompts(value: int, name: str) -> int:

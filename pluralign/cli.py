@@ -238,11 +238,13 @@ def _add(sub, name: str, run: Callable, configure: Callable, help_text: str) -> 
 
 
 def _path(text: str) -> str:
-    """A path flag: `~` expanded as everywhere else; an empty path refused (it would silently
-    mean the working directory)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
-    return os.path.expanduser(text)
+    """A path flag, read by the rule every path follows (checks.user_path: `~` expanded, an
+    empty path refused, as it would silently mean the working directory)."""
+    from pluralign.checks import user_path
+    try:
+        return str(user_path(text, "the path"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str], int]:
@@ -403,9 +405,8 @@ def _em_args(p: argparse.ArgumentParser) -> None:
                    help="where posteriors.csv, em.json and the policies go; re-running with the "
                         "same DIR resumes an interrupted run from its checkpoints")
     from pluralign import config as C
-    from pluralign.settings import EMSection
+    from pluralign.settings import FEATURES, EMSection
     C.add_flags(p, EMSection)
-    from pluralign.settings import FEATURES
     p.add_argument("--features", choices=FEATURES, default=None,
                    help="linear backend features (default given)")
     p.add_argument("--model", default=None, metavar="SPEC",
@@ -613,7 +614,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     _warn(blind_warnings(run, queries, "candidate queries"))
     if answers is not None:
         _warn(blind_warnings(run, answers, "answers"))
-    post, source = annotator_posterior(run, args.annotator, answers, explain=True)
+    post, source = annotator_posterior(run, args.annotator, answers)
     print(f"current posterior ({source}): "
           + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
     for r in rank_queries(run, queries, post, args.ranking_length)[: args.top]:
@@ -633,8 +634,6 @@ def _one_line(text: str, width: int) -> str:
     shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
                     for ch in text[: width * 2])
     return shown[:width]
-
-
 
 
 if __name__ == "__main__":

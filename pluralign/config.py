@@ -179,19 +179,16 @@ def _name(annotation: Any) -> str:
 
 
 # -- command-line flags generated from the same dataclasses ---------------------------------
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of the settings dataclass `cls` (but `skip`): its name, type,
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the settings dataclass `cls`: its name, type,
     choices and help come from the field, so YAML and the command line cannot drift. Metadata
     may rename a flag (`flag`), give a metavar, choices, or a parser for text (`parse`: range,
     fractions). A bool that defaults to True becomes a flag that turns it off. A flag not given
     is absent from the parsed namespace: the dataclass's default applies (from_flags)."""
     hints = dataclass_fields(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        meta, kind = f.metadata, hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = flag_of(f, default)
+        meta, kind, default = f.metadata, hints[f.name], _default(f)
+        flag = flag_of(f)
         shown = " (on by default; this flag turns it off)" if default is True else \
             "" if default in (None, False) or default == {} else f" (default {default})"
         common = {"dest": f.name, "default": argparse.SUPPRESS,
@@ -204,14 +201,18 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
             parser.add_argument(flag, nargs=meta["nargs"], action="extend",
                                 metavar=meta.get("metavar"), **common)
             continue
-        parser.add_argument(flag, type=_text_parser(kind, meta.get("parse"), flag),
+        parser.add_argument(flag, type=_text_parser(kind, meta.get("parse")),
                             choices=meta.get("choices"), metavar=meta.get("metavar"), **common)
 
 
-def flag_of(f: dataclasses.Field, default: Any) -> str:
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def flag_of(f: dataclasses.Field) -> str:
     """The command-line flag of a settings field: metadata `flag`, else --NAME (--no-NAME for
     a bool that defaults to True)."""
-    return f.metadata.get("flag") or "--" + ("no-" if default is True else "") + \
+    return f.metadata.get("flag") or "--" + ("no-" if _default(f) is True else "") + \
         f.name.replace("_", "-")
 
 
@@ -226,31 +227,30 @@ def from_flags(cls: type, args: argparse.Namespace) -> Any:
         message = str(e)
         for f in fields:
             if message.startswith(f.name + " "):
-                default = f.default if f.default is not dataclasses.MISSING else None
-                message = flag_of(f, default) + message[len(f.name):]
+                message = flag_of(f) + message[len(f.name):]
                 break
         raise ConfigError(message) from None
 
 
-def _text_parser(kind: Any, parse: str | None, flag: str) -> Callable[[str], Any]:
+def _text_parser(kind: Any, parse: str | None) -> Callable[[str], Any]:
     """Text to a value of type `kind` (int, float, str, X | None, lists of numbers)."""
     if parse is not None:
-        return _named(PARSERS[parse], flag)
+        return _named(PARSERS[parse])
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if typing.get_origin(kind) in (list, tuple):
         item = next(a for a in typing.get_args(kind) if a is not Ellipsis)
-        return _named(lambda text: [item(x) for x in text.split(",")], flag)
-    return _named(kind, flag)
+        return _named(lambda text: [item(x) for x in text.split(",")])
+    return _named(kind)
 
 
-def _named(convert: Callable[[str], Any], flag: str) -> Callable[[str], Any]:
+def _named(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert`, its errors made argparse's (exit 2, one line naming the flag)."""
     def parse(text: str) -> Any:
         try:
             return convert(text)
         except (TypeError, ValueError) as e:
             raise argparse.ArgumentTypeError(f"cannot read {text!r} ({e})") from None
-    parse.__name__ = flag  # argparse names the type in its message
     return parse
 
 

@@ -155,19 +155,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented, strict JSON atomically (a NaN or infinity becomes null: a bare
     NaN token is not JSON, and other readers refuse the file)."""
-    write_text(path, json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False,
-                                default=_json_default) + "\n")
+    write_text(path, json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False)
+               + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write one strict JSON object per line atomically."""
-    write_text(path, "".join(json.dumps(strict(r), ensure_ascii=False, allow_nan=False,
-                                        default=_json_default) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(strict(r), ensure_ascii=False, allow_nan=False) + "\n"
+                             for r in rows))
 
 
 def strict(obj: Any) -> Any:
     """`obj` with numpy values made plain and every non-finite float made None."""
-    if hasattr(obj, "tolist") and not isinstance(obj, str | bytes):
+    if hasattr(obj, "tolist"):
         obj = obj.tolist()  # numpy arrays and scalars
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -211,13 +211,6 @@ def csv_text(header: list[str], rows: list[list[Any]], digits: int = 6) -> str:
         writer.writerow([guard_cell(c) if isinstance(c, str) else f"{c:.{digits}f}"
                          for c in row])
     return buf.getvalue()
-
-
-def _json_default(obj: Any) -> Any:
-    """Serialise numpy scalars and arrays, which json cannot handle by itself."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _umask() -> int:

@@ -86,23 +86,20 @@ def rank_queries(run: FittedRun, queries: Annotations, posterior: np.ndarray,
     return sorted(out, key=lambda r: -r["information_gain"])
 
 
-def annotator_posterior(run: FittedRun, annotator: str, answers: Annotations | None = None,
-                        explain: bool = False) -> Any:
-    """The annotator's type posterior: from `answers` (their annotations so far) if given,
-    else from the run's posteriors, else the type priors (a newcomer, said with a warning).
-    With `explain`, (posterior, where it came from)."""
+def annotator_posterior(run: FittedRun, annotator: str,
+                        answers: Annotations | None = None) -> tuple[np.ndarray, str]:
+    """The annotator's type posterior and where it came from: `answers` (their annotations so
+    far) if given, else the run's posteriors, else the type priors (a newcomer, said with a
+    warning)."""
     if answers is not None:
         mine = answers.subset(i for i, a in enumerate(answers) if a.annotator_id == annotator)
         if len(mine):
-            post, source = assign(run, mine)[0][0], f"from {len(mine)} answer(s) given"
-            return (post, source) if explain else post
+            return assign(run, mine)[0][0], f"from {len(mine)} answer(s) given"
     if annotator in run.annotator_ids:
-        post, source = run.posteriors[run.annotator_ids.index(annotator)], "the run's"
-    else:
-        warnings.warn(f"annotator {annotator!r} is unknown to the run and has no answers "
-                      "given: starting from the type priors", UserWarning, stacklevel=2)
-        post, source = run.priors, f"{annotator!r} unknown to the run: the type priors"
-    return (post, source) if explain else post
+        return run.posteriors[run.annotator_ids.index(annotator)], "the run's"
+    warnings.warn(f"annotator {annotator!r} is unknown to the run and has no answers given: "
+                  "starting from the type priors", UserWarning, stacklevel=2)
+    return run.priors, f"{annotator!r} unknown to the run: the type priors"
 
 
 def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | None = None,
@@ -115,7 +112,7 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
         return type_k, f"type_{type_k} (asked for)"
     if annotator is not None:
         known = annotator in run.annotator_ids
-        post = annotator_posterior(run, annotator) if known else run.priors
+        post = run.posteriors[run.annotator_ids.index(annotator)] if known else run.priors
         j = int(post.argmax())
         return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
                    f"{post[j]:.3f})" if known else

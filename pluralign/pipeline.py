@@ -30,6 +30,7 @@ import numpy as np
 
 from pluralign import config as C
 from pluralign.artifacts import manifest_info, mapping, optional, text
+from pluralign.checks import user_path
 from pluralign.data import Annotations, load, save
 from pluralign.em_run import (
     BACKEND_CONFIGS,
@@ -38,9 +39,14 @@ from pluralign.em_run import (
 )
 from pluralign.io import sha256_file, write_json
 from pluralign.labels import annotator_labels, split_label_warnings
-from pluralign.runfolder import run_folder, user_path
-from pluralign.settings import AggregateSection, EvaluateSection, IngestSection, RunSection
-from pluralign.simulate.population import SimulationConfig
+from pluralign.runfolder import changed_files, run_folder, snapshot
+from pluralign.settings import (
+    AggregateSection,
+    EvaluateSection,
+    IngestSection,
+    RunSection,
+    SimulationConfig,
+)
 
 STAGES = ("ingest", "reference", "em", "aggregate", "evaluate", "report")
 #: What a stage manifest must hold to be trusted (an older one without `outputs` is redone).
@@ -364,20 +370,13 @@ _NOT_OUTPUTS = ("manifests", "checkpoints")
 
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime) of every file in the run folder but bookkeeping and hidden files."""
-    files = {}
-    for p in out.rglob("*"):
-        rel = p.relative_to(out)
-        if p.is_file() and rel.parts[0] not in _NOT_OUTPUTS and \
-                not any(part.startswith(".") for part in rel.parts):
-            st = p.stat()
-            files[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
-    return files
+    return {rel: stat for rel, stat in snapshot(out).items()
+            if rel.split("/")[0] not in _NOT_OUTPUTS}
 
 
 def _outputs(out: Path, before: dict[str, tuple[int, int]]) -> dict[str, str]:
     """SHA-256 of each file the stage wrote (new or changed since `before`)."""
-    after = _snapshot(out)
-    return {rel: sha256_file(out / rel) for rel in sorted(after) if before.get(rel) != after[rel]}
+    return changed_files(out, before, _snapshot(out))
 
 
 def damaged_outputs(out: Path, manifest: dict[str, Any]) -> list[str]:

@@ -154,14 +154,19 @@ def recorded(folder: Path) -> dict[str, str]:
         if isinstance(files, dict) else {}
 
 
+def changed_files(folder: Path, before: dict[str, tuple[int, int]],
+                  after: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """{relative path: SHA-256} of the files of snapshot `after` that are new or changed
+    since snapshot `before`."""
+    return {rel: sha256_file(folder / rel) for rel in sorted(after)
+            if before.get(rel) != after[rel]}
+
+
 def _record(folder: Path, before: dict[str, tuple[int, int]]) -> None:
     """Add what changed since `before` to the marker; forget files that are gone."""
     after = snapshot(folder)
     files = {rel: h for rel, h in recorded(folder).items() if rel in after}
-    for rel, stat in after.items():
-        if before.get(rel) != stat:
-            files[rel] = sha256_file(folder / rel)
-    _write_marker(folder, files)
+    _write_marker(folder, {**files, **changed_files(folder, before, after)})
 
 
 def _write_marker(folder: Path, files: dict[str, str]) -> None:

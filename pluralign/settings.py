@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pluralign import checks
 from pluralign.checks import user_path
 
+#: The policy backends a run can use (pluralign.em.make_backend builds them).
+BACKENDS = ("linear", "lora")
 #: How aggregate estimates the regret matrix.
 ESTIMATORS = ("candidates", "sampled")
 #: The base measure of a policy restricted to a prompt's candidates; the first is the default.
@@ -273,7 +275,7 @@ class EMSection:
     defaults: a test keeps them in step). Checked when EM starts, scikit-learn style."""
 
     backend: str = field(default="linear", metadata={
-        "help": "policy backend", "choices": ("linear", "lora")})
+        "help": "policy backend", "choices": BACKENDS})
     n_types: int | str = field(default=3, metadata={
         "help": "number of types K, or auto (chosen by `selection` over 1..max_types)",
         "flag": "--types", "metavar": "K|auto", "parse": "types"})

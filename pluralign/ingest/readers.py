@@ -80,11 +80,12 @@ def _read_bytes(path: Path, spec: str, max_input_mb: int) -> bytes:
     .gz that expands more than BOMB_RATIO-fold past BOMB_FLOOR_MB (both lifted by 0)."""
     limit = max_input_mb * 2**20 if max_input_mb else None
     gz = path.name.endswith(".gz")
-    bomb = BOMB_RATIO * path.stat().st_size if gz and limit is not None else None
+    bomb = max(BOMB_RATIO * path.stat().st_size, BOMB_FLOOR_MB * 2**20) \
+        if gz and limit is not None else None
     try:
         with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-            data = _read_upto(f, limit, bomb)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+            data = _read_upto(f, min(limit, bomb) if bomb is not None else limit)
+    except (OSError, EOFError) as e:
         if not gz or isinstance(e, PermissionError | FileNotFoundError):
             raise
         raise IngestError(f"not a readable gzip file ({e})", spec, reason="bad_file") from e
@@ -92,7 +93,7 @@ def _read_bytes(path: Path, spec: str, max_input_mb: int) -> bytes:
         raise IngestError(f"larger than {max_input_mb} MB{' once decompressed' if gz else ''}; "
                           f"if the file is genuine, raise --max-input-mb (0: no limit)", spec,
                           reason="too_large")
-    if bomb is not None and len(data) > max(bomb, BOMB_FLOOR_MB * 2**20):
+    if bomb is not None and len(data) > bomb:
         raise IngestError(f"expands more than {BOMB_RATIO}-fold once decompressed (past "
                           f"{len(data) >> 20} MB from {path.stat().st_size >> 10} KB): a "
                           "decompression bomb? If the file is genuine, pass --max-input-mb 0 "
@@ -106,12 +107,11 @@ BOMB_RATIO = 100
 BOMB_FLOOR_MB = 64
 
 
-def _read_upto(f: io.BufferedIOBase, limit: int | None, bomb: int | None = None) -> bytes:
-    """All of `f`, or a little over `limit` bytes (or `bomb` bytes past BOMB_FLOOR_MB) when
-    longer: read in 1 MiB chunks, as f.read(n) would allocate n bytes up front."""
+def _read_upto(f: io.BufferedIOBase, limit: int | None) -> bytes:
+    """All of `f`, or a little over `limit` bytes when longer: read in 1 MiB chunks, as
+    f.read(n) would allocate n bytes up front."""
     chunks, size = [], 0
-    stop = None if bomb is None else max(bomb, BOMB_FLOOR_MB * 2**20)
-    while (limit is None or size <= limit) and (stop is None or size <= stop):
+    while limit is None or size <= limit:
         chunk = f.read(1 << 20)
         if not chunk:
             break

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from pluralign.aggregate import MinMaxRegretAggregator
-from pluralign.minmax_merge import MinMaxMerge, kl_contributions
+from pluralign.aggregate.merge import MinMaxMerge, kl_contributions
+from pluralign.aggregate.program import MinMaxRegretAggregator
 
 
 def optimistic_hedge(regret: np.ndarray, steps: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from pluralign.data import Annotation, Annotations, load
+from pluralign.core.data import Annotation, Annotations, load
 
 #: Real preference pairs (Anthropic HH, relabelled) when ../shared sits beside the clone.
 HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh_relabeled_dev.jsonl.gz"
@@ -60,7 +60,7 @@ def preference_pairs(n: int, tokenizer, max_prompt: int, max_response: int,
     """n pairwise annotations whose prompt fits in max_prompt tokens and each response in
     max_response - 1 (+ EOS), so no tool truncates and every tool sees the same tokens: HH when
     available, else data/demo (best vs worst of each ranking)."""
-    from pluralign.reference import prompt_ids
+    from pluralign.lm.reference import prompt_ids
     rows = _hh_rows() if data is None and HH.is_file() else _ranked_rows(data or "data/demo")
     out = []
     for a in rows:

@@ -17,9 +17,9 @@ import time
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.data import Annotations
-from pluralign.em import EMDPO, IdentifiabilityError
-from pluralign.plackett_luce import log_prob
+from pluralign.core.data import Annotations
+from pluralign.core.plackett_luce import log_prob
+from pluralign.em.estimator import EMDPO, IdentifiabilityError
 from pluralign.simulate import SimulationConfig, simulate
 
 

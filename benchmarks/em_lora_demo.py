@@ -16,8 +16,8 @@ import time
 
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.data import load
-from pluralign.em import EMDPO
+from pluralign.core.data import load
+from pluralign.em.estimator import EMDPO
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from pluralign import reference
 from pluralign.backends.lora import LoRABackend
-from pluralign.backends.settings import LoRAConfig
-from pluralign.data import load
-from pluralign.em import EMDPO
+from pluralign.core.data import load
+from pluralign.em.estimator import EMDPO
+from pluralign.lm import reference
+from pluralign.settings.backends import LoRAConfig
 
 DEMO = dict(top_layers=2, rank=8, learning_rate=0.005, batch_size=8, max_prompt_tokens=16,
             max_response_tokens=20, progress=False)

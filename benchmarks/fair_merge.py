@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pluralign.aggregate import prompt_units
+from pluralign.aggregate.merge import MinMaxMerge, kl_contributions, normalise
+from pluralign.aggregate.mmra import MinMaxMixture, mixture_logps
+from pluralign.aggregate.regret import prompt_units
 from pluralign.backends.linear import LinearBackend
-from pluralign.ceiling import SupervisedCeiling
 from pluralign.cli import main
-from pluralign.data import Annotations, load
-from pluralign.em_run import load_run
-from pluralign.minmax_merge import MinMaxMerge, kl_contributions, normalise
-from pluralign.minmax_mixture import MinMaxMixture, mixture_logps
+from pluralign.core.data import Annotations, load
+from pluralign.em.ceiling import SupervisedCeiling
+from pluralign.em.fitted import load_run
 
 RECIPE = """\
 run: {{out: {out}, seed: 0}}
@@ -76,7 +76,7 @@ def served(types: np.ndarray, beta: float, w: np.ndarray) -> tuple[np.ndarray, n
 
 def supervised(run: Path) -> LinearBackend:
     """The run's linear model refitted on its training data with the true types known (the
-    supervised ceiling, pluralign.ceiling)."""
+    supervised ceiling, pluralign.em.ceiling)."""
     config = load_run(run).backend.config
     ceiling = SupervisedCeiling(lambda k: LinearBackend(replace(config, types=k)))
     return ceiling.fit(load(run / "data")).backend_

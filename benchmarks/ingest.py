@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pluralign.data import Annotations
+from pluralign.core.data import Annotations
 from pluralign.ingest import ingest, write
 from pluralign.simulate import SimulationConfig, simulate
 

@@ -4,10 +4,10 @@ fairest", on simulated held-out sets whose truth is known.
 Each draw is one held-out set of 60 prompts: per-prompt regrets of one policy for 5 types,
 `binding` of them at the max (1.0), the rest at 0.5, with noise sd 0.3 that is independent
 across types, correlated (0.5), or skewed (centred exponential, as KL contributions are). The
-method pluralign reports (pluralign.bootstrap.max_intervals) is printed beside the percentile
+method pluralign reports (pluralign.core.bootstrap.max_intervals) is printed beside the percentile
 interval of the resampled max it replaced. The second table: 4 policies with equal regrets
 for 3 types, the fairest picked on the same prompts, and how often any other policy is called
-worse than it (pluralign.bootstrap.compare_with_best). The last line is the headline:
+worse than it (pluralign.core.bootstrap.compare_with_best). The last line is the headline:
 
     max_interval_coverage_min: C percentile_coverage_min: P fairest_false_alarm_max: F
 
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from pluralign import bootstrap
+from pluralign.core import bootstrap
 
 NOISES = ("independent", "correlated", "skewed")
 

@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-from pluralign.data import Annotations
-from pluralign.em import EMDPO
+from pluralign.core.data import Annotations
+from pluralign.em.estimator import EMDPO
 from pluralign.simulate import SimulationConfig, simulate
 
 TEXT_OPTIONS = {"features": "embedding", "model": "builtin:smollm2-135m", "max_prompt_tokens": 16,

@@ -20,7 +20,7 @@ import torch
 from common import random_model
 
 from pluralign.backends.lora import LoRABackend
-from pluralign.data import load
+from pluralign.core.data import load
 
 
 def measure(model: str, data, top_layers: int | None, cache: str, types: int) -> dict:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pluralign.cli import main as cli
-from pluralign.data import Annotations, load
-from pluralign.em_run import load_run
-from pluralign.evaluate import match_labels
-from pluralign.personalize import assign
-from pluralign.personalize_sim import session_accuracy, true_rewards
+from pluralign.core.data import Annotations, load
+from pluralign.em.fitted import load_run
+from pluralign.em.personalize import assign
+from pluralign.em.personalize_sim import session_accuracy, true_rewards
+from pluralign.stages.evaluate import match_labels
 
 
 def one_seed(seed: int, people: int, steps: int, root: Path) -> tuple[float, float, np.ndarray,

@@ -29,10 +29,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import pluralign.backends.linear as linear
 import pluralign.backends.lora as lora
-import pluralign.em as em
-import pluralign.models as models
-import pluralign.reference as reference
-from pluralign.data import load
+import pluralign.em.estimator as em
+import pluralign.lm.models as models
+import pluralign.lm.reference as reference
+from pluralign.core.data import load
 
 PREFIX = "phase::"
 
@@ -62,7 +62,7 @@ def install() -> None:
     mark(torch.optim.AdamW, "step", "fit optimizer")
     mark(em, "annotation_loglik", "E-step")
     mark(em, "e_step", "E-step")
-    mark(em, "_save_checkpoint", "checkpoint I/O")
+    mark(em, "save", "checkpoint I/O")
 
 
 def exclusive_times(events) -> dict[str, float]:

@@ -22,8 +22,8 @@ import numpy as np
 from common import PeakRSS
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.data import Annotations
-from pluralign.em import EMDPO
+from pluralign.core.data import Annotations
+from pluralign.em.estimator import EMDPO
 from pluralign.simulate import SimulationConfig, simulate
 
 

@@ -33,8 +33,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from common import Clock, preference_pairs, release_freed, rss_bytes
 
-    from pluralign import distributed, sharding
     from pluralign.backends.lora import LoRABackend
+    from pluralign.core import distributed
+    from pluralign.lm import sharding
     b = LoRABackend(model=args.model, types=2, sharding=args.sharding,
                     max_prompt_tokens=args.tokens, max_response_tokens=args.tokens,
                     batch_size=4, progress=False, cache="")

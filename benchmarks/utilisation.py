@@ -30,9 +30,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from pluralign.backends.lora import LoRABackend
-from pluralign.backends.settings import LoRAConfig
-from pluralign.data import Annotations
-from pluralign.models import load_model
+from pluralign.core.data import Annotations
+from pluralign.lm.models import load_model
+from pluralign.settings.backends import LoRAConfig
 
 MAX_TOKENS = 128
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}

@@ -34,10 +34,10 @@ import torch
 from common import Clock, PeakRSS, preference_pairs, random_model
 
 from pluralign.backends.lora import LoRABackend
-from pluralign.backends.settings import LoRAConfig
-from pluralign.data import Annotations
-from pluralign.models import load_model
-from pluralign.reference import forget, prompt_text
+from pluralign.core.data import Annotations
+from pluralign.lm.models import load_model
+from pluralign.lm.reference import forget, prompt_text
+from pluralign.settings.backends import LoRAConfig
 
 MAX_TOKENS = 128
 

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from pluralign import __version__, distributed, progress
+from pluralign import __version__
+from pluralign.core import distributed, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -118,10 +119,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     was imported (it cannot be raised before), so an error needs no torch to be reported."""
     errors: list[type[BaseException]] = [UsageError, ValueError, FloatingPointError]
     for module, name in (("pluralign.ingest.errors", "IngestError"),
-                         ("pluralign.io", "FolderLockedError"),
-                         ("pluralign.distributed", "RankMismatchError"),
-                         ("pluralign.distributed", "UnsupportedEngineError"),
-                         ("pluralign.models", "ModelError")):
+                         ("pluralign.core.io", "FolderLockedError"),
+                         ("pluralign.core.distributed", "RankMismatchError"),
+                         ("pluralign.core.distributed", "UnsupportedEngineError"),
+                         ("pluralign.lm.models", "ModelError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -240,7 +241,7 @@ def _add(sub, name: str, run: Callable, configure: Callable, help_text: str) -> 
 def _path(text: str) -> str:
     """A path flag, read by the rule every path follows (checks.user_path: `~` expanded, an
     empty path refused, as it would silently mean the working directory)."""
-    from pluralign.checks import user_path
+    from pluralign.core.checks import user_path
     try:
         return str(user_path(text, "the path"))
     except ValueError as e:
@@ -248,7 +249,8 @@ def _path(text: str) -> str:
 
 
 def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str], int]:
-    """An integer flag checked by `rule` from pluralign.checks, the rule its YAML key follows."""
+    """An integer flag checked by `rule` from pluralign.core.checks, the rule its YAML key
+    follows."""
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -264,13 +266,13 @@ def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str]
 
 def _seed_arg(p: argparse.ArgumentParser, help_text: str = "random_state",
               default: int | None = 0) -> None:
-    from pluralign import checks
+    from pluralign.core import checks
     p.add_argument("--seed", type=_int(checks.seed, name="--seed"), default=default,
                    metavar="S", help=help_text)
 
 
 def _at_least(low: int, name: str) -> Callable[[str], int]:
-    from pluralign import checks
+    from pluralign.core import checks
     return _int(checks.at_least, low, name=name)
 
 
@@ -280,8 +282,8 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "or a dataset name")
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="dataset folder to write")
-    from pluralign import config as C
     from pluralign.settings import IngestOptions
+    from pluralign.settings import config as C
     C.add_flags(p, IngestOptions)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _overwrite_arg(p)
@@ -302,7 +304,7 @@ def _overwrite_arg(p: argparse.ArgumentParser, kind: str = "dataset") -> None:
 def _refuse_overwrite(out: str, overwrite: bool) -> None:
     """A dataset folder is not replaced silently: runs and reports may point at it; nor is a
     folder that can never be a dataset folder (the root, home, a project checkout)."""
-    from pluralign.runfolder import forbidden
+    from pluralign.runfolder.folder import forbidden
     path = Path(out)
     why = forbidden(path)
     if why:
@@ -341,8 +343,8 @@ def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Pat
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pluralign import config as C
     from pluralign.settings import IngestOptions
+    from pluralign.settings import config as C
     opts = C.from_flags(IngestOptions, args)
     _refuse_inputs(args.out, args.inputs, holding=True)
     _refuse_overwrite(args.out, args.overwrite)
@@ -360,8 +362,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _simulate_args(p: argparse.ArgumentParser) -> None:
-    from pluralign import config as C
     from pluralign.settings import SimulationConfig
+    from pluralign.settings import config as C
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="dataset folder to write")
     C.add_flags(p, SimulationConfig)
@@ -369,8 +371,8 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pluralign import config as C
     from pluralign.settings import SimulationConfig
+    from pluralign.settings import config as C
     config = C.from_flags(SimulationConfig, args)
     _refuse_overwrite(args.out, args.overwrite)
     from pluralign.ingest import format_report
@@ -390,7 +392,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pluralign.data import load
+    from pluralign.core.data import load
     _refuse_file_overwrite(args.out, args.overwrite, [args.data])
     data = load(args.data)
     data.to_jsonl(args.out)
@@ -404,8 +406,8 @@ def _em_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", type=_path,
                    help="where posteriors.csv, em.json and the policies go; re-running with the "
                         "same DIR resumes an interrupted run from its checkpoints")
-    from pluralign import config as C
     from pluralign.settings import FEATURES, EMSection
+    from pluralign.settings import config as C
     C.add_flags(p, EMSection)
     p.add_argument("--features", choices=FEATURES, default=None,
                    help="linear backend features (default given)")
@@ -419,8 +421,8 @@ def _em_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_em(args: argparse.Namespace) -> int:
-    from pluralign.data import load
-    from pluralign.em_run import EMSettings, run_em
+    from pluralign.core.data import load
+    from pluralign.stages.em import EMSettings, run_em
     settings = EMSettings.from_sources(args.config, args)
     _refuse_inputs(args.out, [args.data])
     data = load(args.data)
@@ -444,7 +446,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pluralign.pipeline import main_run
+    from pluralign.stages.pipeline import main_run
     return main_run(args)
 
 
@@ -460,8 +462,8 @@ def _writes_run(p: argparse.ArgumentParser) -> None:
 
 
 def _aggregate_args(p: argparse.ArgumentParser) -> None:
-    from pluralign import config as C
     from pluralign.settings import AggregateSection
+    from pluralign.settings import config as C
     _writes_run(p)
     p.add_argument("--data", default=None, metavar="DIR", type=_path,
                    help="prompts to estimate regret on (default: the run's own data); "
@@ -471,11 +473,11 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from pluralign import config as C
     from pluralign.settings import AggregateSection
+    from pluralign.settings import config as C
     a = C.from_flags(AggregateSection, args)
-    from pluralign.aggregate import format_aggregate, run_aggregate
-    from pluralign.served import served_settings
+    from pluralign.aggregate.served import served_settings
+    from pluralign.stages.aggregate import format_aggregate, run_aggregate
     served = served_settings(a.served_samples, a.served_prompts, a.served_tokens, args.seed,
                              tune=a.served_tuning)
     out = run_aggregate(Path(args.run), args.data, estimator=a.estimator,
@@ -490,18 +492,18 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    from pluralign import config as C
     from pluralign.settings import EvaluateSection
+    from pluralign.settings import config as C
     _writes_run(p)
     C.add_flags(p, EvaluateSection)
     _seed_arg(p, "bootstrap seed")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pluralign import config as C
     from pluralign.settings import EvaluateSection
+    from pluralign.settings import config as C
     e = C.from_flags(EvaluateSection, args)
-    from pluralign.evaluate import format_evaluation, run_evaluate
+    from pluralign.stages.evaluate import format_evaluation, run_evaluate
     out = run_evaluate(Path(args.run), e.data, e.n_boot, args.seed,
                        args.overwrite)
     print(format_evaluation(out))
@@ -514,7 +516,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pluralign.report import write_report
+    from pluralign.stages.report import write_report
     paths = write_report(Path(args.run), args.overwrite)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -534,9 +536,10 @@ def _assign_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from pluralign.em_run import load_run, posteriors_table, write_posteriors
+    from pluralign.em.fitted import load_run
+    from pluralign.em.personalize import assign, blind_warnings
     from pluralign.ingest import to_annotations
-    from pluralign.personalize import assign, blind_warnings
+    from pluralign.runfolder.posteriors import posteriors_table, write_posteriors
     if args.out:
         _refuse_file_overwrite(args.out, args.overwrite, [args.run, args.data])
     run = load_run(args.run)
@@ -575,8 +578,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pluralign.em_run import load_run
-    from pluralign.personalize import choose_policy, generate
+    from pluralign.em.fitted import load_run
+    from pluralign.em.personalize import choose_policy, generate
     run = load_run(args.run)
     k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed)
     print(f"policy: {why}", file=sys.stderr)
@@ -605,9 +608,9 @@ def _suggest_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from pluralign.em_run import load_run
+    from pluralign.em.fitted import load_run
+    from pluralign.em.personalize import annotator_posterior, blind_warnings, rank_queries
     from pluralign.ingest import to_annotations
-    from pluralign.personalize import annotator_posterior, blind_warnings, rank_queries
     run = load_run(args.run)
     queries = to_annotations(args.candidates, args.preset)
     answers = to_annotations(args.answers, args.preset) if args.answers else None

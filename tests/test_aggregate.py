@@ -12,18 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import linprog
 
-from pluralign.aggregate import (
-    MinMaxRegretAggregator,
-    Policy,
-    RegretEstimator,
-    aggregate,
-    baselines,
-    candidate_regret,
-    mixture_logps,
-    policies_of,
-    policy_logps,
-)
-from pluralign.data import Annotations
+from pluralign.aggregate.fair import aggregate
+from pluralign.aggregate.program import MinMaxRegretAggregator
+from pluralign.aggregate.regret import Policy, RegretEstimator, baselines, candidate_regret, policies_of, policy_logps
+from pluralign.aggregate.mmra import mixture_logps
+from pluralign.core.data import Annotations
 
 
 def _linprog_optimum(r: np.ndarray) -> float:
@@ -129,7 +122,7 @@ def test_candidate_regret_equals_a_plain_loop():
 @pytest.fixture(scope="module")
 def fitted():
     """A simulated 3-type population (unequal priors), EM on 200 annotators, 50 held out."""
-    from pluralign.em import EMDPO
+    from pluralign.em.estimator import EMDPO
     from pluralign.simulate import SimulationConfig, simulate
     pop = simulate(SimulationConfig(types=3, annotators=250, per_annotator=10, seed=3,
                                     prior=(0.6, 0.25, 0.15)))
@@ -219,7 +212,7 @@ def test_lora_regret_is_not_all_zero_when_candidates_differ_in_length(tmp_path):
     import torch
 
     from pluralign.backends.lora import LoRABackend
-    from pluralign.data import Annotation
+    from pluralign.core.data import Annotation
     words = ["Yes.", "Sure, here is a longer answer. " * 2, "A very long answer indeed. " * 8]
     data = Annotations([Annotation(f"h{i}", f"Question {i}?", [w + str(i) for w in words],
                                    [i % 3, (i + 1) % 3, (i + 2) % 3]) for i in range(6)])
@@ -282,7 +275,7 @@ def test_each_prompt_weighs_once_in_both_estimators():
     Q and R once each, for the candidates and the sampled estimator: the unit is the prompt,
     not the annotation nor the distinct ranking."""
     from pluralign.backends.linear import LinearBackend
-    from pluralign.data import Annotation
+    from pluralign.core.data import Annotation
     q_feats, r_feats = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], [[2.0, 0.0], [0.0, 0.0], [0.0, 2.0]]
     q = [Annotation(f"h{i}", "Q?", ["a", "b", "c"], r, features=q_feats)
          for i, r in enumerate([[0, 1, 2], [1, 0, 2], [2, 1, 0], [0, 1, 2]])]

@@ -1,6 +1,6 @@
 """Hand-edited or corrupted run-folder files stop every command that reads them with one line
-naming the file and the field (pluralign.artifacts), and no JSON pluralign writes holds a bare
-NaN token."""
+naming the file and the field (pluralign.runfolder.artifacts), and no JSON pluralign writes
+holds a bare NaN token."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_a_corrupted_stage_manifest_stops_the_pipeline(tmp_path, cli, monkeypatc
 
 
 def test_json_written_is_strict_without_nan_tokens(tmp_path):
-    from pluralign.io import write_json
+    from pluralign.core.io import write_json
     write_json(tmp_path / "x.json", {"a": math.nan, "b": [1.0, math.inf], "c": np.float64("nan"),
                                      "d": np.array([1.0, np.nan]), "e": -math.inf})
     text = (tmp_path / "x.json").read_text()

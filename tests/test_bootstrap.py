@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pluralign import bootstrap
-from pluralign.aggregate import candidate_contributions
+from pluralign.aggregate.regret import candidate_contributions
+from pluralign.core import bootstrap
 
 
 def test_mean_replicates_equal_a_plain_loop():

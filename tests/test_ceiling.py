@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pluralign.backends.linear import LinearBackend
-from pluralign.ceiling import SupervisedCeiling, compare
-from pluralign.data import Annotations
+from pluralign.core.data import Annotations
+from pluralign.em.ceiling import SupervisedCeiling, compare
 from pluralign.simulate import SimulationConfig, simulate
 
 
@@ -109,7 +109,7 @@ def test_labels_that_say_nothing_give_a_low_ceiling_and_a_warning(tmp_path, cli)
     nobody can tell those groups apart, and the audit says so."""
     from dataclasses import replace
 
-    from pluralign.data import save
+    from pluralign.core.data import save
     records = simulate(SimulationConfig(types=2, annotators=60, per_annotator=6,
                                         seed=3)).records
     coin = {h: str(c) for h, c in zip(sorted({a.annotator_id for a in records}),

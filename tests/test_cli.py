@@ -78,7 +78,7 @@ def test_a_bad_path_or_config_fails_fast_without_a_hub_lookup(tmp_path):
 
 
 def test_hub_names_and_paths_are_told_apart():
-    from pluralign.hub import only_local
+    from pluralign.core.hub import only_local
     for spec in ("Anthropic/hh-rlhf", "imdb", "org/name@train", "HuggingFaceTB/SmolLM2-135M"):
         assert not only_local(spec), spec
     for spec in ("/data/x", "./x", "~/x", "data/demo/extra", "prefs.jsonl", "a/b.csv.gz",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pluralign.config import ConfigError, load_yaml
-from pluralign.pipeline import PipelineConfig
+from pluralign.settings.config import ConfigError, load_yaml
+from pluralign.stages.pipeline import PipelineConfig
 
 BASE = "run: {out: runs/x}\ningest: {inputs: [data/demo]}\n"
 

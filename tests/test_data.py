@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pluralign.data import Annotation, FieldError, check_annotation, load, save
+from pluralign.core.data import Annotation, FieldError, check_annotation, load, save
 
 
 def _a(**over) -> Annotation:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pluralign import diagnostics as D
-from pluralign.data import Annotations
-from pluralign.em import EMDPO
-from pluralign.pipeline import split_annotators
+from pluralign.core import diagnostics as D
+from pluralign.core.data import Annotations
+from pluralign.em.estimator import EMDPO
 from pluralign.simulate import SimulationConfig, simulate
+from pluralign.stages.pipeline import split_annotators
 
 
 def _codes(warnings: list[dict]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from pluralign.io import LOCK_FILE
+from pluralign.core.io import LOCK_FILE
 
 # "trunk": adapters in the top 2 layers, passes from cached trunk states; "full": adapters in
 # every layer, whole forwards, adapters re-initialised each iteration, two micro-batches a step,
@@ -176,9 +176,9 @@ def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process,
 
 WORKER = """\
 import sys
-from pluralign.data import load
-from pluralign.distributed import RankMismatchError, rank
-from pluralign.em import EMDPO
+from pluralign.core.data import load
+from pluralign.core.distributed import RankMismatchError, rank
+from pluralign.em.estimator import EMDPO
 data = load(sys.argv[1])
 if rank() == 1:
     data = data[1:]  # this rank read one annotation fewer
@@ -208,8 +208,8 @@ def test_ranks_with_different_data_stop_with_a_clear_error_distributed(one_proce
 
 def test_deepspeed_and_one_process_commands_are_refused_distributed(
         monkeypatch, tmp_path, capsys):
-    from pluralign import distributed
     from pluralign.cli import main
+    from pluralign.core import distributed
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(distributed.UnsupportedEngineError,

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.data import Annotation, Annotations
-from pluralign.em import (
-    EMDPO,
-    IdentifiabilityError,
-    annotation_loglik,
-    annotator_loglik,
-    e_step,
-)
-from pluralign.rankings import Rankings
+from pluralign.core.data import Annotation, Annotations
+from pluralign.core.rankings import Rankings
+from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step
+from pluralign.em.estimator import EMDPO, IdentifiabilityError
 from pluralign.simulate import SimulationConfig, simulate
 
 
@@ -153,7 +148,7 @@ def test_a_changed_start_is_not_resumed(three_types, tmp_path):
 def test_linear_start_of_a_lora_run_takes_the_linear_options():
     em = EMDPO("lora", n_types=2, backend_options={"model": "builtin:tiny", "rank": 4},
                init_options={"l2": 30.0, "features": "given"})
-    opts = em._linear_em(2).backend_options
+    opts = em._linear_start(2).backend_options
     assert opts == {"model": "builtin:tiny", "l2": 30.0, "features": "embedding"}
 
 
@@ -251,7 +246,7 @@ def test_readme_sklearn_example_runs_and_clone_keeps_every_parameter():
 def test_fit_reads_every_input_form_and_names_a_bad_row(three_types, tmp_path):
     import pandas as pd
 
-    from pluralign.data import save
+    from pluralign.core.data import save
     from pluralign.ingest import IngestError
     _, data = three_types
     rows = [a.to_dict() for a in data]

@@ -90,7 +90,7 @@ def test_posteriors_csv_neutralises_spreadsheet_formulas_and_round_trips(tmp_pat
 
     import numpy as np
 
-    from pluralign.em_run import read_posteriors, write_posteriors
+    from pluralign.runfolder.posteriors import read_posteriors, write_posteriors
     ids = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "'quoted", 'a,"b"', "plain"]
     gamma = np.tile([0.25, 0.75], (len(ids), 1))
     path = tmp_path / "posteriors.csv"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from pluralign.data import Annotation, Annotations
-from pluralign.evaluate import discovery, policy_table, ranking_metrics
-from pluralign.rankings import Rankings
+from pluralign.core.data import Annotation, Annotations
+from pluralign.core.rankings import Rankings
+from pluralign.stages.evaluate import discovery, policy_table, ranking_metrics
 
 
 def _rank(rows: list[tuple[int, list[int]]]) -> Rankings:

@@ -15,7 +15,7 @@ BAD_ROW, BAD_CANDIDATE = 3, 1
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from pluralign.cli import main
-    from pluralign.data import load
+    from pluralign.core.data import load
     root = tmp_path_factory.mktemp("finite")
     assert main(["simulate", "--out", str(root / "data"), "--types", "2", "--annotators", "30",
                  "--per-annotator", "4", "--seed", "4"]) == 0
@@ -94,8 +94,8 @@ def test_the_e_step_refuses_a_nan_on_a_real_candidate_and_ignores_padding():
     import torch
 
     from pluralign.backends.base import NonFiniteScoreError
-    from pluralign.em import annotation_loglik
-    from pluralign.rankings import Rankings
+    from pluralign.core.rankings import Rankings
+    from pluralign.em.estep import annotation_loglik
     rank = Rankings(torch.tensor([[0, 1], [1, -1]]), torch.tensor([[True, True, False],
                                                                    [True, True, True]]))
     s = np.zeros((2, 3, 1))

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pluralign.config import ConfigError
-from pluralign.pipeline import SECTIONS, PipelineConfig
+from pluralign.settings.config import ConfigError
+from pluralign.stages.pipeline import SECTIONS, PipelineConfig
 
 FUZZ = settings(max_examples=120, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

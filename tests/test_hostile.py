@@ -18,7 +18,7 @@ import pytest
 from conftest import ranked_row, write_jsonl
 
 from pluralign.cli import main
-from pluralign.data import load, save
+from pluralign.core.data import load, save
 from pluralign.ingest import ingest
 from pluralign.ingest.errors import IngestError
 
@@ -58,7 +58,7 @@ def test_1_a_new_fit_removes_only_unchanged_files_pluralign_recorded(made, tmp_p
     assert rc == 0, err
     assert all((mine / rel).read_bytes() == c for rel, c in user.items())
     assert "kept" in err and "report.md" in err
-    from pluralign.runfolder import MARKER, recorded
+    from pluralign.runfolder.folder import MARKER, recorded
     assert (mine / MARKER).is_file() and "em.json" in recorded(mine)
 
     run = copy_run(made, tmp_path)  # pluralign's own run: its unchanged files go
@@ -135,7 +135,7 @@ def test_3_no_write_follows_a_link_out_of_a_run_folder(made, tmp_path, cli):
 
 def test_3_the_lock_and_dataset_files_replace_links_instead_of_following_them(made, tmp_path,
                                                                               cli):
-    from pluralign.io import folder_lock
+    from pluralign.core.io import folder_lock
     inside = tmp_path / "f"
     inside.mkdir()
     target = tmp_path / "target.txt"
@@ -207,7 +207,7 @@ def test_5_assign_prints_csv_quoted_and_guarded(made, tmp_path, cli):
     rows = list(csv.reader(io.StringIO(out)))
     assert len(rows) == len(ids) + 1 and {len(r) for r in rows} == {len(rows[0])}
     assert not [r[0] for r in rows[1:] if r[0][:1] in "=+-@"]
-    from pluralign.io import unguard_cell
+    from pluralign.core.io import unguard_cell
     assert {unguard_cell(r[0]) for r in rows[1:]} >= set(NASTY)  # guarded, not altered
 
 
@@ -395,7 +395,7 @@ def test_9_tilde_is_expanded_everywhere_and_bad_arguments_create_nothing(made, t
     rc, _, err = cli("em", "--data", pop, "--out", "~/x", "--types", "2")
     assert rc == 0, err
     assert (home / "x" / "em.json").is_file() and not (tmp_path / "~").exists()
-    from pluralign.pipeline import PipelineConfig
+    from pluralign.stages.pipeline import PipelineConfig
     (tmp_path / "r.yaml").write_text("run: {out: ~/y}\ningest: {inputs: [~/data], "
                                      "heldout_fraction: 0.25}\nevaluate: {data: ~/held}\n")
     cfg = PipelineConfig.load(tmp_path / "r.yaml")

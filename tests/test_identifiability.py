@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pluralign.data import Annotation
-from pluralign.identifiability import assess
+from pluralign.core.data import Annotation
+from pluralign.core.identifiability import assess
 
 
 def _ann(h: str, m: int, L: int) -> Annotation:  # noqa: N803

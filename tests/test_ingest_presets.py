@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ranked_row, write_jsonl
 
-from pluralign.data import load
+from pluralign.core.data import load
 from pluralign.ingest import IngestError, ingest, parse_mapping
 
 

@@ -94,3 +94,33 @@ def test_the_import_graph_has_no_cycle():
     # a package's __init__ importing its own submodules is how packages re-export
     graph = {n: {m for m in deps if not m.startswith(n + ".")} for n, deps in graph.items()}
     assert _cycles(graph) == []
+
+
+#: The layers, lowest first: a module may import its own layer and those below, never above
+#: (the data flows ingest -> reference -> em -> aggregate -> evaluate -> report; README
+#: "Layout").
+LAYERS = ("core", "settings", "runfolder", "ingest", "simulate", "lm", "backends", "em",
+          "aggregate", "stages", "cli")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m))
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _upward({"pluralign.core.data": {"pluralign.em.estimator"}}) == [
+        "pluralign.core.data -> pluralign.em.estimator"]
+    assert _upward({"pluralign.em.estimator": {"pluralign.core.data"}}) == []
+
+
+def test_every_module_sits_in_a_layer_and_no_import_points_up():
+    modules = _modules()
+    assert [m for m in modules if m != "pluralign" and _layer(m) is None] == []
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    assert _upward(graph) == []

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import logsumexp
 
 from pluralign.backends.linear import LinearBackend
-from pluralign.data import Annotation, Annotations
+from pluralign.core.data import Annotation, Annotations
 from pluralign.simulate import SimulationConfig, simulate
 
 
@@ -82,7 +82,7 @@ def test_embedding_features_use_the_lm_reference(tmp_path):
     assert (d.phi[..., :64] ** 2).sum(-1).mean().item() == pytest.approx(1.0, rel=0.1)
     # the last column: log of each response's token count before the 32-token cut,
     # standardised on its own (unit scale), so length stays visible past the truncation
-    from pluralign.models import load_model
+    from pluralign.lm.models import load_model
     _, tok = load_model("builtin:tiny")
     n_tok = np.array([[len(tok(r, add_special_tokens=False).input_ids) + 1 for r in a.responses]
                       for a in data], dtype=float)

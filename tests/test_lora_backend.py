@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pluralign.backends.lora import LoRABackend
-from pluralign.data import Annotations
+from pluralign.core.data import Annotations
 from pluralign.simulate import SimulationConfig, simulate
 
 SMALL = dict(max_prompt_tokens=40, max_response_tokens=40, cache="", progress=False)
@@ -95,7 +95,7 @@ def test_fit_lowers_loss_and_leaves_other_adapters_bit_for_bit(data):
 def test_saved_adapter_loads_with_peft_from_pretrained(data, tmp_path):
     from peft import PeftModel
 
-    from pluralign.models import load_model
+    from pluralign.lm.models import load_model
     b = LoRABackend(types=2, **SMALL)
     _randomise(b, seed=3)
     s = b.logratios(data)
@@ -112,7 +112,7 @@ def test_saved_adapter_loads_with_peft_from_pretrained(data, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(data):
-    from pluralign import reference
+    from pluralign.lm import reference
     b = LoRABackend(types=2, **SMALL)
     prep = b.prepare(data)
     prep.ref.logps[:] = float("nan")
@@ -150,7 +150,7 @@ def test_merged_adapter_is_the_weighted_sum_of_the_deltas(data):
 
 
 def test_sampling_is_seeded_and_scored_by_every_type(data):
-    from pluralign.aggregate import RegretEstimator, policies_of
+    from pluralign.aggregate.regret import RegretEstimator, policies_of
     b = LoRABackend(types=2, top_layers=2, **{**SMALL, "max_response_tokens": 8})
     _randomise(b, seed=4)
     first = b.sample(data, 1, 3, seed=5)
@@ -177,7 +177,7 @@ def test_sampling_is_seeded_and_scored_by_every_type(data):
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():
     """Against brute force: for every row, the kept tokens are the most likely ones, their mass
     reaches top_p, dropping the least likely kept one would not, and the rest is renormalised."""
-    from pluralign.backends.lora import nucleus
+    from pluralign.backends.generation import nucleus
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(50, 12, generator=gen) * 2, -1)
     for top_p in (0.05, 0.3, 0.8, 0.999, 1.0):
@@ -196,8 +196,8 @@ def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypat
     """policy_logps in snug length groups equals one padded batch of every sequence (values in
     the caller's order, and gradients), and each group's padding stays within the slack."""
     import pluralign.backends.lora as lora
-    from pluralign.data import Annotation
-    from pluralign.reference import PAD_SLACK, snug
+    from pluralign.core.data import Annotation
+    from pluralign.lm.reference import PAD_SLACK, snug
     mixed = Annotations([Annotation(f"a{i}", f"Question {i}?", ["Yes." * (1 + 3 * i), "No."],
                                     [0, 1]) for i in range(6)])  # 2 to 70 response tokens
     backend = LoRABackend(types=2, top_layers=2, **{**SMALL, "max_response_tokens": 80})
@@ -228,7 +228,7 @@ def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypat
 
 
 def test_device_and_dtype_are_checked_and_key_the_reference_cache(data, tmp_path):
-    from pluralign.backends.settings import LoRAConfig
+    from pluralign.settings.backends import LoRAConfig
     for bad, field in (({"dtype": "fp8"}, "dtype"), ({"device": "tpu"}, "device")):
         with pytest.raises(ValueError, match=field):
             LoRAConfig(**bad)

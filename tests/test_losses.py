@@ -13,15 +13,15 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from pluralign.data import Annotation
-from pluralign.losses import (
+from pluralign.core.data import Annotation
+from pluralign.core.losses import (
     distill_loss,
     get_loss,
     ipo_loss,
     pl_dpo_loss,
     plackett_luce_logprob,
 )
-from pluralign.rankings import Rankings
+from pluralign.core.rankings import Rankings
 
 
 @pytest.fixture(autouse=True)
@@ -209,13 +209,13 @@ def test_unknown_loss_is_named():
 
 
 def test_settings_know_every_registered_loss():
-    from pluralign.backends.settings import LOSS_NAMES
-    from pluralign.losses import LOSSES
+    from pluralign.core.losses import LOSSES
+    from pluralign.settings.backends import LOSS_NAMES
     assert tuple(LOSSES) == LOSS_NAMES
 
 
 def _random_rankings(rng, n: int = 30, widths=(2, 3, 7, 40)):
-    from pluralign.data import Annotation
+    from pluralign.core.data import Annotation
     records = []
     for i in range(n):
         m = int(rng.choice(widths))
@@ -227,8 +227,8 @@ def _random_rankings(rng, n: int = 30, widths=(2, 3, 7, 40)):
 
 @pytest.mark.parametrize("block", [1, 50, 1 << 22])
 def test_pair_blocks_enumerate_exactly_the_implied_pairs(block):
-    from pluralign.losses import pair_blocks
-    from pluralign.rankings import Rankings
+    from pluralign.core.losses import pair_blocks
+    from pluralign.core.rankings import Rankings
     rng = np.random.default_rng(0)
     records = _random_rankings(rng)
     rank = Rankings.from_annotations(records)
@@ -248,9 +248,9 @@ def test_pair_blocks_enumerate_exactly_the_implied_pairs(block):
 
 
 def test_ipo_and_pairwise_metrics_do_not_depend_on_the_block_size(monkeypatch):
-    from pluralign import losses
-    from pluralign.evaluate import ranking_metrics
-    from pluralign.rankings import Rankings
+    from pluralign.core import losses
+    from pluralign.core.rankings import Rankings
+    from pluralign.stages.evaluate import ranking_metrics
     rng = np.random.default_rng(1)
     rank = Rankings.from_annotations(_random_rankings(rng))
     s = torch.as_tensor(rng.normal(size=rank.mask.shape)).masked_fill(~rank.mask, float("nan"))

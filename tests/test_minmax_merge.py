@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from pluralign.aggregate import MinMaxRegretAggregator
-from pluralign.minmax_merge import MinMaxMerge, kl_contributions, merge_logps
+from pluralign.aggregate.merge import MinMaxMerge, kl_contributions, merge_logps
+from pluralign.aggregate.program import MinMaxRegretAggregator
 
 
 def _grid(k: int, steps: int) -> np.ndarray:

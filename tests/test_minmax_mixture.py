@@ -9,9 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pluralign.aggregate import MinMaxRegretAggregator
-from pluralign.minmax_merge import MinMaxMerge, kl_contributions
-from pluralign.minmax_mixture import MinMaxMixture, mixture_regrets
+from pluralign.aggregate.merge import MinMaxMerge, kl_contributions
+from pluralign.aggregate.mmra import MinMaxMixture, mixture_regrets
+from pluralign.aggregate.program import MinMaxRegretAggregator
 
 
 def _grid(k: int, steps: int) -> np.ndarray:

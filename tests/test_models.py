@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign import models
-from pluralign.data import Annotations
-from pluralign.models import ModelError, load_model, tiny_model, tiny_tokenizer
+from pluralign.core.data import Annotations
+from pluralign.lm import models
+from pluralign.lm.models import ModelError, load_model, tiny_model, tiny_tokenizer
 from pluralign.simulate import SimulationConfig, simulate
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pluralign.data import Annotations
-from pluralign.personalize import answer_logprobs, information_gain
+from pluralign.core.data import Annotations
+from pluralign.em.personalize import answer_logprobs, information_gain
 
 
 def test_information_gain_is_the_expected_entropy_drop():
@@ -37,8 +37,8 @@ def world(tmp_path_factory):
     import json
 
     from pluralign.cli import main
-    from pluralign.data import load
-    from pluralign.em_run import load_run
+    from pluralign.core.data import load
+    from pluralign.em.fitted import load_run
     root = tmp_path_factory.mktemp("personal")
     common = ["--types", "3", "--seed", "8", "--prior", "0.5,0.3,0.2"]
     main(["simulate", "--out", str(root / "train"), "--annotators", "150", *common])
@@ -56,9 +56,9 @@ def _accuracy(gamma, ids, data, mapping):
 
 
 def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
-    from pluralign.evaluate import match_labels
-    from pluralign.personalize import assign
-    from pluralign.personalize_sim import session_accuracy, true_rewards
+    from pluralign.em.personalize import assign
+    from pluralign.em.personalize_sim import session_accuracy, true_rewards
+    from pluralign.stages.evaluate import match_labels
     root, run, train, new, truth = world
     label = {a.annotator_id: a.true_type for a in train}
     mapping = match_labels([label[h] for h in run.annotator_ids],
@@ -85,7 +85,7 @@ def test_cli_assign_suggest_and_generate_errors(world, cli):
     rc, out, _ = cli("assign", "--run", root / "run", "--data", root / "new")
     assert rc == 0 and out.splitlines()[0].startswith("annotator_id,type,confidence")
     assert len(out.splitlines()) == 61
-    from pluralign.data import load
+    from pluralign.core.data import load
     rows = root / "new.jsonl"  # the same annotations as a file ingest reads: the same answer
     load(root / "new").to_jsonl(rows)
     assert cli("assign", "--run", root / "run", "--data", rows)[1] == out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pluralign.plackett_luce import log_prob, sample_ranking
+from pluralign.core.plackett_luce import log_prob, sample_ranking
 
 
 @pytest.mark.parametrize("m, length", [(2, 2), (3, 3), (4, 4), (4, 2), (4, 1), (3, 1)])

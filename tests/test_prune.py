@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pluralign import prune
-from pluralign.data import Annotations
-from pluralign.em import EMDPO, _within_se
+from pluralign.core.data import Annotations
+from pluralign.em import prune
+from pluralign.em.estimator import EMDPO
+from pluralign.em.selection import within_se
 from pluralign.simulate import SimulationConfig, simulate
 
 
@@ -54,11 +55,11 @@ def test_a_larger_k_must_pass_a_one_sided_test_at_five_percent(gap_in_se):
     base = rng.normal(size=200)
     scores = {3: base, 4: base + diff}
     table = [{"k": 3}, {"k": 4}]
-    assert _within_se(scores, table) == 3
+    assert within_se(scores, table) == 3
     assert table[0]["se_of_gap"] == pytest.approx(se)
     assert table[0]["gap_to_best"] == pytest.approx(gap_in_se * se)
     # a win by 1.7 SE (past z = 1.645) does pick the larger K
-    assert _within_se({3: base, 4: base + 1.7 * se / 200 + noise * se / np.sqrt(200)},
+    assert within_se({3: base, 4: base + 1.7 * se / 200 + noise * se / np.sqrt(200)},
                       [{"k": 3}, {"k": 4}]) == 4
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pluralign.data import Annotation
-from pluralign.models import load_model
-from pluralign.reference import TokenSettings, compute_reference, prompt_text, tokenize
+from pluralign.core.data import Annotation
+from pluralign.lm.models import load_model
+from pluralign.lm.reference import TokenSettings, compute_reference, prompt_text, tokenize
 
 
 @pytest.fixture(scope="module")

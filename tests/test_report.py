@@ -11,9 +11,9 @@ import re
 import numpy as np
 import pytest
 
-from pluralign.em import e_step
-from pluralign.evaluate import doubling, personalization_curve
-from pluralign.report import FIGURES, browser_check, find_chromium, md_escape
+from pluralign.em.estep import e_step
+from pluralign.stages.evaluate import doubling, personalization_curve
+from pluralign.stages.report import FIGURES, browser_check, find_chromium, md_escape
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_aggregate_evaluate_report(run, cli):
 def test_report_explains_an_accuracy_loss_and_lists_warnings():
     """A constructed evaluation where the fairest policy ranks one group's pairs worse than
     the base model: a finding says so and explains why; every warning is on the page."""
-    from pluralign.report import findings, page, summary
+    from pluralign.stages.report import findings, page, summary
     em = {"priors": [0.5, 0.5], "n_types": 2, "n_iter": 3, "converged": True,
           "loglik_history": [-10.0, -9.0, -8.5], "annotators": 30, "annotations": 240,
           "identifiability": {"verdict": "rankings", "explanation": "ok"},
@@ -126,7 +126,7 @@ def test_report_explains_an_accuracy_loss_and_lists_warnings():
 
 def test_report_md_escapes_data_strings():
     """A group named with markup and a pipe stays text and cannot split a table row."""
-    from pluralign.report import _md_table, md_escape
+    from pluralign.stages.report import _md_table, md_escape
     evil = "<script>alert(1)</script>|x"
     assert "<script>" not in md_escape(evil) and "\\|" in md_escape(evil)
     header, row = ["group", "value"], [evil, "0.5"]
@@ -138,9 +138,10 @@ def test_report_md_escapes_data_strings():
 def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):
     """evaluate reads the log-probs aggregate saved (scores.npz) instead of scoring again, with
     the same result; scores of other data or another mixture are not used."""
-    from pluralign.aggregate import load_scores, policy_weights, run_aggregate, scores_key
-    from pluralign.em_run import load_run
-    from pluralign.evaluate import run_evaluate
+    from pluralign.aggregate.fair import policy_weights
+    from pluralign.em.fitted import load_run
+    from pluralign.stages.aggregate import load_scores, run_aggregate, scores_key
+    from pluralign.stages.evaluate import run_evaluate
     folder, held = run / "run", str(run / "held")
     agg = run_aggregate(folder, held)
     fitted = load_run(folder)
@@ -152,7 +153,7 @@ def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypa
     assert load_scores(folder, scores_key(folder, data, weights[::-1])) == {}
     reused = run_evaluate(folder, held)
     calls = []
-    monkeypatch.setattr("pluralign.evaluate.load_scores", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr("pluralign.stages.evaluate.load_scores", lambda *a: calls.append(a) or {})
     fresh = run_evaluate(folder, held)
     assert calls  # the second evaluation scored everything itself
     assert reused["metrics"] == fresh["metrics"]

@@ -19,7 +19,7 @@ import pytest
 from conftest import ranked_row, write_jsonl
 
 from pluralign.cli import main
-from pluralign.data import load, save
+from pluralign.core.data import load, save
 from pluralign.ingest import ingest
 
 
@@ -185,10 +185,10 @@ def test_5_a_changed_byte_in_an_input_dataset_folder_is_noticed(feature_populati
 
 def test_7_a_second_process_on_a_locked_run_folder_stops_naming_the_holder(feature_population,
                                                                            tmp_path, cli):
-    from pluralign.io import FolderLockedError, folder_lock
+    from pluralign.core.io import FolderLockedError, folder_lock
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib; from pluralign.io import folder_lock\n"
+        "import sys, time, pathlib; from pluralign.core.io import folder_lock\n"
         "with folder_lock(sys.argv[1], 'run'):\n"
         "    pathlib.Path(sys.argv[2]).touch(); time.sleep(60)\n"),
         str(tmp_path / "run"), str(ready)])
@@ -272,7 +272,7 @@ def test_14_assign_and_suggest_on_items_never_seen_warn(tmp_path, cli):
 
 
 def test_12_the_synthetic_recipe_runs_with_one_command(tmp_path, cli):
-    from pluralign.pipeline import PipelineConfig
+    from pluralign.stages.pipeline import PipelineConfig
     recipe = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic-linear.yaml"
     cfg = PipelineConfig.load(recipe)
     assert cfg.simulate is not None and not cfg.ingest.inputs

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign import bootstrap
-from pluralign.aggregate import RegretEstimator, policies_of
-from pluralign.data import Annotation, Annotations
-from pluralign.served import ServedSettings, served_policies, served_regret
+from pluralign.aggregate.regret import RegretEstimator, policies_of
+from pluralign.aggregate.served import ServedSettings, served_policies, served_regret
+from pluralign.core import bootstrap
+from pluralign.core.data import Annotation, Annotations
 
 BETA, MERGE, MIX = 0.5, np.array([0.3, 0.7]), np.array([0.5, 0.5])
 
@@ -119,7 +119,7 @@ def test_decoding_with_a_shared_trunk_draws_and_scores_as_the_whole_model(tiny):
     adapter it needs and scores the drawn responses in the same passes. The same seed draws
     the same responses as decoding with the whole model per adapter, and the scores equal an
     exact scoring of those responses afterwards."""
-    from pluralign.backends import sequences
+    from pluralign.backends import generation
     b, data = tiny
     ids = [b.prompt_tokens(a.prompt) for a in data][:6]
     assert b.trunk
@@ -131,7 +131,7 @@ def test_decoding_with_a_shared_trunk_draws_and_scores_as_the_whole_model(tiny):
         b.trunk = True
     assert shared.ids == whole.ids
     flat = [(q, y) for q, rows in enumerate(shared.ids) for y in rows]
-    after = sequences.continuation_logps(b, ids, flat, [0, 1, None, MERGE])
+    after = generation.continuation_logps(b, ids, flat, [0, 1, None, MERGE])
     assert np.allclose(shared.logps.reshape(-1, 4), after, atol=1e-4)
 
 
@@ -141,7 +141,7 @@ def test_tuning_picks_the_weights_that_serve_best_on_other_prompts(tiny):
     prompts the served measure does not use."""
     import json
 
-    from pluralign.served import _prompts, tune_merge
+    from pluralign.aggregate.served import _prompts, tune_merge
     b, data = tiny
     settings = ServedSettings(n_samples=200, max_prompts=8, random_state=3)
     candidates = {"program": MERGE, "even": np.array([0.5, 0.5]), "lopsided": np.array([0.95,

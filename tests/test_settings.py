@@ -7,9 +7,7 @@ import dataclasses
 
 import pytest
 
-from pluralign import config as C
 from pluralign.cli import build_parser
-from pluralign.pipeline import SECTIONS, PipelineConfig
 from pluralign.settings import (
     AggregateSection,
     EMSection,
@@ -18,6 +16,8 @@ from pluralign.settings import (
     IngestSection,
     SimulationConfig,
 )
+from pluralign.settings import config as C
+from pluralign.stages.pipeline import SECTIONS, PipelineConfig
 
 #: command, settings class, YAML section, fields the command takes otherwise (or not at all)
 COVERED = [("ingest", IngestOptions, "ingest", ()),
@@ -61,7 +61,7 @@ def test_em_settings_and_the_estimators_init_take_the_same_names_and_defaults():
     explicit one); YAML, flags and the run's key follow the settings field."""
     import inspect
 
-    from pluralign.em import EMDPO
+    from pluralign.em.estimator import EMDPO
     from pluralign.settings import EMSection
     objects = {"self", "backend_options", "checkpoint_dir", "callback", "init_options"}
     init = {name: p.default for name, p in inspect.signature(EMDPO.__init__).parameters.items()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.data import load
-from pluralign.plackett_luce import log_prob
+from pluralign.core.data import load
+from pluralign.core.plackett_luce import log_prob
 from pluralign.simulate import SimulationConfig, simulate
 from pluralign.simulate.textbank import prompts
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pluralign.data import Annotation, Annotations
+from pluralign.core.data import Annotation, Annotations
 
 
 class PolicyBackend(ABC):
@@ -17,7 +17,7 @@ class PolicyBackend(ABC):
     n_types: int
     beta: float
     #: Whether the policies generate text (and can be measured as served by sampling them:
-    #: pluralign.served); False when they live on given candidates.
+    #: pluralign.aggregate.served); False when they live on given candidates.
     decodes: bool = False
 
     def logratios(self, data: Annotations) -> np.ndarray:
@@ -52,6 +52,26 @@ class PolicyBackend(ABC):
     def penalty(self) -> float:
         """Log-prior of the parameters that the M-step subtracts (0 without one)."""
         return 0.0
+
+    # -- optional capabilities: defaults for a backend without them ------------------------
+    def prepare(self, data: Annotations, embeddings: bool = False) -> Any:
+        """Compute what scoring `data` needs once, ahead of EM (a reference pass); nothing by
+        default."""
+        return None
+
+    def iteration_seconds(self, data: Annotations) -> float | None:
+        """An estimate of one EM iteration's time on `data`, announced before a long run;
+        None for a backend too quick to be worth one."""
+        return None
+
+    def feature_design(self, data: Annotations) -> tuple[Any, Any, int] | None:
+        """(features, one-hot columns, vocabulary size) of a backend linear in given features:
+        the k-means start reads annotators' score statistics from it. None otherwise."""
+        return None
+
+    def n_parameters(self) -> int:
+        """The number of trained parameters of the K policies (BIC counts them)."""
+        return 0
 
     def sample(self, data: Annotations, k: int | None, n: int, seed: int) -> list[Annotation]:
         """n responses drawn from policy k (None: the reference) for each row's prompt, one

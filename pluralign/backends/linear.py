@@ -25,11 +25,11 @@ import torch
 from scipy.optimize import minimize
 
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
-from pluralign.backends.settings import LinearConfig
-from pluralign.data import Annotation, Annotations, as_annotations
-from pluralign.io import write_json, write_with
-from pluralign.losses import get_loss
-from pluralign.rankings import Rankings
+from pluralign.core.data import Annotation, Annotations, as_annotations
+from pluralign.core.io import write_json, write_with
+from pluralign.core.losses import get_loss
+from pluralign.core.rankings import Rankings
+from pluralign.settings.backends import LinearConfig
 
 #: LMs loaded for embedding features, by spec: EM builds a backend per run, the LM is the same.
 _LMS: dict[str, tuple[Any, Any, str]] = {}
@@ -91,6 +91,13 @@ class LinearBackend(PolicyBackend):
         self._designs: dict[str, Design] = {}
 
     # -- features ---------------------------------------------------------------------------
+    def feature_design(self, data: Annotations) -> tuple[Any, Any, int]:
+        d = self.design(data)
+        return d.phi, d.col, len(self.vocab_)
+
+    def n_parameters(self) -> int:
+        return int(self.theta_.size) if self.theta_ is not None else 0
+
     def design(self, data: Annotations) -> Design:
         """Features of `data`, memoised per dataset."""
         key = as_annotations(data).fingerprint()
@@ -140,8 +147,8 @@ class LinearBackend(PolicyBackend):
         return Design(rank, uniform_log_ref(rank.mask), col=col)
 
     def _embedding(self, data: Annotations, rank: Rankings) -> Design:
-        from pluralign.models import load_model, model_id
-        from pluralign.reference import TokenSettings, compute_reference, tokenize
+        from pluralign.lm.models import load_model, model_id
+        from pluralign.lm.reference import TokenSettings, compute_reference, tokenize
         cfg = self.config
         if cfg.model not in _LMS:  # read-only here: every linear backend can share one copy
             model, tok = load_model(cfg.model)

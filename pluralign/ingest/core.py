@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from pluralign import __version__
-from pluralign.data import Annotation, Annotations, FieldError, check_annotation, load, save
+from pluralign.core.data import Annotation, Annotations, FieldError, check_annotation, load, save
+from pluralign.core.io import sha256_file, write_json, write_jsonl
 from pluralign.ingest.errors import IngestError
 from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
 from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
-from pluralign.io import sha256_file, write_json, write_jsonl
 from pluralign.settings import EMPTY, ON_ERROR, IngestOptions
 
 REPORT_FILE = "report.json"

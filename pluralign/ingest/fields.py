@@ -6,7 +6,7 @@ import math
 import unicodedata
 from typing import Any
 
-from pluralign.data import FieldError, Prompt
+from pluralign.core.data import FieldError, Prompt
 
 
 def missing(row: dict[str, Any], name: str) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pluralign.data import Annotation, FieldError
+from pluralign.core.data import Annotation, FieldError
 from pluralign.ingest import fields as F
 from pluralign.ingest.errors import IngestError, Location
 from pluralign.ingest.readers import RawRow

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pluralign import hub
-from pluralign.data import FieldError, read_parquet
+from pluralign.core import hub
+from pluralign.core.data import FieldError, read_parquet
 from pluralign.ingest.errors import IngestError, Location
 from pluralign.settings import MAX_INPUT_MB
 
@@ -355,7 +355,7 @@ def _dataset_rows(ds: Any, name: str) -> list[RawRow]:
 def _read_canonical(path: Path) -> list[RawRow]:
     """A folder `pluralign ingest` or `simulate` wrote: its records in the `ranked` layout
     (re-ingesting re-validates and deduplicates; the fingerprint is checked first)."""
-    from pluralign.data import load
+    from pluralign.core.data import load
     try:
         data = load(path)
     except (OSError, ValueError) as e:
@@ -365,7 +365,7 @@ def _read_canonical(path: Path) -> list[RawRow]:
 
 
 def _read_hf_folder(path: Path) -> list[RawRow]:
-    from pluralign.data import ANNOTATIONS_FILE, MANIFEST_FILE
+    from pluralign.core.data import ANNOTATIONS_FILE, MANIFEST_FILE
     if (path / ANNOTATIONS_FILE).is_file() and (path / MANIFEST_FILE).is_file():
         return _read_canonical(path)
     import datasets

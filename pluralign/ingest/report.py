@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pluralign import identifiability
-from pluralign.data import Annotation
+from pluralign.core import identifiability
+from pluralign.core.data import Annotation
 
 
 def describe(records: Sequence[Annotation]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pluralign.data import Annotation
-from pluralign.plackett_luce import sample_ranking
+from pluralign.core.data import Annotation
+from pluralign.core.plackett_luce import sample_ranking
 from pluralign.settings import FLAVOURS, MISSPECIFY, SimulationConfig  # noqa: F401 (re-exported)
 from pluralign.simulate import textbank
 from pluralign.simulate.text import ATTRIBUTES, render
@@ -96,7 +96,7 @@ def _items(config: SimulationConfig, rng: np.random.Generator) -> list[dict[str,
     lo, hi = config.list_size
     pool = textbank.prompts()
     items = []
-    for i in range(config.n_items):
+    for i in range(item_count(config)):
         m = int(rng.integers(lo, hi + 1))
         if config.flavour == "feature":
             x = rng.normal(size=(m, config.feature_dim))
@@ -138,3 +138,12 @@ def _record(config: SimulationConfig, aid: str, item: dict[str, Any], ranking: l
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def item_count(config: SimulationConfig) -> int:
+    """Item pool size: given, or enough for each item to be seen a few times (and for the
+    text flavour, every prompt of the bank)."""
+    if config.items is not None:
+        return config.items
+    floor = len(textbank.prompts()) if config.flavour == "text" else 20
+    return max(floor, config.annotators * config.per_annotator // 2)

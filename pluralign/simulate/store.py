@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pluralign import __version__
-from pluralign.data import save
+from pluralign.core.data import save
+from pluralign.core.io import write_json
 from pluralign.ingest.report import describe
-from pluralign.io import write_json
 from pluralign.simulate.population import Population
 
 TRUTH_FILE = "truth.json"

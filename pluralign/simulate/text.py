@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pluralign.settings.stages import TEXT_ATTRIBUTES
 from pluralign.simulate.textbank import Topic
 
-ATTRIBUTES = ("length", "formality", "bullets", "caution", "enthusiasm")
+ATTRIBUTES = TEXT_ATTRIBUTES  # defined with the settings, which check item counts against it
 
 _OPEN = {  # (formal, enthusiastic) -> openers
     (0, 0): ("Sure.", "OK, so here's what I'd do.", "Here's the short version.", ""),

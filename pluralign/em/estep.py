@@ -1,0 +1,124 @@
+"""The E-step of EM-DPO (DESIGN §4) and the posteriors it yields.
+
+Under type k the likelihood of annotator h's annotations is L_hk = prod_a P_k(tau_a | x_a),
+Plackett–Luce on rewards beta * s_k; log gamma_hk = log eta_k + log L_hk, normalised over k
+(log-sum-exp). Also the k-means start on score statistics and the posteriors of new annotators
+under fitted policies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.special import logsumexp
+
+from pluralign.backends.base import PolicyBackend
+from pluralign.core.data import Annotations, as_annotations
+
+if TYPE_CHECKING:
+    import torch
+
+    from pluralign.core.rankings import Rankings
+
+
+def rankings(data: Annotations) -> Rankings:
+    """The rankings as tensors. torch is imported here and in the functions that compute, not
+    at the top, so that `pluralign run` checks a config before paying for torch."""
+    return as_annotations(data).rankings()
+
+
+# -- the E-step -----------------------------------------------------------------------------
+def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
+    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]. Padding may
+    be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
+    import torch
+
+    from pluralign.backends.base import check_finite
+    from pluralign.core.losses import plackett_luce_logprob
+    real = rankings.mask.numpy()
+    check_finite(logratios, None, "log-ratio", real)
+    s = torch.as_tensor(np.where(real[..., None], logratios, 0.0), dtype=torch.float64)
+    return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
+                     for k in range(s.shape[-1])], axis=1)
+
+
+def reference_loglik(data: Annotations) -> float:
+    """log-likelihood of the rankings under the reference scores (s = 0, every ordering of a
+    prompt's candidates equally likely): sum over annotations of -sum_{j<L} log(m - j)."""
+    return -float(sum(np.log(np.arange(a.m - a.L + 1, a.m + 1)).sum() for a in data))
+
+
+def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
+                     n_annotators: int) -> np.ndarray:
+    """log L_hk: the sum over each annotator's annotations, [n, K] -> [H, K]."""
+    out = np.zeros((n_annotators, per_annotation.shape[1]))
+    np.add.at(out, codes, per_annotation)
+    return out
+
+
+def mixture_loglik(log_lik: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """Each annotator's log-likelihood with the type summed out: log sum_k eta_k L_hk, [H]."""
+    with np.errstate(divide="ignore"):
+        return logsumexp(log_lik + np.log(priors), axis=1)
+
+
+def e_step(log_lik: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, float]:
+    """Posteriors gamma [H, K] and the observed log-likelihood sum_h log sum_k eta_k L_hk."""
+    lse = mixture_loglik(log_lik, priors)
+    with np.errstate(divide="ignore"):
+        return np.exp(log_lik + np.log(priors) - lse[:, None]), float(lse.sum())
+
+
+# -- initialisation -------------------------------------------------------------------------
+def score_statistics(data: Annotations, phi: torch.Tensor | None = None,
+                     col: torch.Tensor | None = None, width: int = 0) -> np.ndarray:
+    """Per-annotator preference statistics: the gradient of each annotator's PL log-likelihood
+    with respect to a linear reward's weights at zero, per choice made, averaged over their
+    annotations.
+    Annotators of one type share its expected direction, which k-means++ can find."""
+    import torch
+
+    from pluralign.core.losses import plackett_luce_logprob
+    rank = rankings(data)
+    z = torch.zeros(rank.mask.shape, dtype=torch.float64, requires_grad=True)
+    plackett_luce_logprob(z, rank).sum().backward()
+    # per choice, not per annotation: a 10,000-way ranking would otherwise outweigh everything
+    choices = (rank.ranking >= 0).sum(dim=1, keepdim=True).clamp_min(1)
+    g = z.grad.masked_fill(~rank.mask, 0.0) / choices
+    codes, ids = as_annotations(data).annotator_codes()
+    if phi is not None:
+        per = torch.einsum("nm,nmd->nd", g, phi).numpy()
+    else:
+        per = np.zeros((len(data), width))
+        rows = np.repeat(np.arange(len(data)), rank.mask.shape[1])
+        flat_col, flat_g = col.reshape(-1).numpy(), g.reshape(-1).numpy()
+        keep = flat_col >= 0
+        np.add.at(per, (rows[keep], flat_col[keep]), flat_g[keep])
+    out = np.zeros((len(ids), per.shape[1]))
+    np.add.at(out, codes, per)
+    return out / np.bincount(codes, minlength=len(ids))[:, None]
+
+
+def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0.1) -> np.ndarray:
+    """Soft posteriors from a k-means++ clustering: (1 - smooth) on the cluster, the rest spread."""
+    if k == 1:
+        return np.ones((features.shape[0], 1))
+    from sklearn.cluster import KMeans
+    labels = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit_predict(
+        features)
+    gamma = np.full((features.shape[0], k), smooth / k)
+    gamma[np.arange(len(labels)), labels] += 1.0 - smooth
+    return gamma
+
+
+def type_posteriors(backend: PolicyBackend, priors: np.ndarray,
+                    data: Annotations) -> tuple[np.ndarray, list[str]]:
+    """One E-step with fixed policies: each annotator's type posterior given all of their
+    annotations in `data` (for annotators never seen in training too). Returns (gamma, ids)."""
+    data = as_annotations(data)
+    codes, ids = data.annotator_codes()
+    per = annotation_loglik(backend.logratios(data), rankings(data),
+                            backend.beta)
+    gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), np.asarray(priors))
+    return gamma, ids

@@ -1,0 +1,423 @@
+"""Evaluate every policy against every type (DESIGN §1, §6): how well each policy's implied
+preferences predict each type's held-out rankings, and how well types were discovered.
+
+A policy j enters as log pi_j(y|x) of every candidate (restricted to the candidates with the
+base measure of the `candidates` regret estimator, uniform by default); as a preference model it
+ranks by its implied reward beta * (log q_j - log q_ref), and its Plackett–Luce likelihood uses
+that reward. Every figure comes with a bootstrap interval: annotators are resampled for
+accuracies, ARI and the personalization curve, prompts for regrets.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pluralign.aggregate.fair import aggregate, policy_weights, weigh_types
+from pluralign.aggregate.merge import merge_logps
+from pluralign.aggregate.regret import Policy, policies_of, policy_logps, prompt_units, regret_contributions, regret_intervals
+from pluralign.aggregate.mmra import mixture_logps
+from pluralign.backends.base import PolicyBackend, check_finite
+from pluralign.core import bootstrap, diagnostics
+from pluralign.core.data import Annotations, as_annotations
+from pluralign.core.io import write_json
+from pluralign.core.labels import annotator_labels, label_columns, split_label_warnings
+from pluralign.core.losses import pair_blocks, plackett_luce_logprob
+from pluralign.core.rankings import Rankings
+from pluralign.em.ceiling import ceiling_warnings, compare, match_labels
+from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step
+from pluralign.em.fitted import FittedRun, crossfit_posteriors, load_ceiling, load_run
+from pluralign.runfolder.artifacts import aggregate_info
+from pluralign.runfolder.folder import run_folder
+from pluralign.runfolder.lineage import check_made_from, made_from
+from pluralign.settings import DEFAULT_BASE_MEASURE
+from pluralign.stages.aggregate import load_scores, scores_key
+
+
+def ranking_metrics(scores: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
+    """Per-annotation agreement of `scores[n, M]` (higher = preferred) with the observed rankings:
+    top-1 accuracy (a tie at the top shares the credit, so a constant score gets chance level),
+    pairwise accuracy over the pairs a ranking implies (ties count one half), and
+    Kendall's tau over those pairs ((concordant - discordant) / pairs)."""
+    real = rankings.mask.numpy()
+    s = torch.as_tensor(np.where(real, scores, -np.inf), dtype=torch.float64)
+    n = len(rankings)
+    n_pairs, concordant, discordant, ties = (torch.zeros(n, dtype=torch.float64)
+                                             for _ in range(4))
+    for rows, cols, wins in pair_blocks(rankings):  # bounded memory for any list size
+        sr = s[rows, : wins.shape[2]]
+        diff = sr[:, cols].unsqueeze(2) - sr.unsqueeze(1)
+        for total, hit in ((n_pairs, wins), (concordant, (diff > 0) & wins),
+                           (discordant, (diff < 0) & wins), (ties, (diff == 0) & wins)):
+            total.index_add_(0, rows, hit.sum(dim=(1, 2)).double())
+    n_pairs = n_pairs.clamp_min(1)
+    at_max = s == s.max(dim=1, keepdim=True).values      # ties at the top share the credit
+    chosen = at_max.gather(1, rankings.ranking[:, :1]).squeeze(1)
+    return {"top1": (chosen / at_max.sum(dim=1)).double().numpy(),
+            "pairwise": ((concordant + 0.5 * ties) / n_pairs).numpy(),
+            "kendall_tau": ((concordant - discordant) / n_pairs).numpy()}
+
+
+def annotation_metrics(rewards: np.ndarray, rankings: Rankings) -> dict[str, np.ndarray]:
+    """metric -> [n, J]: each policy's agreement with each annotation (ranking_metrics) and its
+    Plackett–Luce log-likelihood. rewards[n, M, J]: implied rewards (NaN padding; a
+    non-finite reward on a real candidate is an error)."""
+    real = rankings.mask.numpy()
+    check_finite(rewards, None, "implied reward", real, column="policy ")
+    out: dict[str, list[np.ndarray]] = {}
+    for j in range(rewards.shape[2]):
+        r = rewards[..., j]
+        per = ranking_metrics(r, rankings)
+        per["loglik"] = plackett_luce_logprob(
+            torch.as_tensor(np.where(real, r, 0.0), dtype=torch.float64), rankings).numpy()
+        for metric, values in per.items():
+            out.setdefault(metric, []).append(values)
+    return {m: np.stack(v, axis=1) for m, v in out.items()}
+
+
+def policy_table(rewards: np.ndarray, rankings: Rankings, groups: Sequence[Any],
+                 policy_names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """metric -> group -> policy -> mean over that group's annotations.
+
+    rewards[n, M, J]: each policy's implied reward beta * s_j (NaN padding); groups: the type of
+    each annotation's annotator (true types where known, else discovered ones)."""
+    return group_means(annotation_metrics(rewards, rankings), groups, policy_names)
+
+
+def group_means(per: dict[str, np.ndarray], groups: Sequence[Any],
+                policy_names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    groups = np.asarray(groups, dtype=object)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for metric, values in per.items():
+        for g in sorted(set(groups.tolist()), key=str):
+            means = values[groups == g].mean(axis=0)
+            out.setdefault(metric, {})[str(g)] = dict(zip(policy_names, means.tolist(),
+                                                          strict=True))
+    return out
+
+
+def group_intervals(per: dict[str, np.ndarray], groups: Sequence[Any], codes: np.ndarray,
+                    policy_names: Sequence[str], n_boot: int, seed: int
+                    ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """metric -> group -> policy -> [low, high]: annotators resampled within each group (an
+    annotator's annotations stay together)."""
+    groups = np.asarray(groups, dtype=object)
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for metric, values in per.items():
+        for g in sorted(set(groups.tolist()), key=str):
+            rows = groups == g
+            reps = bootstrap.mean_replicates(values[rows], codes[rows], n_boot, seed)
+            out.setdefault(metric, {})[str(g)] = bootstrap.pairs(
+                policy_names, bootstrap.interval(reps))
+    return out
+
+
+def discovery(truth: Sequence[Any], posteriors: np.ndarray, n_boot: int = 0,
+              seed: int = 0) -> dict[str, Any]:
+    """Discovery quality against known labels: ARI, NMI (with bootstrap intervals over
+    annotators when n_boot > 0), the confusion matrix (true label x discovered type), and each
+    annotator's posterior confidence (max posterior)."""
+    from sklearn.metrics import adjusted_rand_score, confusion_matrix, normalized_mutual_info_score
+    pred = posteriors.argmax(axis=1)
+    labels = sorted(set(truth), key=str)
+    index = {label: i for i, label in enumerate(labels)}
+    k = posteriors.shape[1]
+    matrix = confusion_matrix([index[t] for t in truth], pred,
+                              labels=range(max(len(labels), k)))[: len(labels), :k]
+    confidence = posteriors.max(axis=1)
+    out = {"ari": float(adjusted_rand_score(truth, pred)),
+           "nmi": float(normalized_mutual_info_score(truth, pred)),
+           "annotators": len(truth),
+           "labels": [str(x) for x in labels], "confusion": matrix.tolist(),
+           "confidence_mean": float(confidence.mean()),
+           "confidence_histogram": np.histogram(confidence, bins=10, range=(0, 1))[0].tolist()}
+    if n_boot > 0 and len(truth) > 1:
+        t = np.asarray([index[x] for x in truth])
+        for name, score in (("ari", adjusted_rand_score), ("nmi", normalized_mutual_info_score)):
+            reps = bootstrap.replicates(len(t), lambda i, f=score: f(t[i], pred[i]), n_boot, seed)
+            out[f"{name}_interval"] = bootstrap.interval(reps).tolist()
+    return out
+
+
+def implied_rewards(logps: np.ndarray, log_ref: np.ndarray | None, beta: float) -> np.ndarray:
+    """beta * (log q_j - log q_ref) with both restricted to each row's candidates: the reward a
+    policy (or a mixture) implies; [n, M, P]. The base model implies zero."""
+    def restricted(x: np.ndarray) -> np.ndarray:
+        top = np.nanmax(x, axis=1, keepdims=True)
+        return x - top - np.log(np.nansum(np.exp(x - top), axis=1, keepdims=True))
+    if log_ref is None:  # uniform base measure
+        log_ref = np.where(np.isnan(logps[..., 0]), np.nan, 0.0)
+    return beta * (restricted(logps) - restricted(log_ref)[..., None])
+
+
+def spread(table: dict[str, dict[str, dict[str, float]]],
+           lower_is_better: Sequence[str] = ()) -> dict[str, dict[str, dict[str, Any]]]:
+    """metric -> policy -> the worst-served group, its value, the best value and the gap
+    between best- and worst-served groups."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for metric, by_group in table.items():
+        sign = -1.0 if metric in lower_is_better else 1.0
+        policies = next(iter(by_group.values())).keys()
+        for p in policies:
+            values = {g: row[p] for g, row in by_group.items()}
+            worst = min(values, key=lambda g: sign * values[g])
+            best = max(values, key=lambda g: sign * values[g])
+            out.setdefault(metric, {})[p] = {
+                "worst_group": worst, "worst": values[worst], "best_group": best,
+                "best": values[best], "gap": abs(values[best] - values[worst])}
+    return out
+
+
+def doubling(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, then n itself."""
+    sizes = [2 ** i for i in range(max(1, n).bit_length()) if 2 ** i < n]
+    return sizes + [max(1, n)]
+
+
+def personalization_curve(per_annotation: np.ndarray, codes: np.ndarray, priors: np.ndarray,
+                          target: np.ndarray, sizes: Sequence[int] | None = None,
+                          n_boot: int = 0, seed: int = 0) -> list[dict[str, Any]]:
+    """Type-assignment accuracy after each annotator's first n annotations (data order), from
+    fixed policies: per_annotation[a, k] is log P_k of annotation a, target[h] the type each
+    annotator should get (-1: none). Only annotators with at least n annotations count at n;
+    with n_boot > 0, a bootstrap interval over those annotators."""
+    n_annot = len(target)
+    order = np.zeros(len(codes), dtype=int)
+    seen = np.zeros(n_annot, dtype=int)
+    for a, h in enumerate(codes):
+        order[a], seen[h] = seen[h], seen[h] + 1
+    out = []
+    for n in sizes or doubling(int(seen.max(initial=1))):
+        use = order < n
+        lik = annotator_loglik(per_annotation[use], codes[use], n_annot)
+        gamma, _ = e_step(lik, priors)
+        who = (seen >= n) & (target >= 0)
+        if who.any():
+            hit = (gamma[who].argmax(1) == target[who]).astype(np.float64)
+            point = {"annotations": int(n), "annotators": int(who.sum()),
+                     "accuracy": float(hit.mean()), "confidence": float(gamma[who].max(1).mean())}
+            if n_boot > 0:
+                reps = bootstrap.mean_replicates(hit, np.arange(len(hit)), n_boot, seed)
+                point["interval"] = bootstrap.interval(reps).tolist()
+            out.append(point)
+    return out
+
+
+# -- a whole run ----------------------------------------------------------------------------
+def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
+                 scores: dict[str, np.ndarray] | None = None, n_boot: int = 1000,
+                 seed: int = 0, train: Annotations | None = None) -> dict[str, Any]:
+    """Every policy against every type on `data`: the single policies (types, pooled, merged,
+    base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
+    discovery quality against every label column, per-annotator confidence and the
+    personalization curve, each with a bootstrap interval (n_boot replicates; 0: none).
+    `scores`: the log-probs aggregation computed on this data (RegretEstimator.scores), not
+    recomputed; `train`: the training data, to flag labelled groups the evaluation misses."""
+    backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
+    if aggregated is None:
+        aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
+                                       n_boot=0, served=None)
+    else:
+        merged = _merged(backend, aggregated.get("merged_weights") or aggregated["weights"])
+    base_measure = aggregated["base_measure"] or DEFAULT_BASE_MEASURE  # None: sampled
+    logps, names, s = _policy_columns(run, data, aggregated, merged, scores or {}, base_measure)
+    check_finite(s, data, "log-ratio")  # also when read back from scores.npz
+    check_finite(logps, data, "policy log-prob")
+    rank = as_annotations(data).rankings()
+    codes, ids = data.annotator_codes()
+    per = annotation_loglik(s, rank, beta)
+    gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), run.priors)
+    pred = gamma.argmax(axis=1)
+    labels = annotator_labels(data)
+    labelled = bool(labels) and all(h in labels for h in ids)
+    groups = [labels[h] for h in ids] if labelled else [f"type_{p}" for p in pred]
+    log_ref = backend.reference_logps(data) if base_measure == "reference" else None
+    metrics = annotation_metrics(implied_rewards(logps, log_ref, beta), rank)
+    row_groups = [groups[c] for c in codes]
+    table = group_means(metrics, row_groups, names)
+    objective = aggregated["objective"]
+    units = weigh_types(prompt_units(data).means(regret_contributions(s, logps, beta, objective)),
+                        aggregated.get("type_weights"))
+    regret = units.mean(axis=0)
+    out: dict[str, Any] = {
+        "annotations": len(data), "annotators": len(ids), "prompts": int(len(units)),
+        "data_fingerprint": data.fingerprint(), "base_measure": base_measure,
+        "groups": "true types" if labelled else "discovered types", "policies": names,
+        "group_sizes": _group_sizes(groups, row_groups),
+        "metrics": table, "spread": spread(table),
+        "regret": {"estimator": "candidates", "objective": objective,
+                   "types": [f"type_{i}" for i in range(k)],
+                   "matrix": regret.tolist(),
+                   "max_regret": dict(zip(names, regret.max(0).tolist(), strict=True)),
+                   "gap": dict(zip(names, (regret.max(0) - regret.min(0)).tolist(),
+                                   strict=True))},
+        "annotator_posteriors": [{"annotator_id": h, "type": int(p), "confidence": float(c)}
+                                 for h, p, c in zip(ids, pred, gamma.max(1), strict=True)],
+        "confidence_histogram": np.histogram(gamma.max(1), bins=10, range=(0, 1))[0].tolist()}
+    if n_boot > 0:
+        out["intervals"] = {"level": bootstrap.LEVEL, "n_boot": n_boot, "seed": seed,
+                            "metrics": group_intervals(metrics, row_groups, codes, names,
+                                                       n_boot, seed),
+                            **(regret_intervals(units, names, n_boot, seed) or {})}
+    target, warns = pred, []
+    if labelled:
+        truth = [labels[h] for h in ids]
+        out["discovery"] = discovery(truth, gamma, n_boot, seed)
+        mapping = match_labels(truth, pred, k)
+        out["discovery"]["label_to_type"] = mapping
+        target = np.array([mapping.get(t, -1) for t in truth])
+        warns = diagnostics.label_match_warnings(mapping, truth, k)
+        ceiling = _ceiling(run, data, ids, train is None)
+        if ceiling is not None:  # the same backend fitted with the labels known
+            gamma_c, labels_c, how = ceiling
+            out["ceiling"] = compare(truth, gamma, gamma_c, labels_c, n_boot, seed)
+            out["ceiling"]["assigned"] = how
+            warns += ceiling_warnings(out["ceiling"], "training" if train is None else
+                                      "held-out")
+    out["confusion"] = {col: discovery([lab.get(h, "(none)") for h in ids], gamma)
+                        for col, lab in label_columns(data).items()}
+    out["personalization"] = {
+        "target": "matched true types" if labelled else "assignment from all annotations",
+        "curve": personalization_curve(per, codes, run.priors, target, n_boot=n_boot,
+                                       seed=seed)}
+    out["warnings"] = warns + _warnings(data, train, gamma)
+    return out
+
+
+def _policy_columns(run: FittedRun, data: Annotations, aggregated: dict[str, Any],
+                    merged: PolicyBackend | None, scores: dict[str, np.ndarray],
+                    base_measure: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """log q_j of every candidate for the single policies and the mixtures: ([n, M, P], names,
+    the types' log-ratios s)."""
+    backend, k = run.backend, run.backend.n_types
+    s = scores["_s"] if "_s" in scores else backend.logratios(data)
+    singles = policies_of(backend, {"pooled": run.baseline}, base=True)
+    singles += [Policy("merged", merged, 0)] if merged is not None else []
+    todo = [p for p in singles if p.name not in scores]
+    fresh = policy_logps(todo, data, {id(backend): s}, base_measure) if todo else None
+    logps = np.stack([scores[p.name] if p.name in scores else fresh[..., todo.index(p)]
+                      for p in singles], axis=2)
+    for name in ("fair", "fair_tuned"):  # the min-max merge, decoded from the K type policies
+        if aggregated.get(name):
+            column = scores.get(name)
+            if column is None:
+                column = merge_logps(logps[..., :k], aggregated[name]["weights"])
+            logps = np.concatenate([logps, column[..., None]], axis=2)
+            singles = [*singles, Policy(name, backend, None)]
+    mixes = {"mmra": aggregated["weights"],
+             **{m: aggregated["baselines"][m]["weights"] for m in ("uniform", "utilitarian")}}
+    logps = np.concatenate([logps] + [mixture_logps(logps[..., :k], w)[..., None]
+                                      for w in mixes.values()], axis=2)
+    return logps, [p.name for p in singles] + list(mixes), s
+
+
+def _ceiling(run: FittedRun, data: Annotations, ids: list[str],
+             in_sample: bool) -> tuple[np.ndarray, list[str], str] | None:
+    """The supervised ceiling's posteriors of the annotators `ids` ([H, labels]), its labels
+    and how they were assigned: held-out annotators by the ceiling fitted on the training
+    ones; the training annotators themselves by the cross-fitted ceiling em saved (each
+    assigned without their own data), else, marked so, in-sample (which flatters it)."""
+    ceiling = load_ceiling(run)
+    if ceiling is None:
+        return None
+    saved = crossfit_posteriors(run) if in_sample else None
+    if saved is not None and set(ids) <= set(saved[0]):
+        where = {h: i for i, h in enumerate(saved[0])}
+        return saved[1][[where[h] for h in ids]], ceiling.labels_, "cross-fitted"
+    gamma, seen = ceiling.predict_proba(data)
+    where = {h: i for i, h in enumerate(seen)}
+    return (gamma[[where[h] for h in ids]], ceiling.labels_,
+            "in-sample (fitted on these annotators: optimistic)" if in_sample else "held-out")
+
+
+def _group_sizes(groups: Sequence[str], row_groups: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Annotators and annotations of each group."""
+    out: dict[str, dict[str, int]] = {}
+    for g in sorted(set(groups), key=str):
+        out[str(g)] = {"annotators": sum(x == g for x in groups),
+                       "annotations": sum(x == g for x in row_groups)}
+    return out
+
+
+def _warnings(data: Annotations, train: Annotations | None,
+              gamma: np.ndarray) -> list[dict[str, str]]:
+    """Held-out split missing labelled groups; near-uniform posteriors on this data."""
+    out = []
+    if train is not None and train.fingerprint() != data.fingerprint():
+        out = split_label_warnings(train, data)
+    return out + diagnostics.confidence_warnings(gamma)
+
+
+def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 1000,
+                 seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
+    in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
+    with run_folder(run_dir, "evaluate", overwrite, create=False):
+        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed)
+
+
+def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
+                  seed: int) -> dict[str, Any]:
+    run = load_run(run_dir)
+    agg_file = run.path / "aggregate.json"
+    aggregated = aggregate_info(agg_file, run.backend.n_types) if agg_file.is_file() else None
+    if aggregated is not None:
+        check_made_from(run.path, "aggregate.json", aggregated)
+    if aggregated is None:
+        print("note: no aggregate.json in the run; using the candidates estimate on this data "
+              "(run `pluralign aggregate` to fix the mixture)", file=sys.stderr)
+    data = run.data(data_dir)
+    scores = {} if aggregated is None else load_scores(
+        run.path, scores_key(run.path, data, policy_weights(aggregated),
+                             aggregated.get("base_measure")))
+    train = run.data() if data_dir is not None and run.info.get("data") else None
+    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)
+    out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
+    out["in_sample"] = data_dir is None
+    out["made_from"] = made_from(run.path, "em.json", "aggregate.json")
+    write_json(run.path / "evaluation.json", out)
+    return out
+
+
+def _merged(backend: PolicyBackend, weights: Sequence[float]) -> PolicyBackend | None:
+    try:
+        return backend.merge(np.asarray(weights))
+    except NotImplementedError:
+        return None
+
+
+def format_evaluation(out: dict[str, Any]) -> str:
+    """evaluation.json for a person: each policy's worst-type regret and accuracy, with
+    bootstrap intervals when computed, then the warnings."""
+    pair = out["spread"]["pairwise"]
+    iv = out.get("intervals") or {}
+
+    ci = bootstrap.show
+    lines = [f"evaluated {len(out['policies'])} policies on {out['annotations']} annotations "
+             f"of {out['annotators']} annotators, {out.get('prompts', '?')} prompts (groups: "
+             f"{out['groups']}; {'in-sample' if out.get('in_sample') else 'held-out'})"
+             + (f"; {100 * iv['level']:.0f}% bootstrap intervals" if iv else ""),
+             f"{'policy':<12} {'max regret':>24} {'worst pairwise acc':>26}  worst group"]
+    for name in out["policies"]:
+        worst = pair[name]["worst_group"]
+        acc_ci = iv.get("metrics", {}).get("pairwise", {}).get(worst, {}).get(name)
+        lines.append(f"{name:<12} {out['regret']['max_regret'][name]:>8.4f}"
+                     f"{ci(iv.get('max_regret', {}).get(name)):<16} "
+                     f"{pair[name]['worst']:>8.3f}{ci(acc_ci):<18}  {worst}")
+    if "discovery" in out:
+        d = out["discovery"]
+        lines.append(f"discovery: ARI {d['ari']:.3f}{ci(d.get('ari_interval'))}, "
+                     f"NMI {d['nmi']:.3f}{ci(d.get('nmi_interval'))} on {d['annotators']} "
+                     "annotators")
+    curve = out["personalization"]["curve"]
+    if curve:
+        lines.append("personalization (annotations: accuracy): " + ", ".join(
+            f"{c['annotations']}: {c['accuracy']:.2f}" for c in curve))
+    for w in out.get("warnings", []):
+        lines.append(f"WARNING [{w['code']}]: {w['message']}")
+    return "\n".join(lines)

@@ -33,12 +33,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from common import Clock, preference_pairs, release_freed, rss_bytes
 
-    from pluralign.backends.lora import LoRABackend
+    from pluralign.backends import make_backend
     from pluralign.core import distributed
     from pluralign.lm import sharding
-    b = LoRABackend(model=args.model, types=2, sharding=args.sharding,
-                    max_prompt_tokens=args.tokens, max_response_tokens=args.tokens,
-                    batch_size=4, progress=False, cache="")
+    b = make_backend("lora", 2, dict(model=args.model, sharding=args.sharding,
+                                     max_prompt_tokens=args.tokens,
+                                     max_response_tokens=args.tokens, batch_size=4,
+                                     progress=False, cache=""))  # joins the launcher's group
     data = preference_pairs(args.pairs, b.tokenizer, args.tokens, args.tokens)
     b.prepare(data)
     with Clock() as clock:

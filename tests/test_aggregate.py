@@ -13,9 +13,16 @@ from hypothesis.extra.numpy import arrays
 from scipy.optimize import linprog
 
 from pluralign.aggregate.fair import aggregate
-from pluralign.aggregate.program import MinMaxRegretAggregator
-from pluralign.aggregate.regret import Policy, RegretEstimator, baselines, candidate_regret, policies_of, policy_logps
 from pluralign.aggregate.mmra import mixture_logps
+from pluralign.aggregate.program import MinMaxRegretAggregator
+from pluralign.aggregate.regret import (
+    Policy,
+    RegretEstimator,
+    baselines,
+    candidate_regret,
+    policies_of,
+    policy_logps,
+)
 from pluralign.core.data import Annotations
 
 

@@ -124,3 +124,22 @@ def test_every_module_sits_in_a_layer_and_no_import_points_up():
     assert [m for m in modules if m != "pluralign" and _layer(m) is None] == []
     graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
     assert _upward(graph) == []
+
+
+def _sizes() -> tuple[dict[str, int], dict[str, int]]:
+    """Lines per module and per class."""
+    modules, classes = {}, {}
+    for name, path in _modules().items():
+        text = path.read_text()
+        modules[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                classes[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
+    return modules, classes
+
+
+def test_modules_and_classes_stay_small_enough_to_read():
+    modules, classes = _sizes()
+    assert {m: n for m, n in modules.items() if n > 450} == {}
+    assert {c: n for c, n in classes.items() if n > 300} == {}
+    assert modules["pluralign.cli"] < 250  # the command line only wires commands to drivers

@@ -13,7 +13,9 @@ import pytest
 
 from pluralign.em.estep import e_step
 from pluralign.stages.evaluate import doubling, personalization_curve
-from pluralign.stages.report import FIGURES, browser_check, find_chromium, md_escape
+from pluralign.stages.report import FIGURES
+from pluralign.stages.report_content import md_escape
+from pluralign.stages.report_html import browser_check, find_chromium
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def test_report_explains_an_accuracy_loss_and_lists_warnings():
 
 def test_report_md_escapes_data_strings():
     """A group named with markup and a pipe stays text and cannot split a table row."""
-    from pluralign.stages.report import _md_table, md_escape
+    from pluralign.stages.report_content import _md_table, md_escape
     evil = "<script>alert(1)</script>|x"
     assert "<script>" not in md_escape(evil) and "\\|" in md_escape(evil)
     header, row = ["group", "value"], [evil, "0.5"]

@@ -18,5 +18,8 @@ def make_backend(name: str, k: int, options: dict[str, Any] | None = None) -> Po
         return LinearBackend(LinearConfig(types=k, **opts))
     if name == "lora":
         from pluralign.backends.lora import LoRABackend, LoRAConfig
-        return LoRABackend(LoRAConfig(types=k, **opts))
+        from pluralign.lm.sharded import join
+        config = LoRAConfig(types=k, **opts)
+        # under a launcher: join the process group here, never inside a constructor
+        return LoRABackend(config, rank_device=join(config.device))
     raise ValueError(f"backend must be 'linear', 'lora' or a callable, got {name!r}")

@@ -75,14 +75,14 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
 
     decodes = True
 
-    def __init__(self, config: LoRAConfig | None = None, device: torch.device | None = None,
-                 **overrides: Any):
-        """`device`: this rank's (pluralign.lm.sharded.join, which the backend factory calls
+    def __init__(self, config: LoRAConfig | None = None,
+                 rank_device: torch.device | None = None, **overrides: Any):
+        """`rank_device`: this rank's (pluralign.lm.sharded.join, which the backend factory calls
         under a launcher); None: this process's device for config.device."""
         from peft import LoraConfig, get_peft_model
         self.config = cfg = config or LoRAConfig(**overrides)
         self.n_types, self.beta = cfg.types, cfg.beta
-        device = device if device is not None else local_device(cfg.device)
+        device = rank_device if rank_device is not None else local_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, device)
         base, self.tokenizer = load_model(cfg.model, cfg.trust_remote_code, self.dtype)
         # the reference cache is keyed by where and how the pass ran: bf16 or GPU log-probs

@@ -19,6 +19,7 @@ from pluralign.aggregate.served import (
 from pluralign.core import bootstrap
 from pluralign.core.data import Annotations
 from pluralign.core.io import sha256_file, write_json, write_with
+from pluralign.runfolder.artifacts import AggregateInfo
 from pluralign.runfolder.folder import run_folder
 from pluralign.runfolder.lineage import FAIR_POLICY
 from pluralign.settings import DEFAULT_BASE_MEASURE
@@ -77,7 +78,9 @@ def _aggregate_run(run_dir: Path, data_dir: str | Path | None, estimator: str,
     else:
         fair_file.unlink(missing_ok=True)
     save_scores(run.path, scores, scores_key(run.path, data, policy_weights(out), base_measure))
-    write_json(run.path / "aggregate.json", out)
+    path = run.path / AggregateInfo.FILE  # checked as every reader checks it, then written
+    AggregateInfo.from_dict(out, path, n_types=run.backend.n_types).save(
+        path, n_types=run.backend.n_types)
     return out
 
 

@@ -20,19 +20,25 @@ import torch
 
 from pluralign.aggregate.fair import aggregate, policy_weights, weigh_types
 from pluralign.aggregate.merge import merge_logps
-from pluralign.aggregate.regret import Policy, policies_of, policy_logps, prompt_units, regret_contributions, regret_intervals
 from pluralign.aggregate.mmra import mixture_logps
+from pluralign.aggregate.regret import (
+    Policy,
+    policies_of,
+    policy_logps,
+    prompt_units,
+    regret_contributions,
+    regret_intervals,
+)
 from pluralign.backends.base import PolicyBackend, check_finite
 from pluralign.core import bootstrap, diagnostics
 from pluralign.core.data import Annotations, as_annotations
-from pluralign.core.io import write_json
 from pluralign.core.labels import annotator_labels, label_columns, split_label_warnings
 from pluralign.core.losses import pair_blocks, plackett_luce_logprob
 from pluralign.core.rankings import Rankings
 from pluralign.em.ceiling import ceiling_warnings, compare, match_labels
 from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step
 from pluralign.em.fitted import FittedRun, crossfit_posteriors, load_ceiling, load_run
-from pluralign.runfolder.artifacts import aggregate_info
+from pluralign.runfolder.artifacts import EvaluationInfo, aggregate_info
 from pluralign.runfolder.folder import run_folder
 from pluralign.runfolder.lineage import check_made_from, made_from
 from pluralign.settings import DEFAULT_BASE_MEASURE
@@ -380,7 +386,8 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
     out["made_from"] = made_from(run.path, "em.json", "aggregate.json")
-    write_json(run.path / "evaluation.json", out)
+    path = run.path / EvaluationInfo.FILE  # checked as every reader checks it, then written
+    EvaluationInfo.from_dict(out, path).save(path)
     return out
 
 

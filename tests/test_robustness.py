@@ -95,7 +95,8 @@ def test_11_a_bad_config_is_reported_before_torch_is_imported(tmp_path):
 def test_11_sigterm_says_so_and_exits_143(tmp_path):
     code = ("import sys, time; import pluralign.cli as c\n"
             "def slow(args):\n    print('started', flush=True); time.sleep(60)\n"
-            "c.cmd_run = slow\nsys.exit(c.main(['run', 'x.yaml']))\n")
+            "c.COMMANDS = tuple((n, slow if n == 'run' else r, a, h) for n, r, a, h in "
+            "c.COMMANDS)\nsys.exit(c.main(['run', 'x.yaml']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"

@@ -44,6 +44,8 @@ class Artifact(Mapping[str, Any]):
 
     FILE: ClassVar[str]
     OPTIONAL: ClassVar[tuple[str, ...]] = ()
+    #: Optional fields a file leaves out, rather than writing null, when they have no value.
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def rules(cls, obj: dict[str, Any], **context: Any) -> dict[str, Rule]:
@@ -72,7 +74,8 @@ class Artifact(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         typed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                 if f.name not in ("extra", "schema")}
+                 if f.name not in ("extra", "schema") and not (
+                     f.name in self.OMIT_WHEN_NONE and getattr(self, f.name) is None)}
         return {"schema": SCHEMA, **typed, **self.extra}  # type: ignore[attr-defined]
 
     def save(self, path: str | Path, **context: Any) -> None:
@@ -184,17 +187,19 @@ class EvaluationInfo(Artifact):
     """evaluation.json: every policy against every type, discovery and personalization."""
 
     FILE: ClassVar[str] = "evaluation.json"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("discovery",)  # only with known labels
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("discovery",)
 
     policies: list[str]
     regret: dict[str, Any]
     metrics: dict[str, Any]
     spread: dict[str, Any]
     personalization: dict[str, Any]
-    discovery: dict[str, Any]
     confidence_histogram: list[Any]
     annotators: int
     annotations: int
     made_from: dict[str, Any]
+    discovery: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -89,8 +89,8 @@ def test_hub_names_and_paths_are_told_apart():
 def test_repeated_notices_are_summarised_not_repeated(capsys):
     import logging
 
-    from pluralign.cli.shell import _Repeats
-    repeats, shown = _Repeats(), []
+    from pluralign.cli.shell import Repeats
+    repeats, shown = Repeats(), []
     for message in ["truncated 185 prompt(s) to their last 16 tokens", "K=4: prior 0.000 < 0.05",
                     "truncated 95 prompt(s) to their last 16 tokens", "K=4: prior 0.000 < 0.05",
                     "truncated 7 prompt(s) to their last 16 tokens"]:

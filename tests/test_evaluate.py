@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from pluralign.aggregate.evaluation import policy_table, ranking_metrics
 from pluralign.core.data import Annotation, Annotations
 from pluralign.core.rankings import Rankings
-from pluralign.stages.evaluate import discovery, policy_table, ranking_metrics
+from pluralign.stages.evaluate import discovery
 
 
 def _rank(rows: list[tuple[int, list[int]]]) -> Rankings:

@@ -248,9 +248,9 @@ def test_pair_blocks_enumerate_exactly_the_implied_pairs(block):
 
 
 def test_ipo_and_pairwise_metrics_do_not_depend_on_the_block_size(monkeypatch):
+    from pluralign.aggregate.evaluation import ranking_metrics
     from pluralign.core import losses
     from pluralign.core.rankings import Rankings
-    from pluralign.stages.evaluate import ranking_metrics
     rng = np.random.default_rng(1)
     rank = Rankings.from_annotations(_random_rankings(rng))
     s = torch.as_tensor(rng.normal(size=rank.mask.shape)).masked_fill(~rank.mask, float("nan"))

@@ -11,8 +11,9 @@ import re
 import numpy as np
 import pytest
 
+from pluralign.aggregate.evaluation import doubling
 from pluralign.em.estep import e_step
-from pluralign.stages.evaluate import doubling, personalization_curve
+from pluralign.stages.evaluate import personalization_curve
 from pluralign.stages.report import FIGURES
 from pluralign.stages.report_content import md_escape
 from pluralign.stages.report_html import browser_check, find_chromium

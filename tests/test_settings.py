@@ -69,3 +69,29 @@ def test_em_settings_and_the_estimators_init_take_the_same_names_and_defaults():
     fields = {f.name: f.default for f in dataclasses.fields(EMSection)}
     assert fields == init
     assert {f.name for f in dataclasses.fields(EMSection)} - _dests("em") == set()
+
+
+@pytest.mark.parametrize("backend", ["linear", "lora"])
+def test_every_backend_setting_is_a_prefixed_flag_of_em_and_a_yaml_key(backend):
+    from pluralign.settings.backends import BACKEND_CONFIGS
+    cls = BACKEND_CONFIGS[backend]
+    names = {f.name for f in dataclasses.fields(cls)} - {"types"}  # types: EM's n_types
+    assert {f"{backend}.{n}" for n in names} - _dests("em") == set()
+    assert backend in SECTIONS
+
+
+def test_backend_flags_override_the_yaml_section(tmp_path):
+    from pluralign.stages.em import EMSettings
+    config = tmp_path / "c.yaml"
+    config.write_text("em: {backend: lora}\nlora: {rank: 16, alpha: 8}\nlinear: {l2: 3}\n")
+    parser = build_parser()
+    args = parser.parse_args(["em", "--data", "d", "--out", "o", "--lora-rank", "4",
+                              "--lora-target-modules", "q_proj", "v_proj",
+                              "--no-lora-trunk-cache", "--linear-l2", "0.5"])
+    settings = EMSettings.from_sources(str(config), args)
+    assert settings.backend_options["rank"] == 4 and settings.backend_options["alpha"] == 8
+    assert list(settings.backend_options["target_modules"]) == ["q_proj", "v_proj"]
+    assert settings.backend_options["trunk_cache"] is False
+    assert settings.init_options["l2"] == 0.5  # the linear start of a LoRA run
+    with pytest.raises(SystemExit):  # argparse refuses a value of the wrong type
+        parser.parse_args(["em", "--data", "d", "--out", "o", "--lora-rank", "four"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from pluralign.cli.shell import UsageError
 
 
-def _path(text: str) -> str:
+def path_arg(text: str) -> str:
     """A path flag, read by the rule every path follows (checks.user_path: `~` expanded, an
     empty path refused, as it would silently mean the working directory)."""
     from pluralign.core.checks import user_path
@@ -21,7 +21,7 @@ def _path(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str], int]:
+def int_arg(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str], int]:
     """An integer flag checked by `rule` from pluralign.core.checks, the rule its YAML key
     follows."""
     def convert(text: str) -> int:
@@ -37,16 +37,16 @@ def _int(rule: Callable[..., object], *bounds: int, name: str) -> Callable[[str]
     return convert
 
 
-def _seed_arg(p: argparse.ArgumentParser, help_text: str = "random_state",
+def seed_arg(p: argparse.ArgumentParser, help_text: str = "random_state",
               default: int | None = 0) -> None:
     from pluralign.core import checks
-    p.add_argument("--seed", type=_int(checks.seed, name="--seed"), default=default,
+    p.add_argument("--seed", type=int_arg(checks.seed, name="--seed"), default=default,
                    metavar="S", help=help_text)
 
 
-def _at_least(low: int, name: str) -> Callable[[str], int]:
+def at_least(low: int, name: str) -> Callable[[str], int]:
     from pluralign.core import checks
-    return _int(checks.at_least, low, name=name)
+    return int_arg(checks.at_least, low, name=name)
 
 
 OVERWRITE_HELP = {
@@ -57,11 +57,11 @@ OVERWRITE_HELP = {
            "them"}
 
 
-def _overwrite_arg(p: argparse.ArgumentParser, kind: str = "dataset") -> None:
+def overwrite_arg(p: argparse.ArgumentParser, kind: str = "dataset") -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP[kind])
 
 
-def _refuse_overwrite(out: str, overwrite: bool) -> None:
+def refuse_overwrite(out: str, overwrite: bool) -> None:
     """A dataset folder is not replaced silently: runs and reports may point at it; nor is a
     folder that can never be a dataset folder (the root, home, a project checkout)."""
     from pluralign.runfolder.folder import forbidden
@@ -76,7 +76,7 @@ def _refuse_overwrite(out: str, overwrite: bool) -> None:
                      "another --out")
 
 
-def _refuse_inputs(out: str, inputs: Sequence[str | Path], holding: bool = False) -> None:
+def refuse_inputs(out: str, inputs: Sequence[str | Path], holding: bool = False) -> None:
     """--out is never an input, nor inside an input folder; with `holding`, nor a folder that
     holds an input (ingest would write its files beside the files it reads)."""
     target = Path(out).resolve()
@@ -91,10 +91,10 @@ def _refuse_inputs(out: str, inputs: Sequence[str | Path], holding: bool = False
                              "--out")
 
 
-def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+def refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
     """A file is written over only with --overwrite, and never over (or into) an input."""
     path = Path(out)
-    _refuse_inputs(out, inputs)
+    refuse_inputs(out, inputs)
     if path.is_dir():
         raise UsageError(f"{out} is a folder; --out names a file")
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -102,23 +102,23 @@ def _refuse_file_overwrite(out: str, overwrite: bool, inputs: Sequence[str | Pat
                          "another --out")
 
 
-def _run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, metavar="DIR", type=_path,
+def run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, metavar="DIR", type=path_arg,
                    help="a run folder: what `pluralign em --out DIR` wrote")
 
 
-def _writes_run(p: argparse.ArgumentParser) -> None:
+def writes_run(p: argparse.ArgumentParser) -> None:
     """--run, and --overwrite to adopt a folder that pluralign did not mark as its own."""
-    _run_arg(p)
-    _overwrite_arg(p, "run")
+    run_arg(p)
+    overwrite_arg(p, "run")
 
 
-def _warn(warnings: list[dict[str, str]]) -> None:
+def warn(warnings: list[dict[str, str]]) -> None:
     for w in warnings:
         print(f"WARNING [{w['code']}]: {w['message']}", file=sys.stderr)
 
 
-def _one_line(text: str, width: int) -> str:
+def one_line(text: str, width: int) -> str:
     """Data text for one printed line: line breaks and other control characters shown
     escaped (a prompt cannot forge further output lines), cut to `width`."""
     shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()

@@ -9,40 +9,40 @@ import sys
 from pathlib import Path
 
 from pluralign.cli.args import (
-    _at_least,
-    _one_line,
-    _overwrite_arg,
-    _path,
-    _refuse_file_overwrite,
-    _refuse_inputs,
-    _refuse_overwrite,
-    _run_arg,
-    _seed_arg,
-    _warn,
-    _writes_run,
+    at_least,
+    one_line,
+    overwrite_arg,
+    path_arg,
+    refuse_file_overwrite,
+    refuse_inputs,
+    refuse_overwrite,
+    run_arg,
+    seed_arg,
+    warn,
+    writes_run,
 )
 from pluralign.core import distributed
 
 
-def _ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", type=_path,
+def ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=path_arg,
                    help=".jsonl/.json/.csv/.tsv/.parquet (optionally .gz), a datasets folder, "
                         "or a dataset name")
-    p.add_argument("--out", required=True, metavar="DIR", type=_path,
+    p.add_argument("--out", required=True, metavar="DIR", type=path_arg,
                    help="dataset folder to write")
     from pluralign.settings import IngestOptions
     from pluralign.settings import config as C
     C.add_flags(p, IngestOptions)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _overwrite_arg(p)
+    overwrite_arg(p)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pluralign.settings import IngestOptions
     from pluralign.settings import config as C
     opts = C.from_flags(IngestOptions, args)
-    _refuse_inputs(args.out, args.inputs, holding=True)
-    _refuse_overwrite(args.out, args.overwrite)
+    refuse_inputs(args.out, args.inputs, holding=True)
+    refuse_overwrite(args.out, args.overwrite)
     from pluralign.ingest import format_report, ingest_with, write
     result = ingest_with(args.inputs, opts)
     write(result, args.out, with_rejects=opts.on_error == "skip")
@@ -56,20 +56,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate_args(p: argparse.ArgumentParser) -> None:
+def simulate_args(p: argparse.ArgumentParser) -> None:
     from pluralign.settings import SimulationConfig
     from pluralign.settings import config as C
-    p.add_argument("--out", required=True, metavar="DIR", type=_path,
+    p.add_argument("--out", required=True, metavar="DIR", type=path_arg,
                    help="dataset folder to write")
     C.add_flags(p, SimulationConfig)
-    _overwrite_arg(p)
+    overwrite_arg(p)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from pluralign.settings import SimulationConfig
     from pluralign.settings import config as C
     config = C.from_flags(SimulationConfig, args)
-    _refuse_overwrite(args.out, args.overwrite)
+    refuse_overwrite(args.out, args.overwrite)
     from pluralign.ingest import format_report
     from pluralign.simulate import simulate, write_population
     report = write_population(simulate(config), args.out)
@@ -79,38 +79,41 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", metavar="DIR", type=_path, help="a canonical dataset folder")
-    p.add_argument("--out", required=True, metavar="FILE", type=_path,
+def export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DIR", type=path_arg, help="a canonical dataset folder")
+    p.add_argument("--out", required=True, metavar="FILE", type=path_arg,
                    help="JSON Lines file to write (never inside DIR)")
-    _overwrite_arg(p, "file")
+    overwrite_arg(p, "file")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pluralign.core.data import load
-    _refuse_file_overwrite(args.out, args.overwrite, [args.data])
+    refuse_file_overwrite(args.out, args.overwrite, [args.data])
     data = load(args.data)
     data.to_jsonl(args.out)
     print(f"wrote {len(data)} annotations to {args.out}")
     return 0
 
 
-def _em_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", type=_path,
+def em_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", type=path_arg,
                    help="a canonical dataset folder")
-    p.add_argument("--out", required=True, metavar="DIR", type=_path,
+    p.add_argument("--out", required=True, metavar="DIR", type=path_arg,
                    help="where posteriors.csv, em.json and the policies go; re-running with the "
                         "same DIR resumes an interrupted run from its checkpoints")
     from pluralign.settings import FEATURES, EMSection
     from pluralign.settings import config as C
+    from pluralign.settings.backends import BACKEND_CONFIGS
     C.add_flags(p, EMSection)
     p.add_argument("--features", choices=FEATURES, default=None,
-                   help="linear backend features (default given)")
+                   help="linear backend features (default given; as --linear-features)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="LM for the lora backend or embedding features "
-                        "(default builtin:smollm2-135m)")
-    _overwrite_arg(p, "run")
-    p.add_argument("--config", default=None, metavar="FILE", type=_path,
+                        "(default builtin:smollm2-135m; as --lora-model or --linear-model)")
+    for name, kind in BACKEND_CONFIGS.items():  # every backend setting, --linear-l2 ...
+        C.add_flags(p, kind, prefix=name, skip=("types",))  # types: EM's n_types
+    overwrite_arg(p, "run")
+    p.add_argument("--config", default=None, metavar="FILE", type=path_arg,
                    help="YAML with sections em (EMDPO parameters), linear and lora "
                         "(backend settings); flags override it")
 
@@ -119,7 +122,7 @@ def cmd_em(args: argparse.Namespace) -> int:
     from pluralign.core.data import load
     from pluralign.stages.em import EMSettings, run_em
     settings = EMSettings.from_sources(args.config, args)
-    _refuse_inputs(args.out, [args.data])
+    refuse_inputs(args.out, [args.data])
     data = load(args.data)
     summary = run_em(data, settings, Path(args.out), data_path=args.data,
                      overwrite=args.overwrite)
@@ -128,13 +131,13 @@ def cmd_em(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", metavar="CONFIG.yaml", type=_path,
+def run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG.yaml", type=path_arg,
                    help="sections run, ingest, em, linear, lora, aggregate, evaluate "
                         "(see pipelines/)")
-    p.add_argument("--out", default=None, metavar="RUN_DIR", type=_path,
+    p.add_argument("--out", default=None, metavar="RUN_DIR", type=path_arg,
                    help="run folder (default: run.out in the YAML)")
-    _overwrite_arg(p, "run")
+    overwrite_arg(p, "run")
     p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
                    help="redo this stage and every later one: ingest, reference, em, "
                         "aggregate, evaluate or report")
@@ -145,15 +148,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return main_run(args)
 
 
-def _aggregate_args(p: argparse.ArgumentParser) -> None:
+def aggregate_args(p: argparse.ArgumentParser) -> None:
     from pluralign.settings import AggregateSection
     from pluralign.settings import config as C
-    _writes_run(p)
-    p.add_argument("--data", default=None, metavar="DIR", type=_path,
+    writes_run(p)
+    p.add_argument("--data", default=None, metavar="DIR", type=path_arg,
                    help="prompts to estimate regret on (default: the run's own data); "
                         "held-out prompts are better")
     C.add_flags(p, AggregateSection)
-    _seed_arg(p, "seed of the sampled estimator, the served regrets and the bootstrap")
+    seed_arg(p, "seed of the sampled estimator, the served regrets and the bootstrap")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -175,12 +178,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_args(p: argparse.ArgumentParser) -> None:
+def evaluate_args(p: argparse.ArgumentParser) -> None:
     from pluralign.settings import EvaluateSection
     from pluralign.settings import config as C
-    _writes_run(p)
+    writes_run(p)
     C.add_flags(p, EvaluateSection)
-    _seed_arg(p, "bootstrap seed")
+    seed_arg(p, "bootstrap seed")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -195,8 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_args(p: argparse.ArgumentParser) -> None:
-    _writes_run(p)
+def report_args(p: argparse.ArgumentParser) -> None:
+    writes_run(p)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -206,17 +209,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _assign_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
-    p.add_argument("--data", required=True, metavar="NEW_DATA", type=_path,
+def assign_args(p: argparse.ArgumentParser) -> None:
+    run_arg(p)
+    p.add_argument("--data", required=True, metavar="NEW_DATA", type=path_arg,
                    help="the new annotators' annotations: a dataset folder or any input "
                         "`pluralign ingest` reads (a file in any of its formats, a datasets "
                         "folder), validated as ingest does")
     p.add_argument("--preset", default="auto", help="input format of a file (as ingest)")
-    p.add_argument("--out", default=None, metavar="FILE", type=_path,
+    p.add_argument("--out", default=None, metavar="FILE", type=path_arg,
                    help="write the posteriors as CSV here (default: print them); never into "
                         "the run folder, whose posteriors.csv is the run's own")
-    _overwrite_arg(p, "file")
+    overwrite_arg(p, "file")
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -225,11 +228,11 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from pluralign.ingest import to_annotations
     from pluralign.runfolder.posteriors import posteriors_table, write_posteriors
     if args.out:
-        _refuse_file_overwrite(args.out, args.overwrite, [args.run, args.data])
+        refuse_file_overwrite(args.out, args.overwrite, [args.run, args.data])
     run = load_run(args.run)
     data = to_annotations(args.data, args.preset)
     gamma, ids = assign(run, data)
-    _warn(blind_warnings(run, data, "annotations"))
+    warn(blind_warnings(run, data, "annotations"))
     if args.out:
         write_posteriors(Path(args.out), ids, gamma)
         print(f"wrote {len(ids)} annotators' type posteriors to {args.out}")
@@ -238,20 +241,20 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+def generate_args(p: argparse.ArgumentParser) -> None:
+    run_arg(p)
     p.add_argument("--prompt", required=True, metavar="TEXT")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--type", type=_at_least(0, "--type"), dest="type_k", metavar="K",
+    who.add_argument("--type", type=at_least(0, "--type"), dest="type_k", metavar="K",
                      help="type K's policy")
     who.add_argument("--annotator", metavar="ID", help="the annotator's most likely type")
     who.add_argument("--policy", choices=["mmra", "fair"],
                      help="mmra: draw a type policy by the mixture weights; fair: decode with "
                           "the min-max merge of every type policy (aggregate's deploy choice "
                           "under the kl objective)")
-    p.add_argument("--samples", type=_at_least(1, "--samples"), default=1, metavar="N")
-    _seed_arg(p, "sampling seed")
-    p.add_argument("--max-new-tokens", type=_at_least(1, "--max-new-tokens"), default=None,
+    p.add_argument("--samples", type=at_least(1, "--samples"), default=1, metavar="N")
+    seed_arg(p, "sampling seed")
+    p.add_argument("--max-new-tokens", type=at_least(1, "--max-new-tokens"), default=None,
                    metavar="N",
                    help="longest answer in tokens (default: the run's max_response_tokens)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T",
@@ -274,20 +277,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suggest_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+def suggest_args(p: argparse.ArgumentParser) -> None:
+    run_arg(p)
     p.add_argument("--annotator", required=True, metavar="ID")
-    p.add_argument("--candidates", required=True, metavar="FILE", type=_path,
+    p.add_argument("--candidates", required=True, metavar="FILE", type=path_arg,
                    help="candidate queries (a prompt with 3+ responses each): a dataset folder "
                         "or any input `pluralign ingest` reads (rankings may be placeholders)")
-    p.add_argument("--answers", default=None, metavar="DATA", type=_path,
+    p.add_argument("--answers", default=None, metavar="DATA", type=path_arg,
                    help="the annotator's annotations so far, in any form --candidates takes "
                         "(default: the run's posterior)")
     p.add_argument("--preset", default="auto", help="input format of the files (as ingest)")
-    p.add_argument("--ranking-length", type=_at_least(1, "--ranking-length"), default=None,
+    p.add_argument("--ranking-length", type=at_least(1, "--ranking-length"), default=None,
                    metavar="L", help="how many places the annotator will rank (default: all; "
                                      "at most the shortest candidate list)")
-    p.add_argument("--top", type=_at_least(1, "--top"), default=10, metavar="N",
+    p.add_argument("--top", type=at_least(1, "--top"), default=10, metavar="N",
                    help="queries to show")
 
 
@@ -298,13 +301,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     queries = to_annotations(args.candidates, args.preset)
     answers = to_annotations(args.answers, args.preset) if args.answers else None
-    _warn(blind_warnings(run, queries, "candidate queries"))
+    warn(blind_warnings(run, queries, "candidate queries"))
     if answers is not None:
-        _warn(blind_warnings(run, answers, "answers"))
+        warn(blind_warnings(run, answers, "answers"))
     post, source = annotator_posterior(run, args.annotator, answers)
     print(f"current posterior ({source}): "
           + ", ".join(f"type_{k} {p:.3f}" for k, p in enumerate(post)))
     for r in rank_queries(run, queries, post, args.ranking_length)[: args.top]:
         prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
-        print(f"{r['information_gain']:.4f} nats  #{r['index']}  {_one_line(prompt, 70)}")
+        print(f"{r['information_gain']:.4f} nats  #{r['index']}  {one_line(prompt, 70)}")
     return 0

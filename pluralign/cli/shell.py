@@ -27,11 +27,11 @@ class Terminated(BaseException):
     files are removed and every finished file stays whole."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+def on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _handle(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Run the subcommand; user errors, a full disk, Ctrl-C and SIGTERM become one line."""
     resume = "; re-run the same command to resume" if args.command in ("run", "em") else ""
     try:
@@ -81,7 +81,7 @@ def _os_message(e: OSError) -> str:
     return f"{path}: {e.strerror or e}{hint}"
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *_: object,
+def show_warning(message: Warning | str, category: type[Warning], *_: object,
                   **__: object) -> None:
     """A warning as one line on stderr, without the source line Python shows by default; rank
     0 alone speaks for a run of several processes (each rank meets the same warnings)."""
@@ -104,7 +104,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-class _Repeats(logging.Filter):
+class Repeats(logging.Filter):
     """Show a notice once: later ones that differ only in their numbers (the same truncation
     or pruning notice for every fold and restart) are counted, then summarised in one line."""
 
@@ -127,7 +127,7 @@ class _Repeats(logging.Filter):
                       file=sys.stderr)
 
 
-def _verbosity_args(p: argparse.ArgumentParser, default: object) -> None:
+def verbosity_args(p: argparse.ArgumentParser, default: object) -> None:
     """-q/-v, accepted before or after the command."""
     p.add_argument("-q", "--quiet", action="store_true", default=default,
                    help="no progress bars or progress lines: results, warnings and errors only")
@@ -155,7 +155,7 @@ def _output(args: argparse.Namespace) -> Iterator[None]:
     log = logging.getLogger("pluralign")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    repeats = _Repeats()
+    repeats = Repeats()
     if not verbose:
         handler.addFilter(repeats)
     level = log.level

@@ -69,7 +69,7 @@ class LoRAConfig:
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={
-        "help": "module names that get adapters"})
+        "help": "module names that get adapters", "nargs": "+", "metavar": "NAME"})
     top_layers: int | None = field(default=None, metadata={
         "help": "adapters in the top T layers only (None: all layers); enables trunk caching"})
     trunk_cache: bool = field(default=True, metadata={

@@ -179,41 +179,57 @@ def _name(annotation: Any) -> str:
 
 
 # -- command-line flags generated from the same dataclasses ---------------------------------
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str | None = None,
+              skip: tuple[str, ...] = ()) -> None:
     """One flag per field of the settings dataclass `cls`: its name, type,
     choices and help come from the field, so YAML and the command line cannot drift. Metadata
     may rename a flag (`flag`), give a metavar, choices, or a parser for text (`parse`: range,
     fractions). A bool that defaults to True becomes a flag that turns it off. A flag not given
-    is absent from the parsed namespace: the dataclass's default applies (from_flags)."""
+    is absent from the parsed namespace: the dataclass's default applies (from_flags).
+    `prefix`: a YAML section's name put before each flag and destination (--lora-rank into
+    `lora.rank`), for a command that takes several sections; `skip`: fields set otherwise."""
     hints = dataclass_fields(cls)
+    group = parser.add_argument_group(f"{prefix}: section (YAML)") if prefix else parser
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         meta, kind, default = f.metadata, hints[f.name], _default(f)
-        flag = flag_of(f)
+        flag = flag_of(f, prefix)
         shown = " (on by default; this flag turns it off)" if default is True else \
             "" if default in (None, False) or default == {} else f" (default {default})"
-        common = {"dest": f.name, "default": argparse.SUPPRESS,
+        common = {"dest": f.name if prefix is None else f"{prefix}.{f.name}",
+                  "default": argparse.SUPPRESS,
                   "help": (meta.get("help", "") + shown).replace("%", "%%")}
         if kind is bool:
-            parser.add_argument(flag, action="store_false" if default else "store_true",
-                                **common)
+            group.add_argument(flag, action="store_false" if default else "store_true",
+                               **common)
             continue
         if meta.get("nargs"):  # a list given as several words: --map a=b c=d
-            parser.add_argument(flag, nargs=meta["nargs"], action="extend",
-                                metavar=meta.get("metavar"), **common)
+            group.add_argument(flag, nargs=meta["nargs"], action="extend",
+                               metavar=meta.get("metavar"), **common)
             continue
-        parser.add_argument(flag, type=_text_parser(kind, meta.get("parse")),
-                            choices=meta.get("choices"), metavar=meta.get("metavar"), **common)
+        metavar = meta.get("metavar") or (f.name.upper() if prefix else None)
+        group.add_argument(flag, type=_text_parser(kind, meta.get("parse")),
+                           choices=meta.get("choices"), metavar=metavar, **common)
 
 
 def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a settings field: metadata `flag`, else --NAME (--no-NAME for
-    a bool that defaults to True)."""
-    return f.metadata.get("flag") or "--" + ("no-" if _default(f) is True else "") + \
-        f.name.replace("_", "-")
+def flag_of(f: dataclasses.Field, prefix: str | None = None) -> str:
+    """The command-line flag of a settings field: metadata `flag`, else --[PREFIX-]NAME
+    (--no-[PREFIX-]NAME for a bool that defaults to True)."""
+    if f.metadata.get("flag") and prefix is None:
+        return f.metadata["flag"]
+    name = (f"{prefix}-" if prefix else "") + f.name.replace("_", "-")
+    return "--" + ("no-" if _default(f) is True else "") + name
+
+
+def given(cls: type, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The fields of `cls` given as --PREFIX-NAME flags (add_flags with `prefix`)."""
+    return {f.name: getattr(args, f"{prefix}.{f.name}") for f in dataclasses.fields(cls)
+            if hasattr(args, f"{prefix}.{f.name}")}
 
 
 def from_flags(cls: type, args: argparse.Namespace) -> Any:

@@ -72,6 +72,9 @@ class EMSettings:
         for name, kind in BACKEND_CONFIGS.items():  # check both, use the chosen one
             fields = {k: v for k, v in C.dataclass_fields(kind).items() if k != "types"}
             sections[name] = C.section(raw, name, fields, source)
+        if args is not None:  # --linear-* and --lora-* flags over their sections
+            for name, kind in BACKEND_CONFIGS.items():
+                sections[name].update(C.given(kind, args, name))
         opts = sections[backend]
         if args is not None:
             _override(opts, "model", args.model)

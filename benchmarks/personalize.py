@@ -18,8 +18,8 @@ import numpy as np
 from pluralign.cli import main as cli
 from pluralign.core.data import Annotations, load
 from pluralign.em.fitted import load_run
-from pluralign.em.personalize import assign
-from pluralign.em.personalize_sim import session_accuracy, true_rewards
+from pluralign.personalize.serving import assign
+from pluralign.personalize.sessions import session_accuracy, true_rewards
 from pluralign.stages.evaluate import match_labels
 
 

@@ -100,7 +100,7 @@ def test_the_import_graph_has_no_cycle():
 #: (the data flows ingest -> reference -> em -> aggregate -> evaluate -> report; README
 #: "Layout").
 LAYERS = ("core", "settings", "runfolder", "ingest", "simulate", "lm", "backends", "em",
-          "aggregate", "stages", "cli")
+          "aggregate", "personalize", "stages", "cli")
 
 
 def _layer(module: str) -> int | None:

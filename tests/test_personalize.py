@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pluralign.core.data import Annotations
-from pluralign.em.personalize import answer_logprobs, information_gain
+from pluralign.personalize.serving import answer_logprobs, information_gain
 
 
 def test_information_gain_is_the_expected_entropy_drop():
@@ -56,8 +56,8 @@ def _accuracy(gamma, ids, data, mapping):
 
 
 def test_assign_matches_em_posteriors_and_suggest_beats_random(world):
-    from pluralign.em.personalize import assign
-    from pluralign.em.personalize_sim import session_accuracy, true_rewards
+    from pluralign.personalize.serving import assign
+    from pluralign.personalize.sessions import session_accuracy, true_rewards
     from pluralign.stages.evaluate import match_labels
     root, run, train, new, truth = world
     label = {a.annotator_id: a.true_type for a in train}
@@ -103,3 +103,53 @@ def test_cli_assign_suggest_and_generate_errors(world, cli):
     assert rc == 2 and "cannot generate text" in err
     rc, _, err = cli("generate", "--run", root / "run", "--prompt", "hi", "--policy", "mmra")
     assert rc == 2 and "aggregate.json is missing" in err
+
+
+def _expected_regret(log_pi: np.ndarray, log_types: np.ndarray, gamma: np.ndarray,
+                     beta: float) -> float:
+    """sum_k gamma_k beta mean_x KL(pi || pi_k), by direct numpy (the oracle)."""
+    def norm(x):
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    lp, lt = norm(log_pi), norm(np.moveaxis(log_types, 2, 1))         # [n, M], [n, K, M]
+    kl = (np.exp(lp)[:, None, :] * (lp[:, None, :] - lt)).sum(-1)      # [n, K]
+    return float(beta * kl.mean(0) @ gamma)
+
+
+def test_posterior_geometric_mixture_has_the_least_expected_regret():
+    """The geometric mixture at the posterior beats every type policy, random arithmetic
+    mixtures and every other geometric mixture on a grid (random instances)."""
+    import itertools
+
+    from pluralign.aggregate.merge import merge_logps
+    from pluralign.aggregate.mmra import mixture_logps
+    from pluralign.personalize.serving import posterior_logps
+    rng = np.random.default_rng(3)
+    grid = [np.array(w) / 10 for w in itertools.product(range(11), repeat=3) if sum(w) == 10]
+    for _ in range(20):
+        log_types = rng.normal(scale=2.0, size=(15, 5, 3))
+        gamma, beta = rng.dirichlet(np.ones(3)), rng.uniform(0.1, 2.0)
+        best = _expected_regret(posterior_logps(log_types, gamma), log_types, gamma, beta)
+        rivals = [log_types[..., k] for k in range(3)]
+        rivals += [mixture_logps(log_types, rng.dirichlet(np.ones(3))) for _ in range(20)]
+        rivals += [merge_logps(log_types, w) for w in grid]
+        worst_gap = min(_expected_regret(r, log_types, gamma, beta) - best for r in rivals)
+        assert worst_gap >= -1e-10
+    # and it is not the argmax type's policy when the posterior is split
+    split = np.array([0.55, 0.45, 0.0])
+    assert _expected_regret(posterior_logps(log_types, split), log_types, split, 1.0) < \
+        _expected_regret(log_types[..., 0], log_types, split, 1.0)
+
+
+def test_an_annotator_is_served_their_posterior_mixture_by_default(world):
+    from pluralign.em.fitted import load_run
+    from pluralign.personalize.serving import choose_policy
+    run = load_run(world[0] / "run")
+    who = run.annotator_ids[0]
+    spec, why = choose_policy(run, annotator=who)
+    assert isinstance(spec, np.ndarray) and np.allclose(spec, run.posteriors[0])
+    assert "posterior mixture" in why and "--serve argmax" in why
+    k, why = choose_policy(run, annotator=who, serve="argmax")
+    assert k == int(run.posteriors[0].argmax()) and "most likely type" in why
+    with pytest.warns(UserWarning, match="unknown to the run"):
+        spec, why = choose_policy(run, annotator="nobody")
+    assert np.allclose(spec, run.priors) and "type priors" in why

@@ -224,8 +224,8 @@ def assign_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_assign(args: argparse.Namespace) -> int:
     from pluralign.em.fitted import load_run
-    from pluralign.em.personalize import assign, blind_warnings
     from pluralign.ingest import to_annotations
+    from pluralign.personalize.serving import assign, blind_warnings
     from pluralign.runfolder.posteriors import posteriors_table, write_posteriors
     if args.out:
         refuse_file_overwrite(args.out, args.overwrite, [args.run, args.data])
@@ -247,11 +247,22 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--type", type=at_least(0, "--type"), dest="type_k", metavar="K",
                      help="type K's policy")
-    who.add_argument("--annotator", metavar="ID", help="the annotator's most likely type")
+    who.add_argument("--annotator", metavar="ID",
+                     help="the annotator's policy (see --serve): their posterior from --answers, "
+                          "else the run's, else the type priors for a newcomer")
     who.add_argument("--policy", choices=["mmra", "fair"],
                      help="mmra: draw a type policy by the mixture weights; fair: decode with "
                           "the min-max merge of every type policy (aggregate's deploy choice "
                           "under the kl objective)")
+    from pluralign.personalize.serving import SERVE
+    p.add_argument("--serve", choices=SERVE, default="posterior",
+                   help="with --annotator: posterior (default) decodes the geometric mixture of "
+                        "the type policies at their posterior, the policy minimising their "
+                        "expected regret; argmax their most likely type's policy alone")
+    p.add_argument("--answers", default=None, metavar="DATA", type=path_arg,
+                   help="with --annotator: their annotations so far (any input `pluralign "
+                        "ingest` reads), for a user the run has not seen")
+    p.add_argument("--preset", default="auto", help="input format of --answers (as ingest)")
     p.add_argument("--samples", type=at_least(1, "--samples"), default=1, metavar="N")
     seed_arg(p, "sampling seed")
     p.add_argument("--max-new-tokens", type=at_least(1, "--max-new-tokens"), default=None,
@@ -266,9 +277,14 @@ def generate_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from pluralign.em.fitted import load_run
-    from pluralign.em.personalize import choose_policy, generate
+    from pluralign.personalize.serving import choose_policy, generate
     run = load_run(args.run)
-    k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed)
+    answers = None
+    if args.answers:
+        from pluralign.ingest import to_annotations
+        answers = to_annotations(args.answers, args.preset)
+    k, why = choose_policy(run, args.type_k, args.annotator, args.policy, args.seed,
+                           args.serve, answers)
     print(f"policy: {why}", file=sys.stderr)
     for text in generate(run, args.prompt, k, args.samples, args.seed,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -296,8 +312,8 @@ def suggest_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from pluralign.em.fitted import load_run
-    from pluralign.em.personalize import annotator_posterior, blind_warnings, rank_queries
     from pluralign.ingest import to_annotations
+    from pluralign.personalize.serving import annotator_posterior, blind_warnings, rank_queries
     run = load_run(args.run)
     queries = to_annotations(args.candidates, args.preset)
     answers = to_annotations(args.answers, args.preset) if args.answers else None

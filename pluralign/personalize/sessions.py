@@ -11,7 +11,7 @@ import numpy as np
 from pluralign.core.data import Annotations
 from pluralign.core.plackett_luce import sample_ranking
 from pluralign.em.fitted import FittedRun
-from pluralign.em.personalize import answer_logprobs, information_gain
+from pluralign.personalize.serving import answer_logprobs, information_gain
 
 
 def true_rewards(pool: Annotations, type_weights: np.ndarray,

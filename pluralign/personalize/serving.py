@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pluralign.aggregate.merge import merge_logps
 from pluralign.core import diagnostics
 from pluralign.core.data import Annotation, Annotations
 from pluralign.core.losses import plackett_luce_logprob
@@ -30,6 +31,9 @@ from pluralign.runfolder.lineage import FAIR_POLICY
 MAX_ANSWERS = 50_000
 #: choose_policy's answer for the min-max merge (decoded from every type policy at once).
 FAIR = -1
+#: How a user is served (DESIGN §10): the geometric mixture of the type policies at their
+#: posterior (the policy minimising their expected KL regret), or their most likely type's.
+SERVE = ("posterior", "argmax")
 
 
 def assign(run: FittedRun, data: Annotations) -> tuple[np.ndarray, list[str]]:
@@ -103,20 +107,17 @@ def annotator_posterior(run: FittedRun, annotator: str,
 
 
 def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | None = None,
-                  policy: str | None = None, seed: int = 0) -> tuple[int, str]:
-    """Which type policy serves this request, and why (for the user)."""
+                  policy: str | None = None, seed: int = 0, serve: str = "posterior",
+                  answers: Annotations | None = None) -> tuple[int | np.ndarray, str]:
+    """Which policy serves this request, and why (for the user): a type index, FAIR, or
+    weights over the type policies (an annotator served by their posterior)."""
     k = run.backend.n_types
     if type_k is not None:
         if not 0 <= type_k < k:
             raise ValueError(f"--type must be in 0..{k - 1}, got {type_k}")
         return type_k, f"type_{type_k} (asked for)"
     if annotator is not None:
-        known = annotator in run.annotator_ids
-        post = run.posteriors[run.annotator_ids.index(annotator)] if known else run.priors
-        j = int(post.argmax())
-        return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior "
-                   f"{post[j]:.3f})" if known else
-                   f"type_{j}: annotator {annotator} is unknown to the run; the most common type")
+        return serve_annotator(run, annotator, serve, answers)
     if policy == "fair":
         fair = fair_policy(run)
         shown = ", ".join(f"{w:.3f}" for w in fair["weights"])
@@ -136,6 +137,34 @@ def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | No
     raise ValueError("say which policy: --type K, --annotator ID or --policy mmra|fair")
 
 
+def serve_annotator(run: FittedRun, annotator: str, serve: str = "posterior",
+                    answers: Annotations | None = None) -> tuple[int | np.ndarray, str]:
+    """The annotator's policy: with `serve` "posterior" the geometric mixture of the type
+    policies at their posterior gamma (pi proportional to prod_k pi_k^gamma_k, which minimises
+    their expected KL regret sum_k gamma_k beta KL(pi || pi_k): DESIGN §10), with "argmax" their
+    most likely type's policy. The posterior comes from `answers` when given, else the run's,
+    else the priors (annotator_posterior)."""
+    if serve not in SERVE:
+        raise ValueError(f"serve must be one of {', '.join(SERVE)}, got {serve!r}")
+    post, source = annotator_posterior(run, annotator, answers)
+    shown = ", ".join(f"{p:.3f}" for p in post)
+    if serve == "argmax":
+        j = int(post.argmax())
+        return j, (f"type_{j}: annotator {annotator}'s most likely type (posterior {shown}, "
+                   f"{source})")
+    return np.asarray(post, dtype=np.float64), (
+        f"the posterior mixture of the type policies for annotator {annotator} (posterior "
+        f"{shown}, {source}): pi proportional to prod_k pi_k^gamma_k, which minimises their "
+        "expected regret; --serve argmax serves the most likely type's alone")
+
+
+def posterior_logps(log_types: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """log pi_gamma on each row's candidates ([n, M, K] -> [n, M]): the posterior-weighted
+    geometric mixture of the type policies, each restricted to the candidates (how the linear
+    backend serves a user)."""
+    return merge_logps(log_types, np.asarray(posterior, dtype=np.float64))
+
+
 def fair_policy(run: FittedRun) -> dict[str, Any]:
     """The run's min-max merge (fair/policy.json, written by `pluralign aggregate`)."""
     path = run.path / FAIR_POLICY
@@ -145,7 +174,7 @@ def fair_policy(run: FittedRun) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0,
+def generate(run: FittedRun, prompt: str, k: int | np.ndarray, n: int = 1, seed: int = 0,
              **decoding: Any) -> list[str]:
     """n responses to `prompt` from type k's policy (the LoRA backend generates). `decoding`:
     max_new_tokens, temperature, top_p (LoRABackend.sample)."""
@@ -153,6 +182,9 @@ def generate(run: FittedRun, prompt: str, k: int, n: int = 1, seed: int = 0,
         raise ValueError(f"the {run.info['backend']} backend scores given candidates and "
                          "cannot generate text; use a LoRA run")
     row = Annotations([Annotation("user", prompt, ["", ""], [0])])
+    if isinstance(k, np.ndarray):  # an annotator's posterior: the same token-level
+        return run.backend.sample_combined(row, k, n, seed,  # combination as the merge
+                                           **decoding)[0].responses
     if k == FAIR:
         weights = fair_policy(run)["weights"]
         return run.backend.sample_combined(row, np.asarray(weights), n, seed,

@@ -116,3 +116,21 @@ def test_round_trip_simulate_export_ingest_preserves_every_annotation(tmp_path, 
     truth = json.loads((tmp_path / "sim" / "truth.json").read_text())
     assert {a.annotator_id: a.true_type for a in original} == \
         {h: v["type"] for h, v in truth["annotators"].items()}
+
+
+def test_blend_annotators_rank_by_their_own_mix_of_the_type_rewards():
+    pop = simulate(SimulationConfig(types=3, annotators=40, per_annotator=60, seed=2,
+                                    misspecify={"blend": 0.5}, temperature=0.5))
+    blends = {h: a for h, a in pop.truth["annotators"].items() if a["kind"] == "blend"}
+    assert len(blends) == 20 and all(a["type"] == "blend" for a in blends.values())
+    assert all(abs(sum(a["blend"]) - 1) < 1e-5 for a in blends.values())
+    w = np.array([t["weights"] for t in pop.truth["types"]])
+    wins = 0
+    for h, a in blends.items():  # their own mix explains their rankings better than any type
+        rows = [r for r in pop.records if r.annotator_id == h]
+        own = np.asarray(a["blend"]) @ w
+
+        def ll(weights, rows=rows):
+            return sum(log_prob(np.asarray(r.features) @ weights / 0.5, r.ranking) for r in rows)
+        wins += ll(own) > max(ll(w[k]) for k in range(3))
+    assert wins >= 18

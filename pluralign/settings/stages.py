@@ -37,7 +37,7 @@ SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
 #: Simulated populations: numeric features, or English text; misspecified annotator kinds.
 FLAVOURS = ("feature", "text")
-MISSPECIFY = ("random", "mixed", "noisy")
+MISSPECIFY = ("random", "mixed", "noisy", "blend")
 
 
 #: The attributes the text flavour's responses vary in (pluralign.simulate.text renders them).
@@ -212,8 +212,10 @@ class SimulationConfig:
     temperature: float = field(default=1.0, metadata={
         "metavar": "T", "help": "PL temperature: higher = noisier"})
     misspecify: dict[str, float] = field(default_factory=dict, metadata={
-        "help": "fraction of annotators of each misspecified kind: random, mixed, noisy (on the "
-                "command line: KIND=FRACTION,...)", "parse": "fractions",
+        "help": "fraction of annotators of each misspecified kind: random, mixed (a type per "
+                "annotation), noisy (own temperature), blend (own reward, a random convex mix "
+                "of the type rewards) (on the command line: KIND=FRACTION,...)",
+        "parse": "fractions",
         "metavar": "KIND=FRACTION,..."})
     seed: int = field(default=0, metadata={"metavar": "S", "help": "random seed"})
     items: int | None = field(default=None, metadata={"metavar": "N",

@@ -4,7 +4,9 @@ K types each own a reward that is linear in response features (`feature` flavour
 attributes of real English responses (`text` flavour). Annotators have a type; each of their
 annotations ranks the candidates of an item by Plackett–Luce on reward / temperature.
 Misspecification: `random` annotators rank uniformly at random, `mixed` annotators draw a type
-per annotation, `noisy` annotators have their own temperature (log-normal around the global one).
+per annotation, `noisy` annotators have their own temperature (log-normal around the global one),
+`blend` annotators have their own reward, a convex mix sum_k a_hk w_k of the type rewards with
+a_h ~ Dirichlet(1) (no single type describes them; their mix is in the truth).
 """
 
 from __future__ import annotations
@@ -52,18 +54,23 @@ def simulate(config: SimulationConfig) -> Population:
         aid = f"a{h:0{width}d}"
         z = int(rng.choice(config.types, p=prior))
         temp = config.temperature * (float(np.exp(rng.normal())) if kinds[h] == "noisy" else 1)
-        label = kinds[h] if kinds[h] in ("random", "mixed") else names[z]
+        label = kinds[h] if kinds[h] in ("random", "mixed", "blend") else names[z]
         annotators[aid] = {"type": label, "kind": kinds[h], "temperature": round(temp, 4)}
+        own = None
+        if kinds[h] == "blend":
+            mix = rng.dirichlet(np.ones(config.types))
+            own = mix @ weights
+            annotators[aid]["blend"] = mix.round(6).tolist()
         chosen = rng.choice(len(items), config.per_annotator,
                             replace=config.per_annotator > len(items))
         for i in chosen:
             item = items[int(i)]
             zi = int(rng.choice(config.types, p=prior)) if kinds[h] == "mixed" else z
             rewards = (np.zeros(len(item["x"])) if kinds[h] == "random"
-                       else item["x"] @ weights[zi] / temp)
+                       else item["x"] @ (weights[zi] if own is None else own) / temp)
             m = len(item["responses"])
             ranking = sample_ranking(rewards, min(config.ranking_length or m, m), rng)
-            used = "random" if kinds[h] == "random" else names[zi]
+            used = kinds[h] if kinds[h] in ("random", "blend") else names[zi]
             records.append(_record(config, aid, item, ranking, label, used, len(records) + 1))
     truth = {
         "flavour": config.flavour, "config": _jsonable(asdict(config)),

@@ -153,3 +153,25 @@ def test_an_annotator_is_served_their_posterior_mixture_by_default(world):
     with pytest.warns(UserWarning, match="unknown to the run"):
         spec, why = choose_policy(run, annotator="nobody")
     assert np.allclose(spec, run.priors) and "type priors" in why
+
+
+def test_evaluate_reports_the_predictive_curve_and_the_report_draws_it(world, cli):
+    """`evaluate --predictive-orders R` on held-out users: the curve in evaluation.json (every
+    predictor, the oracle from the labels), checked on load, and drawn by the report."""
+    import json
+    root = world[0]
+    assert cli("aggregate", "--run", root / "run", "--n-boot", "0")[0] == 0
+    rc, _, err = cli("evaluate", "--run", root / "run", "--data", root / "new", "--n-boot",
+                     "50", "--predictive-orders", "1")
+    assert rc == 0, err
+    ev = json.loads((root / "run" / "evaluation.json").read_text())
+    found = ev["personalization"]["predictive"]
+    assert found["users"] == "held-out" and found["orders"] == 1
+    first = found["curve"][0]
+    assert first["annotations"] == 0 and first["users"] == 60
+    assert {"pooled", "argmax", "posterior", "user_weights", "scratch", "oracle"} <= \
+        set(first["predictors"])
+    assert "posterior_vs_argmax" in first["paired"]
+    rc, _, err = cli("report", "--run", root / "run")
+    assert rc == 0, err
+    assert (root / "run" / "report_files" / "predictive.png").stat().st_size > 5000

@@ -191,8 +191,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pluralign.settings import config as C
     e = C.from_flags(EvaluateSection, args)
     from pluralign.stages.evaluate import format_evaluation, run_evaluate
-    out = run_evaluate(Path(args.run), e.data, e.n_boot, args.seed,
-                       args.overwrite)
+    out = run_evaluate(Path(args.run), e.data, e.n_boot, args.seed, args.overwrite,
+                       e.predictive_orders)
     print(format_evaluation(out))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0

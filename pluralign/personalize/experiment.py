@@ -25,6 +25,7 @@ import numpy as np
 
 from pluralign.core import bootstrap
 from pluralign.core.data import Annotations
+from pluralign.core.labels import annotator_labels
 from pluralign.em.estep import e_step
 from pluralign.personalize.predictive import Prediction, Stages
 from pluralign.personalize.user_weights import UserWeights
@@ -149,3 +150,22 @@ def _point(n: int, table: dict, n_boot: int, seed: int) -> dict[str, Any]:
                 pair["interval"] = bootstrap.interval(reps).tolist()
             out["paired"][f"{better}_vs_{worse}"] = pair
     return out
+
+
+def predictive_experiment(run: Any, data: Annotations, train: Annotations, orders: int,
+                          label_to_type: dict[str, int], n_boot: int = 1000,
+                          seed: int = 0) -> dict[str, Any]:
+    """The curve for a fitted run (pluralign.em.fitted.FittedRun) on `data`'s users: the type
+    and pooled log-ratios, the user-weights prior fitted to `train`'s users, the oracle from
+    the users' labels matched to types (`label_to_type`)."""
+    s_train = run.backend.logratios(train)
+    model = UserWeights(beta=run.backend.beta).fit(
+        s_train, Stages.of(train, s_train.shape[1]), train.annotator_codes()[0])
+    basis = Basis(run.backend.logratios(data), run.baseline.logratios(data)[..., 0],
+                  run.backend.beta, run.priors, model)
+    labels_of = annotator_labels(data)
+    labels = np.array([label_to_type.get(str(labels_of.get(h)), -1)
+                       for h in data.annotator_codes()[1]])
+    return {"orders": orders, "prior_mean": model.prior_mean_.round(4).tolist(),
+            "curve": predictive_curve(basis, data, orders=orders, labels=labels,
+                                      n_boot=n_boot, seed=seed)}

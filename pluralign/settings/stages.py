@@ -183,9 +183,15 @@ class EvaluateSection:
     n_boot: int = field(default=1000, metadata={
         "help": "bootstrap replicates over annotators (accuracies, ARI, personalization) and "
                 "prompts (regrets) for the 95% intervals (0: none)", "metavar": "B"})
+    predictive_orders: int = field(default=0, metadata={
+        "help": "random orders per user of the predictive personalization experiment (reveal "
+                "n of a user's annotations, predict the rest: pooled, most likely type, "
+                "posterior predictive, user weights, oracle; DESIGN §10); 0 skips it",
+        "metavar": "R"})
 
     def __post_init__(self) -> None:
         checks.at_least(self.n_boot, 0, "n_boot")
+        checks.at_least(self.predictive_orders, 0, "predictive_orders")
         if self.data is not None:
             self.data = str(user_path(self.data, "data"))
 

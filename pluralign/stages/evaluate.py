@@ -44,6 +44,7 @@ from pluralign.core.labels import annotator_labels, label_columns, split_label_w
 from pluralign.em.ceiling import ceiling_warnings, compare, match_labels
 from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step
 from pluralign.em.fitted import FittedRun, crossfit_posteriors, load_ceiling, load_run
+from pluralign.personalize.experiment import predictive_experiment
 from pluralign.runfolder.artifacts import EvaluationInfo, aggregate_info
 from pluralign.runfolder.folder import run_folder
 from pluralign.runfolder.lineage import check_made_from, made_from
@@ -197,15 +198,18 @@ def _warnings(data: Annotations, train: Annotations | None,
 
 
 def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 1000,
-                 seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                 seed: int = 0, overwrite: bool = False,
+                 predictive_orders: int = 0) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
-    in-sample) with the mixture of its aggregate.json; writes evaluation.json."""
+    in-sample) with the mixture of its aggregate.json; writes evaluation.json.
+    `predictive_orders` > 0 adds the predictive personalization curve
+    (pluralign.personalize.experiment) with that many random orders per user."""
     with run_folder(run_dir, "evaluate", overwrite, create=False):
-        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed)
+        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed, predictive_orders)
 
 
 def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, predictive_orders: int = 0) -> dict[str, Any]:
     run = load_run(run_dir)
     agg_file = run.path / "aggregate.json"
     aggregated = aggregate_info(agg_file, run.backend.n_types) if agg_file.is_file() else None
@@ -220,6 +224,12 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
                              aggregated.get("base_measure")))
     train = run.data() if data_dir is not None and run.info.get("data") else None
     out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)
+    if predictive_orders > 0:
+        out["personalization"]["predictive"] = predictive_experiment(
+            run, data, train if train is not None else run.data(), predictive_orders,
+            (out.get("discovery") or {}).get("label_to_type", {}), n_boot, seed)
+        out["personalization"]["predictive"]["users"] = "held-out" if data_dir else \
+            "training (in-sample)"
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
     out["made_from"] = made_from(run.path, "em.json", "aggregate.json")

@@ -222,7 +222,7 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
 def stage_evaluate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.stages.evaluate import format_evaluation, run_evaluate
     result = run_evaluate(out, cfg.evaluate.data or _heldout(out), cfg.evaluate.n_boot,
-                          cfg.run.seed)
+                          cfg.run.seed, predictive_orders=cfg.evaluate.predictive_orders)
     print(format_evaluation(result))
     return {"annotations": result["annotations"], "in_sample": result["in_sample"]}
 

@@ -17,7 +17,7 @@ import numpy as np
 from pluralign.core import bootstrap
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
-           "personalization")
+           "personalization", "predictive")
 TITLES = {
     "em_objective": "EM objective per iteration",
     "confidence": "Posterior confidence of each annotator's type",
@@ -25,6 +25,7 @@ TITLES = {
     "accuracy": "Pairwise accuracy of every policy on each group",
     "mmra_weights": "Min-max regret mixture against the type priors",
     "personalization": "Type-assignment accuracy after a new annotator's first n annotations",
+    "predictive": "Predicting a user's other judgements after n of theirs (log-loss)",
 }
 #: What each column of the policy table means (the definitions box).
 DEFINITIONS = (
@@ -257,6 +258,11 @@ def captions(em: dict[str, Any], ev: dict[str, Any]) -> dict[str, str]:
                         "pooled policy under-serves.",
         "personalization": f"How often a {data} annotator is assigned to the right type after "
                            "their first n annotations (fixed policies), with 95% intervals.",
+        "predictive": "Log-loss of each predictor of a user's remaining judgements after n of "
+                      "theirs in random orders (lower is better), with 95% intervals over "
+                      "users: pooled policy, most likely type, posterior predictive, the "
+                      "user's weights over the type basis, and the oracle that knows the true "
+                      "type (evaluate.predictive_orders > 0).",
     }
 
 

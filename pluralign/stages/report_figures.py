@@ -20,7 +20,8 @@ def figures(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     import matplotlib.pyplot as plt
     drawers = {"em_objective": _em_objective, "confidence": _confidence,
                "regret_heatmap": _regret_heatmap, "accuracy": _accuracy,
-               "mmra_weights": _mmra_weights, "personalization": _personalization}
+               "mmra_weights": _mmra_weights, "personalization": _personalization,
+               "predictive": _predictive}
     out = {}
     for name in FIGURES:
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
@@ -116,3 +117,27 @@ def _personalization(ax, em, agg, ev) -> None:
     ax.set_xlabel("annotations seen")
     ax.set_ylabel("assignment accuracy")
     ax.set_ylim(0, 1.02)
+
+
+def _predictive(ax, em, agg, ev) -> None:
+    """The predictive personalization curve, one line per predictor (DESIGN §10)."""
+    found = ev["personalization"].get("predictive")
+    if not found or not found["curve"]:
+        ax.text(0.5, 0.5, "not measured: set evaluate.predictive_orders > 0", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    curve = found["curve"]
+    x = np.array([max(c["annotations"], 0.5) for c in curve])  # n = 0 drawn at 1/2
+    for name in curve[0]["predictors"]:
+        rows = [c["predictors"].get(name) for c in curve]
+        if any(r is None for r in rows):
+            continue
+        ax.plot(x, [r["log_loss"] for r in rows], marker="o", label=name.replace("_", " "))
+        if all("log_loss_interval" in r for r in rows):
+            lohi = np.array([r["log_loss_interval"] for r in rows])
+            ax.fill_between(x, lohi[:, 0], lohi[:, 1], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"annotations revealed ({found.get('users', 'users')}; 0 at 1/2)")
+    ax.set_ylabel("log-loss of the rest")
+    ax.legend(fontsize=7)

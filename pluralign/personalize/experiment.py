@@ -31,6 +31,8 @@ from pluralign.personalize.predictive import Prediction, Stages
 from pluralign.personalize.user_weights import UserWeights
 
 METRICS = ("log_loss", "top1", "pairwise")
+#: Draws from a user's weight posterior that the user-weights prediction averages over.
+WEIGHT_DRAWS = 32
 #: Paired comparisons reported at every n: (better candidate, against), in log-loss.
 PAIRS = (("posterior", "argmax"), ("user_weights", "posterior"), ("posterior", "pooled"),
          ("user_weights", "scratch"))
@@ -92,9 +94,13 @@ def _predict(basis: Basis, data: Annotations, stages: Stages, per_type: np.ndarr
     preds = {"pooled": Prediction.single(basis.beta * np.nan_to_num(basis.pooled[rest])),
              "argmax": Prediction.single(s[..., int(gamma.argmax())]),
              "posterior": Prediction(np.tile(gamma, (len(rest), 1)), s)}
-    if basis.user_model is not None:
-        w = basis.user_model.user_weights(basis.scores, stages, shown)
-        preds["user_weights"] = Prediction.single(basis.user_model.rewards(basis.scores[rest], w))
+    if basis.user_model is not None:  # averaged over the weights' posterior (Laplace)
+        draws = basis.user_model.draws(basis.scores, stages, shown, WEIGHT_DRAWS,
+                                       seed=len(shown))
+        rewards = np.stack([basis.user_model.rewards(basis.scores[rest], w) for w in draws],
+                           axis=2)
+        preds["user_weights"] = Prediction(np.full((len(rest), len(draws)), 1 / len(draws)),
+                                           rewards)
     if features is not None:
         scratch = UserWeights(beta=1.0)
         scratch.prior_mean_ = np.zeros(features.shape[2])

@@ -66,6 +66,22 @@ class UserWeights:
         prec = np.linalg.inv(self.prior_cov_)
         return self._map(scores, stages, rows, self.prior_mean_, prec)[0]
 
+    def posterior(self, scores: np.ndarray, stages: Stages,
+                  rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One user's weights (MAP) and their Laplace posterior covariance under the prior."""
+        w, precision = self._map(scores, stages, rows, self.prior_mean_,
+                                 np.linalg.inv(self.prior_cov_))
+        return w, np.linalg.inv(precision)
+
+    def draws(self, scores: np.ndarray, stages: Stages, rows: np.ndarray, n: int,
+              seed: int = 0) -> np.ndarray:
+        """n weight vectors [n, K] from the user's Laplace posterior: averaging the PL laws they
+        give predicts with the weights' uncertainty, not the MAP alone (whose plug-in
+        prediction is overconfident after few annotations)."""
+        w, cov = self.posterior(scores, stages, rows)
+        return np.random.default_rng(seed).multivariate_normal(w, cov, size=n,
+                                                               check_valid="ignore")
+
     def rewards(self, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The user's rewards beta * sum_k w_k s_k on every candidate ([n, M])."""
         return self.beta * np.nan_to_num(scores) @ weights

@@ -254,7 +254,7 @@ def generate_args(p: argparse.ArgumentParser) -> None:
                      help="mmra: draw a type policy by the mixture weights; fair: decode with "
                           "the min-max merge of every type policy (aggregate's deploy choice "
                           "under the kl objective)")
-    from pluralign.personalize.serving import SERVE
+    from pluralign.settings import SERVE
     p.add_argument("--serve", choices=SERVE, default="posterior",
                    help="with --annotator: posterior (default) decodes the geometric mixture of "
                         "the type policies at their posterior, the policy minimising their "

@@ -27,13 +27,11 @@ from pluralign.em.estep import type_posteriors
 from pluralign.em.fitted import FittedRun
 from pluralign.runfolder.artifacts import aggregate_info
 from pluralign.runfolder.lineage import FAIR_POLICY
+from pluralign.settings import SERVE
 
 MAX_ANSWERS = 50_000
 #: choose_policy's answer for the min-max merge (decoded from every type policy at once).
 FAIR = -1
-#: How a user is served (DESIGN §10): the geometric mixture of the type policies at their
-#: posterior (the policy minimising their expected KL regret), or their most likely type's.
-SERVE = ("posterior", "argmax")
 
 
 def assign(run: FittedRun, data: Annotations) -> tuple[np.ndarray, list[str]]:

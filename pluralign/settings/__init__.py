@@ -16,6 +16,7 @@ from pluralign.settings.stages import (  # noqa: F401 (the layer's public names)
     OBJECTIVES,
     ON_ERROR,
     SELECTIONS,
+    SERVE,
     TIES,
     AggregateSection,
     EMSection,

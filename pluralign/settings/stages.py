@@ -35,6 +35,9 @@ FEATURES = ("given", "onehot", "embedding")
 #: How EM-DPO chooses K with n_types auto, and how it starts.
 SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
+#: How a user is served (DESIGN §10): the geometric mixture of the type policies at their
+#: posterior (the policy minimising their expected KL regret), or their most likely type's.
+SERVE = ("posterior", "argmax")
 #: Simulated populations: numeric features, or English text; misspecified annotator kinds.
 FLAVOURS = ("feature", "text")
 MISSPECIFY = ("random", "mixed", "noisy", "blend")

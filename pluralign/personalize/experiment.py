@@ -160,14 +160,16 @@ def _point(n: int, table: dict, n_boot: int, seed: int) -> dict[str, Any]:
 
 def predictive_experiment(run: Any, data: Annotations, train: Annotations, orders: int,
                           label_to_type: dict[str, int], n_boot: int = 1000,
-                          seed: int = 0) -> dict[str, Any]:
+                          seed: int = 0, scores: np.ndarray | None = None) -> dict[str, Any]:
     """The curve for a fitted run (pluralign.em.fitted.FittedRun) on `data`'s users: the type
-    and pooled log-ratios, the user-weights prior fitted to `train`'s users, the oracle from
-    the users' labels matched to types (`label_to_type`)."""
-    s_train = run.backend.logratios(train)
+    and pooled log-ratios (`scores`: the type log-ratios on `data` when already computed), the
+    user-weights prior fitted to `train`'s users, the oracle from the users' labels matched to
+    types (`label_to_type`)."""
+    s = run.backend.logratios(data) if scores is None else scores
+    s_train = s if train is data else run.backend.logratios(train)
     model = UserWeights(beta=run.backend.beta).fit(
         s_train, Stages.of(train, s_train.shape[1]), train.annotator_codes()[0])
-    basis = Basis(run.backend.logratios(data), run.baseline.logratios(data)[..., 0],
+    basis = Basis(s, run.baseline.logratios(data)[..., 0],
                   run.backend.beta, run.priors, model)
     labels_of = annotator_labels(data)
     labels = np.array([label_to_type.get(str(labels_of.get(h)), -1)

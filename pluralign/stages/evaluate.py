@@ -55,13 +55,16 @@ from pluralign.stages.aggregate import load_scores, scores_key
 # -- a whole run ----------------------------------------------------------------------------
 def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
                  scores: dict[str, np.ndarray] | None = None, n_boot: int = 1000,
-                 seed: int = 0, train: Annotations | None = None) -> dict[str, Any]:
+                 seed: int = 0, train: Annotations | None = None,
+                 predictive_orders: int = 0) -> dict[str, Any]:
     """Every policy against every type on `data`: the single policies (types, pooled, merged,
     base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
     discovery quality against every label column, per-annotator confidence and the
     personalization curve, each with a bootstrap interval (n_boot replicates; 0: none).
     `scores`: the log-probs aggregation computed on this data (RegretEstimator.scores), not
-    recomputed; `train`: the training data, to flag labelled groups the evaluation misses."""
+    recomputed; `train`: the training data, to flag labelled groups the evaluation misses (and
+    to fit the user-weights prior); `predictive_orders` > 0: the predictive personalization
+    curve, from the type log-ratios computed here."""
     backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
     if aggregated is None:
         aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
@@ -129,6 +132,10 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
         "target": "matched true types" if labelled else "assignment from all annotations",
         "curve": personalization_curve(per, codes, run.priors, target, n_boot=n_boot,
                                        seed=seed)}
+    if predictive_orders > 0:
+        out["personalization"]["predictive"] = predictive_experiment(
+            run, data, train if train is not None else data, predictive_orders,
+            (out.get("discovery") or {}).get("label_to_type", {}), n_boot, seed, scores=s)
     out["warnings"] = warns + _warnings(data, train, gamma)
     return out
 
@@ -223,11 +230,10 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
         run.path, scores_key(run.path, data, policy_weights(aggregated),
                              aggregated.get("base_measure")))
     train = run.data() if data_dir is not None and run.info.get("data") else None
-    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train)
+    if predictive_orders > 0 and data_dir is not None and train is None:
+        train = run.data()  # the user-weights prior: never from the users it predicts
+    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train, predictive_orders)
     if predictive_orders > 0:
-        out["personalization"]["predictive"] = predictive_experiment(
-            run, data, train if train is not None else run.data(), predictive_orders,
-            (out.get("discovery") or {}).get("label_to_type", {}), n_boot, seed)
         out["personalization"]["predictive"]["users"] = "held-out" if data_dir else \
             "training (in-sample)"
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")

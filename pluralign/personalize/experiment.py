@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.aggregate.evaluation import doubling
 from pluralign.core import bootstrap
 from pluralign.core.data import Annotations
 from pluralign.core.labels import annotator_labels
@@ -50,15 +51,6 @@ class Basis:
     user_model: UserWeights | None = None
 
 
-def sizes_for(most: int) -> list[int]:
-    """0, 1, 2, 4, 8, ... below `most`."""
-    out, n = [0], 1
-    while n < most:
-        out.append(n)
-        n *= 2
-    return out
-
-
 def predictive_curve(basis: Basis, data: Annotations, sizes: Sequence[int] | None = None,
                      orders: int = 3, labels: np.ndarray | None = None, n_boot: int = 1000,
                      seed: int = 0) -> list[dict[str, Any]]:
@@ -68,7 +60,8 @@ def predictive_curve(basis: Basis, data: Annotations, sizes: Sequence[int] | Non
     stages = Stages.of(data, basis.scores.shape[1])
     per_type = np.stack([stages.logprob(basis.beta * np.nan_to_num(basis.scores[..., k]))
                          for k in range(basis.scores.shape[2])], axis=1)
-    sizes = list(sizes) if sizes is not None else sizes_for(int(np.bincount(codes).max()))
+    most = int(np.bincount(codes).max())  # n = 0, 1, 2, 4, ... below the most annotations
+    sizes = list(sizes) if sizes is not None else [0, *(n for n in doubling(most) if n < most)]
     features = _features(data, np.arange(len(data)))
     rng = np.random.default_rng(seed)
     table: dict[tuple[int, str], dict[int, list[dict[str, float]]]] = {}

@@ -153,16 +153,44 @@ def test_an_annotator_is_served_their_posterior_mixture_by_default(world):
     with pytest.warns(UserWarning, match="unknown to the run"):
         spec, why = choose_policy(run, annotator="nobody")
     assert np.allclose(spec, run.priors) and "type priors" in why
+    sure = int(run.posteriors.max(axis=1).argmax())  # their own weights: base + adapters
+    spec, why = choose_policy(run, annotator=run.annotator_ids[sure], serve="weights")
+    assert set(spec) == {None, 0, 1, 2} and sum(spec.values()) == pytest.approx(1.0)
+    w = np.array([spec[k] for k in range(3)])
+    assert w.argmax() == run.posteriors[sure].argmax() and "own weights" in why
+    with pytest.warns(UserWarning, match="prior over user weights"):
+        spec, why = choose_policy(run, annotator="nobody", serve="weights")
+    assert "the prior's mean" in why
 
 
-def test_evaluate_reports_the_predictive_curve_and_the_report_draws_it(world, cli):
-    """`evaluate --predictive-orders R` on held-out users: the curve in evaluation.json (every
-    predictor, the oracle from the labels), checked on load, and drawn by the report."""
+def _seen_set(root, train, new):
+    """Held-out annotations of training users: the new users' annotations given to training
+    annotators of the same true type (one each; the types' rewards are the same population's)."""
+    from dataclasses import replace
+
+    from pluralign.core.data import save
+    free: dict[str, list[str]] = {}
+    for h in dict.fromkeys(a.annotator_id for a in train):
+        free.setdefault(next(a.true_type for a in train if a.annotator_id == h), []).append(h)
+    given: dict[str, str] = {}
+    rows = []
+    for a in new:
+        if a.annotator_id not in given:
+            given[a.annotator_id] = free[a.true_type].pop()
+        rows.append(replace(a, annotator_id=given[a.annotator_id]))
+    save(rows, root / "seen", {"source": ["test"]})
+    return root / "seen"
+
+
+def test_evaluate_reports_the_predictive_curves_and_the_report_draws_them(world, cli):
+    """`evaluate --predictive-orders R` on held-out users and on seen users' held-out
+    annotations: the curves in evaluation.json (every predictor, the oracle from the labels,
+    suggested against random queries), checked on load, and drawn by the report."""
     import json
-    root = world[0]
+    root, _, train, new, _ = world
     assert cli("aggregate", "--run", root / "run", "--n-boot", "0")[0] == 0
     rc, _, err = cli("evaluate", "--run", root / "run", "--data", root / "new", "--n-boot",
-                     "50", "--predictive-orders", "1")
+                     "50", "--predictive-orders", "1", "--seen", _seen_set(root, train, new))
     assert rc == 0, err
     ev = json.loads((root / "run" / "evaluation.json").read_text())
     found = ev["personalization"]["predictive"]
@@ -172,6 +200,40 @@ def test_evaluate_reports_the_predictive_curve_and_the_report_draws_it(world, cl
     assert {"pooled", "argmax", "posterior", "user_weights", "scratch", "oracle"} <= \
         set(first["predictors"])
     assert "posterior_vs_argmax" in first["paired"]
+    seen = found["seen_curve"]
+    assert seen[0]["users"] == 60 and seen[0]["annotations"] == 0
+    # a seen user is known before any new answer: better than a stranger, near the oracle
+    post = [c[0]["predictors"]["posterior"]["log_loss"] for c in (found["curve"], seen)]
+    assert post[1] < post[0] - 0.1
+    assert seen[0]["predictors"]["posterior"]["log_loss"] < \
+        seen[0]["predictors"]["oracle"]["log_loss"] + 0.05
+    queries = {c["annotations"]: c for c in found["queries"]}
+    assert {"suggested_queries", "random_queries"} == set(queries[1]["predictors"])
+    assert queries[0]["paired"]["suggested_queries_vs_random_queries"]["log_loss_gain"] == 0
+    assert queries[1]["paired"]["suggested_queries_vs_random_queries"]["log_loss_gain"] > 0
     rc, _, err = cli("report", "--run", root / "run")
     assert rc == 0, err
-    assert (root / "run" / "report_files" / "predictive.png").stat().st_size > 5000
+    for name in ("predictive", "predictive_seen", "queries"):
+        assert (root / "run" / "report_files" / f"{name}.png").stat().st_size > 5000
+
+
+def test_assign_prints_each_users_weights_over_the_type_basis(world, cli):
+    """`assign --weights`: w_0.. beside the posteriors; on a population of exact types the
+    spike-and-slab prior's posterior-mean weights follow the posterior, and the Gaussian
+    prior's (a different model: its own fit) still point at the same type."""
+    import csv
+    root = world[0]
+    for prior in ("typed", "gaussian"):
+        out = root / f"weights_{prior}.csv"
+        rc, _, err = cli("assign", "--run", root / "run", "--data", root / "new", "--weights",
+                         "--user-prior", prior, "--out", out)
+        assert rc == 0, err
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == 60 and list(rows[0])[-3:] == ["w_0", "w_1", "w_2"]
+        gamma = np.array([[float(r[f"type_{k}"]) for k in range(3)] for r in rows])
+        w = np.array([[float(r[f"w_{k}"]) for k in range(3)] for r in rows])
+        sure = gamma.max(axis=1) > 0.9
+        assert sure.sum() > 30
+        assert (w[sure].argmax(axis=1) == gamma[sure].argmax(axis=1)).mean() > 0.9
+        if prior == "typed":
+            assert np.abs(w[sure] - gamma[sure]).max() < 0.3

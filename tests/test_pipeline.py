@@ -85,13 +85,23 @@ def test_unknown_key_wrong_type_and_missing_value_stop_before_work(population, t
     assert not (tmp_path / "run").exists()
 
 
-def test_killed_runs_resume_to_the_uninterrupted_result(population, tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    clean = _config(tmp_path, population, "clean")
+ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def clean(population, tmp_path_factory):
+    """One uninterrupted run (a subprocess, as a user starts it): its config, its results as
+    they were when it ended, and its wall time."""
+    tmp = tmp_path_factory.mktemp("clean")
+    cfg = _config(tmp, population, "run")
     t0 = time.perf_counter()
-    subprocess.run(_command(clean), check=True, env=env, capture_output=True)
-    total = time.perf_counter() - t0
-    want = _results(tmp_path / "clean")
+    subprocess.run(_command(cfg), check=True, env=ENV, capture_output=True)
+    return cfg, _results(tmp / "run"), time.perf_counter() - t0
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(population, clean, tmp_path):
+    env = ENV
+    _, want, total = clean
 
     rng = np.random.default_rng(0)
     kills, scale = 0, 1.0
@@ -124,13 +134,12 @@ def test_killed_runs_resume_to_the_uninterrupted_result(population, tmp_path):
     assert got["report"] == want["report"]
 
 
-def test_rerun_skips_and_from_redoes(population, tmp_path, cli):
-    cfg = _config(tmp_path, population)
-    assert cli("run", cfg)[0] == 0
-    manifest = json.loads((tmp_path / "run" / "manifests" / "em.json").read_text())
+def test_rerun_skips_and_from_redoes(clean, cli):
+    cfg = clean[0]  # the uninterrupted run, re-run here
+    run = cfg.parent / "run"
+    manifest = json.loads((run / "manifests" / "em.json").read_text())
     assert manifest["seed"] == 3 and manifest["versions"]["torch"]
     assert manifest["wall_seconds"] > 0 and manifest["peak_rss_mib"] > 0
-    run = tmp_path / "run"
     agg = json.loads((run / "aggregate.json").read_text())  # the min-max merge of 2 adapters
     assert agg["objective"] == "kl"
     assert agg["fair"]["max_regret"] == pytest.approx(agg["fair"]["value"], abs=1e-6)

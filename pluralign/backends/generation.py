@@ -31,9 +31,19 @@ from pluralign.lm.trunk import MASK_CACHE_ARG, Batch, cache_keyword, full_forwar
 if TYPE_CHECKING:
     from pluralign.backends.lora import LoRABackend
 
-#: An adapter index or name, None (the base model), or token-level merge weights over the K
-#: adapters.
+#: An adapter index or name, None (the base model), token-level merge weights over the K
+#: adapters, or {pass: coefficient} over passes (None and adapter indices), any real numbers:
+#: softmax(sum_a c_a log_softmax(logits_a)) (a user's own weights: user_spec).
 Spec = Any
+
+
+def user_spec(weights: np.ndarray) -> dict[Any, float]:
+    """pi_ref * exp(sum_k w_k (log pi_k - log pi_ref)) token by token: coefficient 1 - sum_k
+    w_k on the base model and w_k on adapter k (DESIGN §10: a user's weights served)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"user weights must be finite, got {w.tolist()}")
+    return {None: float(1 - w.sum()), **{k: float(v) for k, v in enumerate(w)}}
 
 
 def _names() -> tuple[str, str]:
@@ -56,6 +66,8 @@ def adapters_of(spec: Spec, k: int) -> list[Any]:
     merge weighs above zero."""
     if _single(spec):
         return [int(spec) if isinstance(spec, np.integer) else spec]
+    if isinstance(spec, dict):
+        return [a for a, c in spec.items() if c != 0]
     q = check_mixture(spec, k)
     return [j for j in range(k) if q[j] > 0]
 
@@ -77,6 +89,9 @@ def next_token_logps(spec: Spec, logps: dict[Any, torch.Tensor]) -> torch.Tensor
     """log-probs of the next token under `spec`, from each needed adapter's log_softmax."""
     if _single(spec):
         return logps[int(spec) if isinstance(spec, np.integer) else spec]
+    if isinstance(spec, dict):
+        return torch.log_softmax(sum(float(c) * logps[a] for a, c in spec.items() if c != 0),
+                                 dim=-1)
     q = np.asarray(spec, dtype=np.float64)
     mixed = sum(float(q[j]) * logps[j] for j in range(len(q)) if q[j] > 0)
     return torch.log_softmax(mixed, dim=-1)

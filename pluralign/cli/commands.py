@@ -192,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     e = C.from_flags(EvaluateSection, args)
     from pluralign.stages.evaluate import format_evaluation, run_evaluate
     out = run_evaluate(Path(args.run), e.data, e.n_boot, args.seed, args.overwrite,
-                       e.predictive_orders)
+                       e.predictive_orders, e.seen, e.model_options())
     print(format_evaluation(out))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
     return 0
@@ -219,6 +219,13 @@ def assign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="FILE", type=path_arg,
                    help="write the posteriors as CSV here (default: print them); never into "
                         "the run folder, whose posteriors.csv is the run's own")
+    p.add_argument("--weights", action="store_true",
+                   help="also each annotator's own weights over the type basis (w_0.., the "
+                        "posterior mean; their prior fitted to the run's training users: "
+                        "DESIGN §10)")
+    from pluralign.settings import UserWeightsOptions
+    from pluralign.settings import config as C
+    C.add_flags(p, UserWeightsOptions)
     overwrite_arg(p, "file")
 
 
@@ -233,11 +240,19 @@ def cmd_assign(args: argparse.Namespace) -> int:
     data = to_annotations(args.data, args.preset)
     gamma, ids = assign(run, data)
     warn(blind_warnings(run, data, "annotations"))
+    weights = None
+    if args.weights:
+        from pluralign.personalize.user_weights import fit_user_prior
+        from pluralign.settings import UserWeightsOptions
+        from pluralign.settings import config as C
+        model = fit_user_prior(run, run.data(), **C.from_flags(UserWeightsOptions,
+                                                              args).model_options())
+        weights = model.all_mean_weights(run.backend.logratios(data), data)
     if args.out:
-        write_posteriors(Path(args.out), ids, gamma)
+        write_posteriors(Path(args.out), ids, gamma, weights)
         print(f"wrote {len(ids)} annotators' type posteriors to {args.out}")
     else:
-        print(posteriors_table(ids, gamma, summary=True, digits=4), end="")
+        print(posteriors_table(ids, gamma, summary=True, digits=4, weights=weights), end="")
     return 0
 
 
@@ -258,7 +273,10 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serve", choices=SERVE, default="posterior",
                    help="with --annotator: posterior (default) decodes the geometric mixture of "
                         "the type policies at their posterior, the policy minimising their "
-                        "expected regret; argmax their most likely type's policy alone")
+                        "expected regret; argmax their most likely type's policy alone; weights "
+                        "their own weights over the type basis (assign --weights), pi_ref * "
+                        "exp(sum_k w_k log(pi_k / pi_ref)), the prior fitted to the run's "
+                        "training users")
     p.add_argument("--answers", default=None, metavar="DATA", type=path_arg,
                    help="with --annotator: their annotations so far (any input `pluralign "
                         "ingest` reads), for a user the run has not seen")

@@ -29,14 +29,15 @@ from pluralign.core.data import Annotations
 from pluralign.core.labels import annotator_labels
 from pluralign.em.estep import e_step
 from pluralign.personalize.predictive import Prediction, Stages
-from pluralign.personalize.user_weights import UserWeights
+from pluralign.personalize.serving import information_gain
+from pluralign.personalize.user_weights import UserWeights, fit_user_prior
 
 METRICS = ("log_loss", "top1", "pairwise")
 #: Draws from a user's weight posterior that the user-weights prediction averages over.
 WEIGHT_DRAWS = 32
 #: Paired comparisons reported at every n: (better candidate, against), in log-loss.
 PAIRS = (("posterior", "argmax"), ("user_weights", "posterior"), ("posterior", "pooled"),
-         ("user_weights", "scratch"))
+         ("user_weights", "scratch"), ("suggested_queries", "random_queries"))
 
 
 @dataclass
@@ -53,29 +54,96 @@ class Basis:
 
 def predictive_curve(basis: Basis, data: Annotations, sizes: Sequence[int] | None = None,
                      orders: int = 3, labels: np.ndarray | None = None, n_boot: int = 1000,
-                     seed: int = 0) -> list[dict[str, Any]]:
+                     seed: int = 0, context: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The curve over n (see the module docstring). `labels[h]`: user h's true type index
-    (-1: unknown), users numbered as data.annotator_codes()."""
+    (-1: unknown), users numbered as data.annotator_codes(). `context` [len(data)], seen users:
+    the rows every prediction knows (the user's training annotations), never predicted; n
+    counts the others."""
+    codes, ids = data.annotator_codes()
+    known = np.zeros(len(data), dtype=bool) if context is None else np.asarray(context, bool)
+    stages = Stages.of(data, basis.scores.shape[1])
+    per_type = _per_type(basis, stages)
+    sizes = _sizes(codes[~known], sizes)
+    features = _features(data, np.arange(len(data)))
+    rng = np.random.default_rng(seed)
+    table: dict[tuple[int, str], dict[int, list[dict[str, float]]]] = {}
+    for h in range(len(ids)):
+        rows, given = np.flatnonzero((codes == h) & ~known), np.flatnonzero((codes == h) & known)
+        for _ in range(orders):
+            order = rows[rng.permutation(len(rows))]
+            for n in (n for n in sizes if n < len(rows)):
+                label = -1 if labels is None else int(labels[h])
+                for name, scores in _predict(basis, data, stages, per_type, features,
+                                             np.concatenate([given, order[:n]]), order[n:],
+                                             label).items():
+                    table.setdefault((n, name), {}).setdefault(h, []).append(scores)
+    return [_point(n, table, n_boot, seed) for n in sizes
+            if any(key[0] == n for key in table)]
+
+
+def query_curve(basis: Basis, data: Annotations, sizes: Sequence[int] | None = None,
+                orders: int = 3, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """`suggest`'s queries against random ones on the same curve: each user's annotations are
+    split at random (per order) into a pool of questions (half, rounded up) and a test set;
+    n questions are asked from the pool, chosen at random or greedily by expected information
+    gain about the type (what `suggest` ranks by, with the answers the user actually gave);
+    the posterior predictive after them is scored on the test set."""
     codes, ids = data.annotator_codes()
     stages = Stages.of(data, basis.scores.shape[1])
-    per_type = np.stack([stages.logprob(basis.beta * np.nan_to_num(basis.scores[..., k]))
-                         for k in range(basis.scores.shape[2])], axis=1)
-    most = int(np.bincount(codes).max())  # n = 0, 1, 2, 4, ... below the most annotations
-    sizes = list(sizes) if sizes is not None else [0, *(n for n in doubling(most) if n < most)]
-    features = _features(data, np.arange(len(data)))
+    per_type = _per_type(basis, stages)
+    s = basis.beta * np.nan_to_num(basis.scores)
+    pools = np.bincount(codes) - np.bincount(codes) // 2
+    sizes = [n for n in _sizes(codes, sizes) if n <= pools.max()]
     rng = np.random.default_rng(seed)
     table: dict[tuple[int, str], dict[int, list[dict[str, float]]]] = {}
     for h in range(len(ids)):
         rows = np.flatnonzero(codes == h)
         for _ in range(orders):
             order = rows[rng.permutation(len(rows))]
-            for n in (n for n in sizes if n < len(rows)):
-                label = -1 if labels is None else int(labels[h])
-                for name, scores in _predict(basis, data, stages, per_type, features,
-                                             order[:n], order[n:], label).items():
-                    table.setdefault((n, name), {}).setdefault(h, []).append(scores)
+            pool, test = order[: pools[h]], order[pools[h]:]
+            if not len(test):
+                continue
+            asked = {"random_queries": pool, "suggested_queries": _greedy(
+                data, s, per_type, basis.priors, pool, max(sizes))}
+            for n in (n for n in sizes if n <= len(pool)):
+                for name, chosen in asked.items():
+                    gamma = e_step(per_type[chosen[:n]].sum(axis=0, keepdims=True),
+                                   basis.priors)[0][0]
+                    pred = Prediction(np.tile(gamma, (len(test), 1)), s[test])
+                    scores = pred.scores(data.subset(test), stages.subset(test))
+                    table.setdefault((n, name), {}).setdefault(h, []).append(
+                        {m: float(v.mean()) for m, v in scores.items()})
     return [_point(n, table, n_boot, seed) for n in sizes
             if any(key[0] == n for key in table)]
+
+
+def _greedy(data: Annotations, s: np.ndarray, per_type: np.ndarray, priors: np.ndarray,
+            pool: np.ndarray, steps: int) -> np.ndarray:
+    """The pool's rows in the order `suggest` would ask them: each the largest expected
+    information gain under the posterior after the answers so far."""
+    left, out = list(pool), []
+    for _ in range(min(steps, len(pool))):
+        gamma = e_step(per_type[out].sum(axis=0, keepdims=True) if out else
+                       np.zeros((1, len(priors))), priors)[0][0]
+        best = max(left, key=lambda i: information_gain(
+            s[i, : data[int(i)].m], gamma, len(data[int(i)].ranking)))
+        left.remove(best)
+        out.append(best)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _per_type(basis: Basis, stages: Stages) -> np.ndarray:
+    """log P_k(tau) of every annotation under every type [n, K]."""
+    return np.stack([stages.logprob(basis.beta * np.nan_to_num(basis.scores[..., k]))
+                     for k in range(basis.scores.shape[2])], axis=1)
+
+
+def _sizes(codes: np.ndarray, sizes: Sequence[int] | None) -> list[int]:
+    """n = 0, 1, 2, 4, ... below the most annotations a user has, unless given."""
+    if sizes is not None:
+        return list(sizes)
+    most = int(np.bincount(codes).max()) if len(codes) else 0
+    return [0, *(n for n in doubling(most) if n < most)]
 
 
 def _predict(basis: Basis, data: Annotations, stages: Stages, per_type: np.ndarray,
@@ -87,13 +155,9 @@ def _predict(basis: Basis, data: Annotations, stages: Stages, per_type: np.ndarr
     preds = {"pooled": Prediction.single(basis.beta * np.nan_to_num(basis.pooled[rest])),
              "argmax": Prediction.single(s[..., int(gamma.argmax())]),
              "posterior": Prediction(np.tile(gamma, (len(rest), 1)), s)}
-    if basis.user_model is not None:  # averaged over the weights' posterior (Laplace)
-        draws = basis.user_model.draws(basis.scores, stages, shown, WEIGHT_DRAWS,
-                                       seed=len(shown))
-        rewards = np.stack([basis.user_model.rewards(basis.scores[rest], w) for w in draws],
-                           axis=2)
-        preds["user_weights"] = Prediction(np.full((len(rest), len(draws)), 1 / len(draws)),
-                                           rewards)
+    if basis.user_model is not None:  # the Bayes predictive under the fitted prior
+        preds["user_weights"] = basis.user_model.predict(basis.scores, stages, shown, rest,
+                                                         WEIGHT_DRAWS, seed=len(shown))
     if features is not None:
         scratch = UserWeights(beta=1.0)
         scratch.prior_mean_ = np.zeros(features.shape[2])
@@ -153,20 +217,42 @@ def _point(n: int, table: dict, n_boot: int, seed: int) -> dict[str, Any]:
 
 def predictive_experiment(run: Any, data: Annotations, train: Annotations, orders: int,
                           label_to_type: dict[str, int], n_boot: int = 1000,
-                          seed: int = 0, scores: np.ndarray | None = None) -> dict[str, Any]:
-    """The curve for a fitted run (pluralign.em.fitted.FittedRun) on `data`'s users: the type
-    and pooled log-ratios (`scores`: the type log-ratios on `data` when already computed), the
-    user-weights prior fitted to `train`'s users, the oracle from the users' labels matched to
+                          seed: int = 0, scores: np.ndarray | None = None,
+                          seen: Annotations | None = None,
+                          user_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The curves for a fitted run (pluralign.em.fitted.FittedRun): `data`'s users (unseen when
+    held out), with `suggest`'s queries against random ones; with `seen` (held-out annotations
+    of training users), the seen users' curve, their training annotations known. `scores`: the
+    type log-ratios on `data` when already computed; the user-weights prior is fitted to
+    `train`'s users (`user_weights`: UserWeights' options); the oracle from labels matched to
     types (`label_to_type`)."""
     s = run.backend.logratios(data) if scores is None else scores
-    s_train = s if train is data else run.backend.logratios(train)
-    model = UserWeights(beta=run.backend.beta).fit(
-        s_train, Stages.of(train, s_train.shape[1]), train.annotator_codes()[0])
-    basis = Basis(s, run.baseline.logratios(data)[..., 0],
-                  run.backend.beta, run.priors, model)
+    model = fit_user_prior(run, train, s if train is data else None, **(user_weights or {}))
+    out = {"orders": orders, "prior_mean": model.prior_mean_.round(4).tolist(),
+           "prior_mixing": model.mixing_.round(4).tolist()}
+    basis = _basis(run, data, s, model)
+    out["curve"] = predictive_curve(basis, data, orders=orders,
+                                    labels=_labels(data, label_to_type), n_boot=n_boot,
+                                    seed=seed)
+    out["queries"] = query_curve(basis, data, orders=orders, n_boot=n_boot, seed=seed)
+    if seen is not None and len(seen):
+        users = set(seen.annotator_ids)
+        both = Annotations([a for a in train if a.annotator_id in users] + list(seen),
+                           train.manifest)
+        context = np.arange(len(both)) < len(both) - len(seen)
+        out["seen_curve"] = predictive_curve(
+            _basis(run, both, run.backend.logratios(both), model), both, orders=orders,
+            labels=_labels(both, label_to_type), n_boot=n_boot, seed=seed, context=context)
+    return out
+
+
+def _basis(run: Any, data: Annotations, scores: np.ndarray, model: UserWeights) -> Basis:
+    return Basis(scores, run.baseline.logratios(data)[..., 0], run.backend.beta, run.priors,
+                 model)
+
+
+def _labels(data: Annotations, label_to_type: dict[str, int]) -> np.ndarray:
+    """Each user's true type index by their label (-1: none, or a label with no type)."""
     labels_of = annotator_labels(data)
-    labels = np.array([label_to_type.get(str(labels_of.get(h)), -1)
-                       for h in data.annotator_codes()[1]])
-    return {"orders": orders, "prior_mean": model.prior_mean_.round(4).tolist(),
-            "curve": predictive_curve(basis, data, orders=orders, labels=labels,
-                                      n_boot=n_boot, seed=seed)}
+    return np.array([label_to_type.get(str(labels_of.get(h)), -1)
+                     for h in data.annotator_codes()[1]])

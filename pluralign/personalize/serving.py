@@ -25,6 +25,8 @@ from pluralign.core.losses import plackett_luce_logprob
 from pluralign.core.rankings import Rankings
 from pluralign.em.estep import type_posteriors
 from pluralign.em.fitted import FittedRun
+from pluralign.personalize.predictive import Stages
+from pluralign.personalize.user_weights import fit_user_prior
 from pluralign.runfolder.artifacts import aggregate_info
 from pluralign.runfolder.lineage import FAIR_POLICY
 from pluralign.settings import SERVE
@@ -104,6 +106,29 @@ def annotator_posterior(run: FittedRun, annotator: str,
     return run.priors, f"{annotator!r} unknown to the run: the type priors"
 
 
+def annotator_weights(run: FittedRun, annotator: str, answers: Annotations | None = None,
+                      **options: Any) -> tuple[np.ndarray, str]:
+    """The annotator's own weights over the type basis (the posterior mean under the
+    user-weights prior, fitted to the run's training users; `options`: UserWeights') and
+    where they came from: `answers` if given, else their annotations in the run's data, else
+    the prior (a newcomer, said with a warning)."""
+    train = run.data()
+    model = fit_user_prior(run, train, **options)
+    for data, source in ((answers, "from {} answer(s) given"), (train, "from the run's {}")):
+        if data is None:
+            continue
+        mine = data.subset(i for i, a in enumerate(data) if a.annotator_id == annotator)
+        if len(mine):
+            s = run.backend.logratios(mine)
+            w = model.mean_weights(s, Stages.of(mine, s.shape[1]), np.arange(len(mine)))
+            return w, source.format(len(mine))
+    warnings.warn(f"annotator {annotator!r} is unknown to the run and has no answers given: "
+                  "starting from the prior over user weights", UserWarning, stacklevel=2)
+    s = np.zeros((0, 1, run.backend.n_types))
+    return model.mean_weights(s, Stages.of(Annotations([]), 1), np.arange(0)), \
+        f"{annotator!r} unknown to the run: the prior's mean"
+
+
 def choose_policy(run: FittedRun, type_k: int | None = None, annotator: str | None = None,
                   policy: str | None = None, seed: int = 0, serve: str = "posterior",
                   answers: Annotations | None = None) -> tuple[int | np.ndarray, str]:
@@ -144,6 +169,13 @@ def serve_annotator(run: FittedRun, annotator: str, serve: str = "posterior",
     else the priors (annotator_posterior)."""
     if serve not in SERVE:
         raise ValueError(f"serve must be one of {', '.join(SERVE)}, got {serve!r}")
+    if serve == "weights":
+        from pluralign.backends.generation import user_spec  # transformers: only to generate
+        w, source = annotator_weights(run, annotator, answers)
+        shown = ", ".join(f"{v:.3f}" for v in w)
+        return user_spec(w), (
+            f"annotator {annotator}'s own weights over the type basis ({shown}, {source}): "
+            "pi_ref * exp(sum_k w_k log(pi_k / pi_ref)), decoded token by token")
     post, source = annotator_posterior(run, annotator, answers)
     shown = ", ".join(f"{p:.3f}" for p in post)
     if serve == "argmax":
@@ -180,6 +212,8 @@ def generate(run: FittedRun, prompt: str, k: int | np.ndarray, n: int = 1, seed:
         raise ValueError(f"the {run.info['backend']} backend scores given candidates and "
                          "cannot generate text; use a LoRA run")
     row = Annotations([Annotation("user", prompt, ["", ""], [0])])
+    if isinstance(k, dict):  # a user's own weights over the base model and the adapters
+        return run.backend.sample(row, k, n, seed, **decoding)[0].responses
     if isinstance(k, np.ndarray):  # an annotator's posterior: the same token-level
         return run.backend.sample_combined(row, k, n, seed,  # combination as the merge
                                            **decoding)[0].responses

@@ -1,35 +1,77 @@
 """User weights over the type basis (DESIGN §10), as low-rank personalised reward models do.
 
 User h's reward is r_h = beta * sum_k w_hk s_k, s_k type k's log-ratio on each candidate. Given
-a user's annotations, w_h maximises the Plackett–Luce log-likelihood plus a Gaussian log-prior
-N(mean, cov), concave in w (a linear reward in a PL likelihood), solved by Newton's method. The
-prior is fitted to the training users by empirical Bayes (EM with each user's posterior in the
-Laplace approximation): from N(0, broad^2 I), each user's MAP weights m_h and posterior
-covariance C_h, then mean = mean_h m_h and cov = mean_h [(m_h - mean)(m_h - mean)^T + C_h],
-shrunk towards its diagonal's mean, until the prior settles. A user with no annotations gets the
-prior mean.
+a user's annotations and a Gaussian prior N(mean, cov), the MAP weights maximise the
+Plackett–Luce log-likelihood plus the log-prior, concave in w (a linear reward in a PL
+likelihood), solved by Newton's method with backtracking.
+
+The prior is fitted to the training users by empirical Bayes. With `typed` (the default) it is
+a spike-and-slab mixture: mass rho_k on each type's own weights e_k (a user who is exactly type
+k: the EM model's own assumption) and rho_slab on the Gaussian (users between types). Each
+training user's evidence under each part is exact for a spike (the PL likelihood under type k)
+and Laplace for the slab (log L(w*) - q/2 + log det P / 2 - log det H / 2, H the Hessian of the
+negative log-posterior at the MAP w*); the parts' weights are the mean responsibilities, and
+the slab's mean and covariance the responsibility-weighted moments of the users' Laplace
+posteriors (spread plus posterior covariance), shrunk towards the diagonal's mean, until the
+prior settles. A population of exact types puts the mass on the spikes and the prediction
+becomes the posterior predictive; blended users move it to the slab. Without `typed` the prior
+is the Gaussian alone. A user with no annotations gets the prior.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.special import logsumexp
+from dataclasses import dataclass
+from typing import Any
 
-from pluralign.personalize.predictive import Stages
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+from pluralign.core.data import Annotations
+from pluralign.personalize.predictive import Prediction, Stages
+
+
+def fit_user_prior(run: Any, train: Annotations, scores: np.ndarray | None = None,
+                   **options: Any) -> UserWeights:
+    """The user-weights model with its prior fitted to a fitted run's (pluralign.em.fitted
+    .FittedRun) training users `train` (`scores`: their type log-ratios when computed)."""
+    s = run.backend.logratios(train) if scores is None else scores
+    return UserWeights(beta=run.backend.beta, **options).fit(
+        s, Stages.of(train, s.shape[1]), train.annotator_codes()[0])
+
+
+@dataclass
+class _User:
+    """One user's stages as Newton's method needs them: candidates' basis scores [T, M, K]
+    (beta applied), the candidates still in play [T, M], the chosen one's scores [T, K]."""
+
+    x: np.ndarray
+    left: np.ndarray
+    chosen: np.ndarray
+
+    def loglik(self, w: np.ndarray) -> float:
+        if not len(self.x):
+            return 0.0
+        r = np.where(self.left, self.x @ w, -np.inf)
+        return float((self.chosen @ w - logsumexp(r, axis=1)).sum())
 
 
 class UserWeights:
     """scikit-learn style: `fit(scores, stages, users)` learns the prior over user weights from
-    the training users (`prior_mean_`, `prior_cov_`, their weights `weights_`); `user_weights`
-    fits one user's weights from their annotations under it.
+    the training users (`prior_mean_`, `prior_cov_`, `mixing_`: rho_1..rho_K, rho_slab, or the
+    slab alone; their posterior-mean weights `weights_`); per user, `user_weights` (the MAP
+    under the slab: the convex regularised PL fit), `mean_weights` (the posterior mean under
+    the whole prior: what is served) and `predict` (the Bayes predictive of further rankings).
 
-    beta: the run's reward scale; broad: the starting prior's scale; shrinkage: in [0, 1], the
-    fitted covariance pulled towards its diagonal's mean (identity times it); prior_iter: EM
-    iterations of the prior; max_iter, tol: Newton's method per user."""
+    beta: the run's reward scale; typed: spikes at the types' own weights beside the Gaussian;
+    broad: the starting prior's scale; shrinkage: in [0, 1], the fitted covariance pulled
+    towards its diagonal's mean (identity times it); prior_iter: EB iterations of the prior;
+    max_iter, tol: Newton's method per user."""
 
-    def __init__(self, beta: float = 1.0, broad: float = 1.0, shrinkage: float = 0.1,
-                 prior_iter: int = 20, max_iter: int = 50, tol: float = 1e-8):
+    def __init__(self, beta: float = 1.0, typed: bool = True, broad: float = 1.0,
+                 shrinkage: float = 0.1, prior_iter: int = 20, max_iter: int = 50,
+                 tol: float = 1e-8):
         self.beta = beta
+        self.typed = typed
         self.broad = broad
         self.shrinkage = shrinkage
         self.prior_iter = prior_iter
@@ -42,74 +84,141 @@ class UserWeights:
         if not 0 <= self.shrinkage <= 1 or self.broad <= 0:
             raise ValueError("shrinkage must be in [0, 1] and broad > 0")
         k = scores.shape[2]
+        people = [self._user(scores, stages, np.flatnonzero(users == h))
+                  for h in np.unique(users)]
+        spikes = self._spikes(people, k)
         self.prior_mean_, self.prior_cov_ = np.zeros(k), np.eye(k) * self.broad ** 2
-        groups = [np.flatnonzero(users == h) for h in np.unique(users)]
+        self.mixing_ = np.full(spikes.shape[1] + 1, 1 / (spikes.shape[1] + 1))
         for _ in range(self.prior_iter):
             prec = np.linalg.inv(self.prior_cov_)
-            fits = [self._map(scores, stages, rows, self.prior_mean_, prec) for rows in groups]
+            fits = [self._newton(u, self.prior_mean_, prec) for u in people]
+            slab = np.array([self._evidence(u, w, h, prec) for u, (w, h) in zip(people, fits,
+                                                                                 strict=True)])
+            with np.errstate(divide="ignore"):
+                resp = softmax(np.log(self.mixing_) + np.column_stack([spikes, slab]), axis=1)
             w = np.stack([m for m, _ in fits])
-            mean = w.mean(axis=0)
-            spread = np.einsum("hk,hl->kl", w - mean, w - mean) / len(w)
-            cov = spread + np.mean([np.linalg.inv(h) for _, h in fits], axis=0)
-            target = np.eye(k) * float(np.trace(cov)) / k
-            cov = (1 - self.shrinkage) * cov + self.shrinkage * target
+            mean, cov = self._moments(w, [np.linalg.inv(h) for _, h in fits], resp[:, -1])
             settled = np.abs(cov - self.prior_cov_).max() < 1e-6 and \
-                np.abs(mean - self.prior_mean_).max() < 1e-6
-            self.prior_mean_, self.prior_cov_ = mean, cov
+                np.abs(mean - self.prior_mean_).max() < 1e-6 and \
+                np.abs(resp.mean(axis=0) - self.mixing_).max() < 1e-6
+            self.prior_mean_, self.prior_cov_, self.mixing_ = mean, cov, resp.mean(axis=0)
             if settled:
                 break
-        self.weights_ = w
+        self.weights_ = resp[:, :-1] @ np.eye(k)[: resp.shape[1] - 1] + resp[:, -1:] * w
         return self
 
     def user_weights(self, scores: np.ndarray, stages: Stages, rows: np.ndarray) -> np.ndarray:
-        """One user's weights [K] from their annotations `rows` under the fitted prior."""
-        prec = np.linalg.inv(self.prior_cov_)
-        return self._map(scores, stages, rows, self.prior_mean_, prec)[0]
+        """One user's MAP weights [K] under the Gaussian part of the prior."""
+        return self.posterior(scores, stages, rows)[0]
 
     def posterior(self, scores: np.ndarray, stages: Stages,
                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One user's weights (MAP) and their Laplace posterior covariance under the prior."""
-        w, precision = self._map(scores, stages, rows, self.prior_mean_,
-                                 np.linalg.inv(self.prior_cov_))
-        return w, np.linalg.inv(precision)
+        """One user's MAP weights under the Gaussian part and their Laplace covariance."""
+        w, hessian = self._newton(self._user(scores, stages, rows), self.prior_mean_,
+                                  np.linalg.inv(self.prior_cov_))
+        return w, np.linalg.inv(hessian)
+
+    def parts(self, scores: np.ndarray, stages: Stages,
+              rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The user's posterior over the prior's parts (rho_1..rho_K, rho_slab after their
+        annotations), the slab's MAP weights and Laplace covariance."""
+        user = self._user(scores, stages, rows)
+        prec = np.linalg.inv(self.prior_cov_)
+        w, hessian = self._newton(user, self.prior_mean_, prec)
+        mixing = getattr(self, "mixing_", np.ones(1))
+        evidence = np.append(self._spikes([user], scores.shape[2])[0],
+                             self._evidence(user, w, hessian, prec))
+        with np.errstate(divide="ignore"):
+            return softmax(np.log(mixing) + evidence), w, np.linalg.inv(hessian)
+
+    def mean_weights(self, scores: np.ndarray, stages: Stages, rows: np.ndarray) -> np.ndarray:
+        """The posterior mean of the user's weights under the whole prior: served as
+        pi_ref * exp(beta * sum_k w_k s_k)."""
+        resp, w, _ = self.parts(scores, stages, rows)
+        return resp[:-1] @ np.eye(len(w))[: len(resp) - 1] + resp[-1] * w
+
+    def all_mean_weights(self, scores: np.ndarray, data: Annotations) -> np.ndarray:
+        """mean_weights of every user of `data` ([users, K], users as data.annotator_codes())."""
+        stages, codes = Stages.of(data, scores.shape[1]), data.annotator_codes()[0]
+        return np.stack([self.mean_weights(scores, stages, np.flatnonzero(codes == h))
+                         for h in range(codes.max() + 1)]) if len(codes) else \
+            np.zeros((0, scores.shape[2]))
 
     def draws(self, scores: np.ndarray, stages: Stages, rows: np.ndarray, n: int,
               seed: int = 0) -> np.ndarray:
-        """n weight vectors [n, K] from the user's Laplace posterior: averaging the PL laws they
-        give predicts with the weights' uncertainty, not the MAP alone (whose plug-in
-        prediction is overconfident after few annotations)."""
+        """n weight vectors [n, K] from the user's Laplace posterior under the slab."""
         w, cov = self.posterior(scores, stages, rows)
         return np.random.default_rng(seed).multivariate_normal(w, cov, size=n,
                                                                check_valid="ignore")
+
+    def predict(self, scores: np.ndarray, stages: Stages, shown: np.ndarray,
+                rest: np.ndarray, draws: int = 32, seed: int = 0) -> Prediction:
+        """The Bayes predictive of the user's annotations `rest` after `shown`: each spike's PL
+        law at its posterior weight, and the slab's averaged over `draws` Laplace draws (a
+        plug-in MAP is overconfident after few annotations)."""
+        resp, w, cov = self.parts(scores, stages, shown)
+        sample = np.random.default_rng(seed).multivariate_normal(w, cov, size=draws,
+                                                                 check_valid="ignore")
+        basis = np.vstack([np.eye(len(w))[: len(resp) - 1], sample])      # [C, K]
+        weights = np.append(resp[:-1], np.full(draws, resp[-1] / draws))
+        rewards = self.beta * np.nan_to_num(scores[rest]) @ basis.T        # [r, M, C]
+        return Prediction(np.tile(weights, (len(rest), 1)), rewards)
 
     def rewards(self, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The user's rewards beta * sum_k w_k s_k on every candidate ([n, M])."""
         return self.beta * np.nan_to_num(scores) @ weights
 
-    def _map(self, scores: np.ndarray, stages: Stages, rows: np.ndarray, mean: np.ndarray,
-             prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """argmax_w sum_stages log PL + log N(w; mean, prec^-1) by Newton's method, and the
-        negative log-posterior's Hessian there (the Laplace posterior's precision)."""
+    def _user(self, scores: np.ndarray, stages: Stages, rows: np.ndarray) -> _User:
         mine = stages.subset(rows)
-        x = self.beta * np.nan_to_num(scores[rows])[mine.row]            # [T, M, K]
-        chosen = x[np.arange(len(mine.row)), mine.chosen]                # [T, K]
+        x = self.beta * np.nan_to_num(scores[rows])[mine.row]
+        return _User(x, mine.left, x[np.arange(len(mine.row)), mine.chosen])
+
+    def _spikes(self, people: list[_User], k: int) -> np.ndarray:
+        """Each user's log-likelihood under each type's own weights [H, K] (none untyped)."""
+        if not self.typed:
+            return np.zeros((len(people), 0))
+        return np.array([[u.loglik(e) for e in np.eye(k)] for u in people]).reshape(
+            len(people), k)
+
+    def _moments(self, w: np.ndarray, covs: list[np.ndarray],
+                 r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The slab's mean and shrunk covariance from users' Laplace posteriors, weighted by
+        their slab responsibilities r (the current prior kept when no user is on the slab)."""
+        if r.sum() < 1e-6:
+            return self.prior_mean_, self.prior_cov_
+        share = r / r.sum()
+        mean = share @ w
+        cov = np.einsum("h,hk,hl->kl", share, w - mean, w - mean) + \
+            np.einsum("h,hkl->kl", share, np.stack(covs))
+        k = len(mean)
+        return mean, (1 - self.shrinkage) * cov + \
+            self.shrinkage * np.eye(k) * float(np.trace(cov)) / k
+
+    def _evidence(self, user: _User, w: np.ndarray, hessian: np.ndarray,
+                  prec: np.ndarray) -> float:
+        """The Laplace log marginal likelihood of the user's annotations under the slab."""
+        d = w - self.prior_mean_
+        return user.loglik(w) - 0.5 * float(d @ prec @ d) + \
+            0.5 * float(np.linalg.slogdet(prec)[1] - np.linalg.slogdet(hessian)[1])
+
+    def _newton(self, user: _User, mean: np.ndarray,
+                prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """argmax_w log L(w) + log N(w; mean, prec^-1) by Newton's method, and the negative
+        log-posterior's Hessian there (the Laplace posterior's precision)."""
         w = mean.copy()
 
         def value(v: np.ndarray) -> float:
-            r = np.where(mine.left, x @ v, -np.inf)
-            lp = (r[np.arange(len(r)), mine.chosen] - logsumexp(r, axis=1)).sum() if len(r) \
-                else 0.0
-            return float(lp - 0.5 * (v - mean) @ prec @ (v - mean))
+            return user.loglik(v) - 0.5 * float((v - mean) @ prec @ (v - mean))
 
-        current = value(w)
+        current, second = value(w), np.zeros_like(prec)
         for _ in range(self.max_iter):
-            r = np.where(mine.left, x @ w, -np.inf)                      # [T, M]
+            r = np.where(user.left, user.x @ w, -np.inf)                  # [T, M]
             p = np.exp(r - logsumexp(r, axis=1, keepdims=True)) if len(r) else r
-            avg = np.einsum("tm,tmk->tk", p, x)
-            grad = (chosen - avg).sum(axis=0) - prec @ (w - mean)
-            second = np.einsum("tm,tmk,tml->kl", p, x, x) - np.einsum("tk,tl->kl", avg, avg)
+            avg = np.einsum("tm,tmk->tk", p, user.x)
+            grad = (user.chosen - avg).sum(axis=0) - prec @ (w - mean)
+            second = np.einsum("tm,tmk,tml->kl", p, user.x, user.x) - avg.T @ avg
             step = np.linalg.solve(second + prec, grad)
-            size = 1.0  # Newton with backtracking: the objective never decreases
+            size = 1.0  # backtracking: the objective never decreases
             while size > 1e-8 and value(w + size * step) < current - 1e-12:
                 size /= 2
             w = w + size * step

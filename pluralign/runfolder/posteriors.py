@@ -28,19 +28,24 @@ def read_posteriors(path: Path, n_types: int | None = None) -> tuple[list[str], 
 
 
 def posteriors_table(ids: list[str], gamma: np.ndarray, summary: bool = False,
-                     digits: int = 6) -> str:
+                     digits: int = 6, weights: np.ndarray | None = None) -> str:
     """annotator_id, (with `summary`: the most likely type and its probability,) then one
-    probability column per type named type_0, type_1, ...: CSV through io.csv_text."""
+    probability column per type named type_0, type_1, ..., then (given `weights`) each
+    annotator's own weights over the type basis w_0, w_1, ...: CSV through io.csv_text."""
+    k = gamma.shape[1]
+    extra = np.zeros((len(ids), 0)) if weights is None else weights
     header = ["annotator_id", *(["type", "confidence"] if summary else []),
-              *[f"type_{k}" for k in range(gamma.shape[1])]]
+              *[f"type_{j}" for j in range(k)], *[f"w_{j}" for j in range(extra.shape[1])]]
     rows = [[h, *([f"type_{row.argmax()}", float(row.max())] if summary else []),
-             *map(float, row)] for h, row in zip(ids, gamma, strict=True)]
+             *map(float, row), *map(float, more)]
+            for h, row, more in zip(ids, gamma, extra, strict=True)]
     return csv_text(header, rows, digits)
 
 
-def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray) -> None:
+def write_posteriors(path: Path, ids: list[str], gamma: np.ndarray,
+                     weights: np.ndarray | None = None) -> None:
     """The posteriors table (posteriors_table) written atomically."""
-    write_text(path, posteriors_table(ids, gamma))
+    write_text(path, posteriors_table(ids, gamma, weights=weights))
 
 
 def posteriors_rows(path: str | Path, rows: list[list[str]],

@@ -18,6 +18,7 @@ from pluralign.settings.stages import (  # noqa: F401 (the layer's public names)
     SELECTIONS,
     SERVE,
     TIES,
+    USER_PRIORS,
     AggregateSection,
     EMSection,
     EvaluateSection,
@@ -25,5 +26,6 @@ from pluralign.settings.stages import (  # noqa: F401 (the layer's public names)
     IngestSection,
     RunSection,
     SimulationConfig,
+    UserWeightsOptions,
     text_attributes,
 )

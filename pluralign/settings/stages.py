@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from pluralign.core import checks
 from pluralign.core.checks import user_path
@@ -37,7 +38,9 @@ SELECTIONS = ("cv", "heldout", "bic")
 INITS = ("auto", "kmeans", "linear", "random")
 #: How a user is served (DESIGN §10): the geometric mixture of the type policies at their
 #: posterior (the policy minimising their expected KL regret), or their most likely type's.
-SERVE = ("posterior", "argmax")
+SERVE = ("posterior", "argmax", "weights")
+#: The prior over a user's own weights on the type basis (personalize.user_weights).
+USER_PRIORS = ("typed", "gaussian")
 #: Simulated populations: numeric features, or English text; misspecified annotator kinds.
 FLAVOURS = ("feature", "text")
 MISSPECIFY = ("random", "mixed", "noisy", "blend")
@@ -110,12 +113,16 @@ class IngestSection(IngestOptions):
                 "has a simulate section)"})
     heldout_fraction: float = field(default=0.0, metadata={
         "help": "share of annotators held out of EM for aggregation and evaluation (0: none)"})
+    seen_fraction: float = field(default=0.0, metadata={
+        "help": "share of each remaining annotator's annotations held out of EM (into seen/), "
+                "for the predictive curve of seen users (evaluate.predictive_orders); 0: none"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.inputs = [str(user_path(p, "an input")) for p in self.inputs]
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        for name in ("heldout_fraction", "seen_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -177,8 +184,30 @@ class AggregateSection:
 
 
 @dataclass
-class EvaluateSection:
-    """Which annotations to evaluate on."""
+class UserWeightsOptions:
+    """How a user's own weights over the type basis are fitted (DESIGN §10): their prior is
+    fitted to the run's training users, then each user's weights to their annotations."""
+
+    user_prior: str = field(default="typed", metadata={
+        "help": "typed: mass on each type's own weights plus a Gaussian between them (spike "
+                "and slab: exact types predict as the posterior does); gaussian: the Gaussian "
+                "alone", "choices": USER_PRIORS})
+    user_shrinkage: float = field(default=0.1, metadata={
+        "help": "the Gaussian's fitted covariance pulled towards a multiple of the identity, "
+                "in [0, 1]"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.user_shrinkage <= 1:
+            raise ValueError(f"user_shrinkage must be in [0, 1], got {self.user_shrinkage}")
+
+    def model_options(self) -> dict[str, Any]:
+        """The options as personalize.user_weights.UserWeights takes them."""
+        return {"typed": self.user_prior == "typed", "shrinkage": self.user_shrinkage}
+
+
+@dataclass
+class EvaluateSection(UserWeightsOptions):
+    """Which annotations to evaluate on, and the predictive personalization experiment."""
 
     data: str | None = field(default=None, metadata={
         "help": "a held-out dataset folder; default: the ingest stage's held-out split, else "
@@ -189,14 +218,20 @@ class EvaluateSection:
     predictive_orders: int = field(default=0, metadata={
         "help": "random orders per user of the predictive personalization experiment (reveal "
                 "n of a user's annotations, predict the rest: pooled, most likely type, "
-                "posterior predictive, user weights, oracle; DESIGN §10); 0 skips it",
-        "metavar": "R"})
+                "posterior predictive, user weights, oracle; suggested against random "
+                "queries; DESIGN §10); 0 skips it", "metavar": "R"})
+    seen: str | None = field(default=None, metadata={
+        "help": "held-out annotations of the run's own annotators, for the predictive curve "
+                "of seen users; default: the ingest stage's seen/ split, if any",
+        "metavar": "SEEN_DIR"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         checks.at_least(self.n_boot, 0, "n_boot")
         checks.at_least(self.predictive_orders, 0, "predictive_orders")
-        if self.data is not None:
-            self.data = str(user_path(self.data, "data"))
+        for name in ("data", "seen"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(user_path(getattr(self, name), name)))
 
 
 @dataclass

@@ -56,7 +56,8 @@ from pluralign.stages.aggregate import load_scores, scores_key
 def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] | None = None,
                  scores: dict[str, np.ndarray] | None = None, n_boot: int = 1000,
                  seed: int = 0, train: Annotations | None = None,
-                 predictive_orders: int = 0) -> dict[str, Any]:
+                 predictive_orders: int = 0, seen: Annotations | None = None,
+                 user_weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every policy against every type on `data`: the single policies (types, pooled, merged,
     base) and the mixtures (MMRA, uniform, utilitarian); metrics per group, the regret table,
     discovery quality against every label column, per-annotator confidence and the
@@ -64,7 +65,8 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     `scores`: the log-probs aggregation computed on this data (RegretEstimator.scores), not
     recomputed; `train`: the training data, to flag labelled groups the evaluation misses (and
     to fit the user-weights prior); `predictive_orders` > 0: the predictive personalization
-    curve, from the type log-ratios computed here."""
+    curve, from the type log-ratios computed here (and `seen`'s: held-out annotations of
+    training users; `user_weights`: the user-weights model's options)."""
     backend, beta, k = run.backend, run.backend.beta, run.backend.n_types
     if aggregated is None:
         aggregated, merged = aggregate(backend, data, run.priors, pooled=run.baseline,
@@ -135,8 +137,22 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     if predictive_orders > 0:
         out["personalization"]["predictive"] = predictive_experiment(
             run, data, train if train is not None else data, predictive_orders,
-            (out.get("discovery") or {}).get("label_to_type", {}), n_boot, seed, scores=s)
+            oracle_types(labels, ids, pred, (out.get("discovery") or {}).get("label_to_type")),
+            n_boot, seed, scores=s, seen=seen, user_weights=user_weights)
     out["warnings"] = warns + _warnings(data, train, gamma)
+    return out
+
+
+def oracle_types(labels: dict[str, str], ids: list[str], pred: np.ndarray,
+                 mapping: dict[str, int] | None) -> dict[str, int]:
+    """The labels the predictive oracle may equate with a type: matched to it, and most of
+    the label's annotators assigned to it (a label such as "blend" or "random", spread over
+    the types, names no type's users)."""
+    out = {}
+    for label, k in (mapping or {}).items():
+        mine = np.array([pred[i] for i, h in enumerate(ids) if labels.get(h) == label])
+        if len(mine) and (mine == k).mean() > 0.5:
+            out[label] = k
     return out
 
 
@@ -205,18 +221,23 @@ def _warnings(data: Annotations, train: Annotations | None,
 
 
 def run_evaluate(run_dir: Path, data_dir: str | Path | None = None, n_boot: int = 1000,
-                 seed: int = 0, overwrite: bool = False,
-                 predictive_orders: int = 0) -> dict[str, Any]:
+                 seed: int = 0, overwrite: bool = False, predictive_orders: int = 0,
+                 seen_dir: str | Path | None = None,
+                 user_weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """`pluralign evaluate`: evaluate a run folder on `data_dir` (default: the run's own data,
     in-sample) with the mixture of its aggregate.json; writes evaluation.json.
     `predictive_orders` > 0 adds the predictive personalization curve
-    (pluralign.personalize.experiment) with that many random orders per user."""
+    (pluralign.personalize.experiment) with that many random orders per user; `seen_dir`:
+    held-out annotations of the run's own annotators, for the seen users' curve;
+    `user_weights`: the user-weights model's options (UserWeightsOptions.model_options)."""
     with run_folder(run_dir, "evaluate", overwrite, create=False):
-        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed, predictive_orders)
+        return _evaluate_run(Path(run_dir), data_dir, n_boot, seed, predictive_orders,
+                             seen_dir, user_weights)
 
 
-def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
-                  seed: int, predictive_orders: int = 0) -> dict[str, Any]:
+def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int, seed: int,
+                  predictive_orders: int = 0, seen_dir: str | Path | None = None,
+                  user_weights: dict[str, Any] | None = None) -> dict[str, Any]:
     run = load_run(run_dir)
     agg_file = run.path / "aggregate.json"
     aggregated = aggregate_info(agg_file, run.backend.n_types) if agg_file.is_file() else None
@@ -232,7 +253,9 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int,
     train = run.data() if data_dir is not None and run.info.get("data") else None
     if predictive_orders > 0 and data_dir is not None and train is None:
         train = run.data()  # the user-weights prior: never from the users it predicts
-    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train, predictive_orders)
+    seen = run.data(seen_dir) if seen_dir is not None and predictive_orders > 0 else None
+    out = evaluate_run(run, data, aggregated, scores, n_boot, seed, train, predictive_orders,
+                       seen, user_weights)
     if predictive_orders > 0:
         out["personalization"]["predictive"]["users"] = "held-out" if data_dir else \
             "training (in-sample)"

@@ -120,14 +120,17 @@ def stage_ingest(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
         result = ingest_with(inputs, cfg.ingest)
         data, report = Annotations(result.records), result.report
     train, held = split_annotators(data, cfg.ingest.heldout_fraction, cfg.run.seed)
+    train, seen = split_annotations(train, cfg.ingest.seen_fraction, cfg.run.seed)
     save(list(train), out / "data", {"source": inputs})
-    if held is not None:
-        save(list(held), out / "heldout", {"source": inputs})
+    for name, part in (("heldout", held), ("seen", seen)):
+        if part is not None:
+            save(list(part), out / name, {"source": inputs})
     warns = [] if held is None else split_label_warnings(train, held)
     for w in warns:
         print(f"WARNING [{w['code']}]: {w['message']}")
     return {"annotations": len(data), "train": len(train),
             "heldout": 0 if held is None else len(held),
+            "seen": 0 if seen is None else len(seen),
             "annotators": len(data.annotator_ids), "warnings": warns, "ingest_report": {
                 k: report[k] for k in ("read", "accepted", "rejected", "duplicates")
                 if k in report}}
@@ -161,10 +164,26 @@ def split_annotators(data: Annotations, fraction: float,
             data.subset(i for i, a in enumerate(data) if a.annotator_id in held))
 
 
+def split_annotations(data: Annotations, fraction: float,
+                      seed: int) -> tuple[Annotations, Annotations | None]:
+    """Hold out a share of each annotator's annotations (rounded, at least one of two or more,
+    never all), seeded: the seen users' further judgements for the predictive curve."""
+    if fraction <= 0:
+        return data, None
+    rng = np.random.default_rng(seed)
+    codes, _ = data.annotator_codes()
+    held = np.zeros(len(data), dtype=bool)
+    for h in range(codes.max() + 1 if len(codes) else 0):
+        rows = np.flatnonzero(codes == h)
+        take = min(len(rows) - 1, max(1, int(round(fraction * len(rows)))))
+        held[rng.choice(rows, max(take, 0), replace=False)] = True
+    return data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))
+
+
 def stage_reference(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     """One reference pass per dataset with every part later stages need (log-probs, trunk
     states, embeddings for the linear initialisation), into the reference cache."""
-    sets = [load(out / name) for name in ("data", "heldout") if (out / name).is_dir()]
+    sets = [load(out / name) for name in ("data", "heldout", "seen") if (out / name).is_dir()]
     opts = cfg.em.backend_options
     if cfg.em.backend == "lora":
         from pluralign.backends.lora import LoRABackend, LoRAConfig
@@ -221,8 +240,10 @@ def stage_aggregate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
 
 def stage_evaluate(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     from pluralign.stages.evaluate import format_evaluation, run_evaluate
+    seen = cfg.evaluate.seen or (str(out / "seen") if (out / "seen").is_dir() else None)
     result = run_evaluate(out, cfg.evaluate.data or _heldout(out), cfg.evaluate.n_boot,
-                          cfg.run.seed, predictive_orders=cfg.evaluate.predictive_orders)
+                          cfg.run.seed, predictive_orders=cfg.evaluate.predictive_orders,
+                          seen_dir=seen, user_weights=cfg.evaluate.model_options())
     print(format_evaluation(result))
     return {"annotations": result["annotations"], "in_sample": result["in_sample"]}
 

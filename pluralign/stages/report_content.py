@@ -17,7 +17,7 @@ import numpy as np
 from pluralign.core import bootstrap
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
-           "personalization", "predictive")
+           "personalization", "predictive", "predictive_seen", "queries")
 TITLES = {
     "em_objective": "EM objective per iteration",
     "confidence": "Posterior confidence of each annotator's type",
@@ -26,6 +26,8 @@ TITLES = {
     "mmra_weights": "Min-max regret mixture against the type priors",
     "personalization": "Type-assignment accuracy after a new annotator's first n annotations",
     "predictive": "Predicting a user's other judgements after n of theirs (log-loss)",
+    "predictive_seen": "Predicting a seen user's held-out judgements after n more (log-loss)",
+    "queries": "Questions chosen by `suggest` against random questions (log-loss)",
 }
 #: What each column of the policy table means (the definitions box).
 DEFINITIONS = (
@@ -263,6 +265,12 @@ def captions(em: dict[str, Any], ev: dict[str, Any]) -> dict[str, str]:
                       "users: pooled policy, most likely type, posterior predictive, the "
                       "user's weights over the type basis, and the oracle that knows the true "
                       "type (evaluate.predictive_orders > 0).",
+        "predictive_seen": "The same for users EM saw: their training annotations are known "
+                           "and n of their held-out ones revealed (ingest.seen_fraction > 0 "
+                           "holds them out).",
+        "queries": "Posterior predictive log-loss on half of each user's annotations after n "
+                   "questions from the other half, asked in `suggest`'s order (largest "
+                   "expected information gain about the type) or at random.",
     }
 
 

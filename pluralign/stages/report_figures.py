@@ -21,7 +21,9 @@ def figures(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
     drawers = {"em_objective": _em_objective, "confidence": _confidence,
                "regret_heatmap": _regret_heatmap, "accuracy": _accuracy,
                "mmra_weights": _mmra_weights, "personalization": _personalization,
-               "predictive": _predictive}
+               "predictive": lambda *a: _predictive(*a, key="curve"),
+               "predictive_seen": lambda *a: _predictive(*a, key="seen_curve"),
+               "queries": lambda *a: _predictive(*a, key="queries")}
     out = {}
     for name in FIGURES:
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
@@ -119,15 +121,18 @@ def _personalization(ax, em, agg, ev) -> None:
     ax.set_ylim(0, 1.02)
 
 
-def _predictive(ax, em, agg, ev) -> None:
-    """The predictive personalization curve, one line per predictor (DESIGN §10)."""
+def _predictive(ax, em, agg, ev, key: str) -> None:
+    """A predictive personalization curve (`key`: unseen users' curve, seen users' or the
+    query strategies'), one line per predictor (DESIGN §10)."""
     found = ev["personalization"].get("predictive")
-    if not found or not found["curve"]:
-        ax.text(0.5, 0.5, "not measured: set evaluate.predictive_orders > 0", ha="center",
-                va="center", transform=ax.transAxes)
+    if not found or not found.get(key):
+        why = "set evaluate.predictive_orders > 0" if not found else \
+            "set ingest.seen_fraction > 0 (no seen users' held-out annotations)"
+        ax.text(0.5, 0.5, f"not measured: {why}", ha="center", va="center",
+                transform=ax.transAxes)
         ax.set_axis_off()
         return
-    curve = found["curve"]
+    curve = found[key]
     x = np.array([max(c["annotations"], 0.5) for c in curve])  # n = 0 drawn at 1/2
     for name in curve[0]["predictors"]:
         rows = [c["predictors"].get(name) for c in curve]
@@ -138,6 +143,7 @@ def _predictive(ax, em, agg, ev) -> None:
             lohi = np.array([r["log_loss_interval"] for r in rows])
             ax.fill_between(x, lohi[:, 0], lohi[:, 1], alpha=0.15)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"annotations revealed ({found.get('users', 'users')}; 0 at 1/2)")
+    who = "seen users" if key == "seen_curve" else found.get("users", "users")
+    ax.set_xlabel(f"annotations revealed ({who}; 0 at 1/2)")
     ax.set_ylabel("log-loss of the rest")
     ax.legend(fontsize=7)

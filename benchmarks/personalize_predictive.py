@@ -1,6 +1,7 @@
 """The predictive personalization yardstick (DESIGN §10; PAL, LoRe and VPL report it): reveal n
 of a user's annotations, predict the rest, for unseen users (held out of EM) and seen users
-(their annotations held out of EM), on simulated populations over several seeds.
+(40% of their annotations held out of EM, their training annotations known), on simulated
+populations over several seeds; and `suggest`'s questions against random ones (unseen users).
 
     python benchmarks/personalize_predictive.py [--seeds 10] [--blend 0.5]
 
@@ -14,18 +15,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from pluralign.core.data import Annotations
 from pluralign.em.ceiling import match_labels
 from pluralign.em.estimator import EMDPO
-from pluralign.personalize.experiment import Basis, predictive_curve
-from pluralign.personalize.predictive import Stages
-from pluralign.personalize.user_weights import UserWeights
+from pluralign.personalize.experiment import Basis, predictive_curve, query_curve
+from pluralign.personalize.user_weights import fit_user_prior
 from pluralign.simulate import SimulationConfig, simulate
 
-ORDER = ("pooled", "argmax", "posterior", "user_weights", "scratch", "oracle")
+ORDER = ("pooled", "argmax", "posterior", "user_weights", "scratch", "oracle",
+         "random_queries", "suggested_queries")
 
 
 def one_seed(seed: int, blend: float, per_annotator: int) -> dict[str, list]:
@@ -45,15 +47,16 @@ def one_seed(seed: int, blend: float, per_annotator: int) -> dict[str, list]:
             seen_rows.append(i)
     train = data.subset(fit_rows)
     em = EMDPO("linear", n_types=3, random_state=seed).fit(train)
-    s_train = em.backend_.logratios(train)
-    model = UserWeights(beta=em.backend_.beta).fit(
-        s_train, Stages.of(train, s_train.shape[1]), train.annotator_codes()[0])
+    run = SimpleNamespace(backend=em.backend_, baseline=em.baseline_, priors=em.priors_)
+    model = fit_user_prior(run, train)
     truth = pop.truth["annotators"]
     typed = [i for i, h in enumerate(em.annotator_ids_) if truth[h]["kind"] == "typed"]
     mapping = match_labels([truth[em.annotator_ids_[i]]["type"] for i in typed],
                            em.posteriors_[typed].argmax(1), 3)  # blend users have no type
     out = {}
-    for name, rows in (("unseen", unseen_rows), ("seen", seen_rows)):
+    seen_users = {data[i].annotator_id for i in seen_rows}
+    known = [i for i in fit_rows if data[i].annotator_id in seen_users]
+    for name, rows in (("unseen", unseen_rows), ("seen", known + seen_rows)):
         part = data.subset(rows)
         _, ids = part.annotator_codes()
         labels = np.array([mapping.get(truth[h]["type"], -1) if truth[h]["kind"] == "typed"
@@ -61,8 +64,11 @@ def one_seed(seed: int, blend: float, per_annotator: int) -> dict[str, list]:
         basis = Basis(em.backend_.logratios(part),
                       em.baseline_.backend.logratios(part)[..., 0], em.backend_.beta,
                       em.priors_, model)
+        context = np.arange(len(part)) < (len(known) if name == "seen" else 0)
         out[name] = predictive_curve(basis, part, orders=3, labels=labels, n_boot=500,
-                                     seed=seed)
+                                     seed=seed, context=context)
+        if name == "unseen":
+            out["queries"] = query_curve(basis, part, orders=3, n_boot=500, seed=seed)
     return out
 
 
@@ -98,7 +104,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for title, blend, per in (("3 types", 0.0, 20), (f"blend {args.blend:g}", args.blend, 40)):
         runs = [one_seed(seed, blend, per) for seed in range(args.seeds)]
-        for cond in ("unseen", "seen"):
+        for cond in ("unseen", "seen", "queries"):
             show([r[cond] for r in runs], f"{title}, {cond} users")
     print(f"\n{time.perf_counter() - t0:.0f} s")
 

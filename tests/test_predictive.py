@@ -120,7 +120,7 @@ def test_the_slab_evidence_is_the_laplace_integral_and_spikes_are_exact():
     model.mixing_ = np.array([0.2, 0.3, 0.5])
     resp, w, _ = model.parts(scores, stages, rows)
     loglik = [stages.logprob(model.rewards(scores, v)).sum() for v in np.eye(2)]
-    grid = np.linspace(-3, 4, 351)  # the marginal likelihood on a fine grid (trapezoids)
+    grid = np.linspace(-3, 4, 241)  # the marginal likelihood on a fine grid (trapezoids)
     a, b = np.meshgrid(grid, grid, indexing="ij")
     points = np.column_stack([a.ravel(), b.ravel()])
     x = scores[stages.row]                                      # [T, 4, 2]

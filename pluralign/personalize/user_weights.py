@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp, softmax
+from scipy.special import softmax
 
 from pluralign.core.data import Annotations
-from pluralign.personalize.predictive import Prediction, Stages
+from pluralign.personalize.predictive import Prediction, Stages, logsumexp
 
 
 def fit_user_prior(run: Any, train: Annotations, scores: np.ndarray | None = None,
@@ -89,9 +89,11 @@ class UserWeights:
         spikes = self._spikes(people, k)
         self.prior_mean_, self.prior_cov_ = np.zeros(k), np.eye(k) * self.broad ** 2
         self.mixing_ = np.full(spikes.shape[1] + 1, 1 / (spikes.shape[1] + 1))
+        fits = [(self.prior_mean_, None)] * len(people)
         for _ in range(self.prior_iter):
-            prec = np.linalg.inv(self.prior_cov_)
-            fits = [self._newton(u, self.prior_mean_, prec) for u in people]
+            prec = np.linalg.inv(self.prior_cov_)  # each user's Newton starts at their last MAP
+            fits = [self._newton(u, self.prior_mean_, prec, start=w0)
+                    for u, (w0, _) in zip(people, fits, strict=True)]
             slab = np.array([self._evidence(u, w, h, prec) for u, (w, h) in zip(people, fits,
                                                                                  strict=True)])
             with np.errstate(divide="ignore"):
@@ -201,11 +203,12 @@ class UserWeights:
         return user.loglik(w) - 0.5 * float(d @ prec @ d) + \
             0.5 * float(np.linalg.slogdet(prec)[1] - np.linalg.slogdet(hessian)[1])
 
-    def _newton(self, user: _User, mean: np.ndarray,
-                prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """argmax_w log L(w) + log N(w; mean, prec^-1) by Newton's method, and the negative
-        log-posterior's Hessian there (the Laplace posterior's precision)."""
-        w = mean.copy()
+    def _newton(self, user: _User, mean: np.ndarray, prec: np.ndarray,
+                start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """argmax_w log L(w) + log N(w; mean, prec^-1) by Newton's method (from `start`, else
+        the mean), and the negative log-posterior's Hessian there (the Laplace posterior's
+        precision)."""
+        w = (mean if start is None else start).copy()
 
         def value(v: np.ndarray) -> float:
             return user.loglik(v) - 0.5 * float((v - mean) @ prec @ (v - mean))

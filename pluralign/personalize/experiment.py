@@ -12,11 +12,14 @@ Predictors of a user's remaining judgements, from what the n revealed ones say:
 - oracle: the policy of the user's true type (labels matched to types), when labels exist.
 Each user's scores are averaged over their remaining annotations, then over orders; a curve
 point is the mean over users with more than n annotations, with an annotator-bootstrap
-interval, and paired differences between predictors per user.
+interval, and paired differences between predictors per user. Seen users (predictive_curve's
+`context`): their training annotations are known to every predictor and never predicted.
+The questions curve (query_curve) puts `suggest`'s order of questions beside a random one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ import numpy as np
 
 from pluralign.aggregate.evaluation import doubling
 from pluralign.core import bootstrap
-from pluralign.core.data import Annotations
+from pluralign.core.data import Annotation, Annotations
 from pluralign.core.labels import annotator_labels
 from pluralign.em.estep import e_step
 from pluralign.personalize.predictive import Prediction, Stages
@@ -35,6 +38,10 @@ from pluralign.personalize.user_weights import UserWeights, fit_user_prior
 METRICS = ("log_loss", "top1", "pairwise")
 #: Draws from a user's weight posterior that the user-weights prediction averages over.
 WEIGHT_DRAWS = 32
+#: The most answers (orderings of a question's first places) a question's information gain
+#: is computed over on the questions curve (6! : a full ranking of 6); longer lists use their
+#: first places.
+QUERY_ANSWERS = 720
 #: Paired comparisons reported at every n: (better candidate, against), in log-loss.
 PAIRS = (("posterior", "argmax"), ("user_weights", "posterior"), ("posterior", "pooled"),
          ("user_weights", "scratch"), ("suggested_queries", "random_queries"))
@@ -126,10 +133,19 @@ def _greedy(data: Annotations, s: np.ndarray, per_type: np.ndarray, priors: np.n
         gamma = e_step(per_type[out].sum(axis=0, keepdims=True) if out else
                        np.zeros((1, len(priors))), priors)[0][0]
         best = max(left, key=lambda i: information_gain(
-            s[i, : data[int(i)].m], gamma, len(data[int(i)].ranking)))
+            s[i, : data[int(i)].m], gamma, _answer_length(data[int(i)])))
         left.remove(best)
         out.append(best)
     return np.asarray(out, dtype=np.int64)
+
+
+def _answer_length(a: Annotation) -> int:
+    """The places of an answer the question's information is computed over: all that the user
+    ranked, or the first ones when their orderings number more than QUERY_ANSWERS."""
+    length = len(a.ranking)
+    while length > 1 and math.perm(a.m, length) > QUERY_ANSWERS:
+        length -= 1
+    return length
 
 
 def _per_type(basis: Basis, stages: Stages) -> np.ndarray:

@@ -215,6 +215,12 @@ def test_evaluate_reports_the_predictive_curves_and_the_report_draws_them(world,
     assert rc == 0, err
     for name in ("predictive", "predictive_seen", "queries"):
         assert (root / "run" / "report_files" / f"{name}.png").stat().st_size > 5000
+    md = (root / "run" / "report.md").read_text()  # the curves as tables, with intervals
+    table = md.split("## Predictive personalization: seen users")[1].split("##")[0]
+    low, high = seen[0]["predictors"]["posterior"]["log_loss_interval"]
+    assert "\n| 0 | 60 | " in table and f"\\[{low:.3f}, {high:.3f}\\]" in table
+    assert "## Predictive personalization: questions asked by \\`suggest\\`" in md
+    assert "Predictive personalization</h2><h3>" in (root / "run" / "report.html").read_text()
 
 
 def test_assign_prints_each_users_weights_over_the_type_basis(world, cli):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pluralign.core import bootstrap
+from pluralign.stages.report_predictive import predictive_tables
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
            "personalization", "predictive", "predictive_seen", "queries")
@@ -414,22 +415,11 @@ def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
              *(_md_table(*served_rows(agg)) if served_rows(agg) else [])]
     for title, header, rows in confusion_tables(ev):
         lines += [f"## Discovered types vs {md_escape(title)}", "", *_md_table(header, rows)]
+    for title, header, rows in predictive_tables(ev):
+        lines += [f"## Predictive personalization: {md_escape(title)}", "",
+                  *_md_table(header, rows)]
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],
                                                     config_rows(em, agg, ev)), "## Figures", ""]
     for name in FIGURES:
         lines += [f"![{TITLES[name]}]({images[name]})", "", f"*{md_escape(caps[name])}*", ""]
     return "\n".join(lines)
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -243,7 +243,8 @@ def predictive_experiment(run: Any, data: Annotations, train: Annotations, order
     `train`'s users (`user_weights`: UserWeights' options); the oracle from labels matched to
     types (`label_to_type`)."""
     s = run.backend.logratios(data) if scores is None else scores
-    model = fit_user_prior(run, train, s if train is data else None, **(user_weights or {}))
+    s_train = s if train is data else run.backend.logratios(train)  # scored once
+    model = fit_user_prior(run, train, s_train, **(user_weights or {}))
     out = {"orders": orders, "prior_mean": model.prior_mean_.round(4).tolist(),
            "prior_mixing": model.mixing_.round(4).tolist()}
     basis = _basis(run, data, s, model)
@@ -253,13 +254,22 @@ def predictive_experiment(run: Any, data: Annotations, train: Annotations, order
     out["queries"] = query_curve(basis, data, orders=orders, n_boot=n_boot, seed=seed)
     if seen is not None and len(seen):
         users = set(seen.annotator_ids)
-        both = Annotations([a for a in train if a.annotator_id in users] + list(seen),
-                           train.manifest)
-        context = np.arange(len(both)) < len(both) - len(seen)
+        known = [i for i, a in enumerate(train) if a.annotator_id in users]
+        both = Annotations([train[i] for i in known] + list(seen), train.manifest)
+        context = np.arange(len(both)) < len(known)
+        s_both = _rows_of(s_train[known], run.backend.logratios(seen))
         out["seen_curve"] = predictive_curve(
-            _basis(run, both, run.backend.logratios(both), model), both, orders=orders,
+            _basis(run, both, s_both, model), both, orders=orders,
             labels=_labels(both, label_to_type), n_boot=n_boot, seed=seed, context=context)
     return out
+
+
+def _rows_of(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two [n, M, K] score arrays stacked, the narrower padded with NaN (no candidate)."""
+    width = max(first.shape[1], second.shape[1])
+    pad = [np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=np.nan)
+           for x in (first, second)]
+    return np.concatenate(pad, axis=0)
 
 
 def _basis(run: Any, data: Annotations, scores: np.ndarray, model: UserWeights) -> Basis:

@@ -23,10 +23,8 @@ demo: $(STAMP)
 	$(BIN)/pluralign run pipelines/demo.yaml
 
 # pytest's exit status is kept in .pytest-exit so that .ci/run can tell "no tests" (5) apart.
-# Two workers (pytest-xdist), one test file each at a time so that module fixtures fit once:
-# most tests wait on process start-up, imports and subprocesses, which two cores overlap.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
+	$(BIN)/python -m pytest -q; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check pluralign tests benchmarks

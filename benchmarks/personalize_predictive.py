@@ -3,7 +3,7 @@ of a user's annotations, predict the rest, for unseen users (held out of EM) and
 (40% of their annotations held out of EM, their training annotations known), on simulated
 populations over several seeds; and `suggest`'s questions against random ones (unseen users).
 
-    python benchmarks/personalize_predictive.py [--seeds 10] [--blend 0.5]
+    python benchmarks/personalize_predictive.py [--seeds 10] [--blend 0.5] [--only types|blend]
 
 Prints, per population and condition, the curve (log-loss per predictor, mean over seeds, and
 the seeds' spread), then the paired gains in log-loss with the number of seeds whose
@@ -83,15 +83,17 @@ def show(curves: list[list[dict]], title: str) -> None:
             v = np.array([c[i]["predictors"][name]["log_loss"] for c in curves])
             cells.append(f"{v.mean():8.3f} ({v.std():.3f})")
         print(f"{n:>3}  " + "  ".join(f"{c:>17}" for c in cells))
-    print("paired gains in log-loss (mean over seeds; seeds with the interval above 0 / below 0)")
+    print("paired gains in log-loss (mean over seeds; seeds with the interval above 0 / below "
+          "0; the worst seed's mean gain)")
     for key in curves[0][0]["paired"]:
         parts = []
         for i, n in enumerate(sizes):
             g = [c[i]["paired"][key] for c in curves]
             above = sum(x["interval"][0] > 0 for x in g)
             below = sum(x["interval"][1] < 0 for x in g)
+            worst = min(x["log_loss_gain"] for x in g)
             parts.append(f"n={n}: {np.mean([x['log_loss_gain'] for x in g]):+.3f} "
-                         f"({above}/{below})")
+                         f"({above}/{below}; {worst:+.1e})")
         print(f"  {key}: " + "; ".join(parts))
 
 
@@ -100,9 +102,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--blend", type=float, default=0.5,
                    help="share of blend annotators in the mixed-weight population")
+    p.add_argument("--only", choices=("types", "blend"), default=None,
+                   help="run one population: the 3 exact types or the blended one")
     args = p.parse_args()
     t0 = time.perf_counter()
-    for title, blend, per in (("3 types", 0.0, 20), (f"blend {args.blend:g}", args.blend, 40)):
+    populations = {"types": ("3 types", 0.0, 20),
+                   "blend": (f"blend {args.blend:g}", args.blend, 40)}
+    for key, (title, blend, per) in populations.items():
+        if args.only not in (None, key):
+            continue
         runs = [one_seed(seed, blend, per) for seed in range(args.seeds)]
         for cond in ("unseen", "seen", "queries"):
             show([r[cond] for r in runs], f"{title}, {cond} users")

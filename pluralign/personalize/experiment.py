@@ -112,12 +112,13 @@ def query_curve(basis: Basis, data: Annotations, sizes: Sequence[int] | None = N
                 continue
             asked = {"random_queries": pool, "suggested_queries": _greedy(
                 data, s, per_type, basis.priors, pool, max(sizes))}
+            sub, sub_stages = data.subset(test), stages.subset(test)
             for n in (n for n in sizes if n <= len(pool)):
                 for name, chosen in asked.items():
                     gamma = e_step(per_type[chosen[:n]].sum(axis=0, keepdims=True),
                                    basis.priors)[0][0]
                     pred = Prediction(np.tile(gamma, (len(test), 1)), s[test])
-                    scores = pred.scores(data.subset(test), stages.subset(test))
+                    scores = pred.scores(sub, sub_stages)
                     table.setdefault((n, name), {}).setdefault(h, []).append(
                         {m: float(v.mean()) for m, v in scores.items()})
     return [_point(n, table, n_boot, seed) for n in sizes

@@ -113,19 +113,20 @@ def annotator_weights(run: FittedRun, annotator: str, answers: Annotations | Non
     where they came from: `answers` if given, else their annotations in the run's data, else
     the prior (a newcomer, said with a warning)."""
     train = run.data()
-    model = fit_user_prior(run, train, **options)
+    s_train = run.backend.logratios(train)
+    model = fit_user_prior(run, train, s_train, **options)
     for data, source in ((answers, "from {} answer(s) given"), (train, "from the run's {}")):
         if data is None:
             continue
-        mine = data.subset(i for i, a in enumerate(data) if a.annotator_id == annotator)
-        if len(mine):
-            s = run.backend.logratios(mine)
-            w = model.mean_weights(s, Stages.of(mine, s.shape[1]), np.arange(len(mine)))
-            return w, source.format(len(mine))
+        rows = np.array([i for i, a in enumerate(data) if a.annotator_id == annotator], int)
+        if len(rows):  # the run's data is scored already; answers: only this user's
+            s = s_train if data is train else run.backend.logratios(data.subset(rows))
+            mine = rows if data is train else np.arange(len(rows))
+            stages = Stages.of(data if data is train else data.subset(rows), s.shape[1])
+            return model.mean_weights(s, stages, mine), source.format(len(rows))
     warnings.warn(f"annotator {annotator!r} is unknown to the run and has no answers given: "
                   "starting from the prior over user weights", UserWarning, stacklevel=2)
-    s = np.zeros((0, 1, run.backend.n_types))
-    return model.mean_weights(s, Stages.of(Annotations([]), 1), np.arange(0)), \
+    return model.prior_weights(), \
         f"{annotator!r} unknown to the run: the prior's mean"
 
 

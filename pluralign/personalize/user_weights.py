@@ -39,6 +39,15 @@ def fit_user_prior(run: Any, train: Annotations, scores: np.ndarray | None = Non
         s, Stages.of(train, s.shape[1]), train.annotator_codes()[0])
 
 
+def _spiked(resp: np.ndarray, slab: np.ndarray) -> np.ndarray:
+    """Posterior-mean weights [H, K] from the parts' responsibilities [H, S + 1] (S spikes at
+    e_1..e_S, then the slab) and the slab's weights [H, K]."""
+    spikes = resp[:, :-1]
+    out = resp[:, -1:] * slab
+    out[:, : spikes.shape[1]] += spikes
+    return out
+
+
 @dataclass
 class _User:
     """One user's stages as Newton's method needs them: candidates' basis scores [T, M, K]
@@ -106,7 +115,7 @@ class UserWeights:
             self.prior_mean_, self.prior_cov_, self.mixing_ = mean, cov, resp.mean(axis=0)
             if settled:
                 break
-        self.weights_ = resp[:, :-1] @ np.eye(k)[: resp.shape[1] - 1] + resp[:, -1:] * w
+        self.weights_ = _spiked(resp, w)
         return self
 
     def user_weights(self, scores: np.ndarray, stages: Stages, rows: np.ndarray) -> np.ndarray:
@@ -127,9 +136,9 @@ class UserWeights:
         user = self._user(scores, stages, rows)
         prec = np.linalg.inv(self.prior_cov_)
         w, hessian = self._newton(user, self.prior_mean_, prec)
-        mixing = getattr(self, "mixing_", np.ones(1))
-        evidence = np.append(self._spikes([user], scores.shape[2])[0],
-                             self._evidence(user, w, hessian, prec))
+        mixing = getattr(self, "mixing_", np.ones(1))  # a prior set by hand: the slab alone
+        spikes = self._spikes([user], scores.shape[2])[0] if len(mixing) > 1 else []
+        evidence = np.append(spikes, self._evidence(user, w, hessian, prec))
         with np.errstate(divide="ignore"):
             return softmax(np.log(mixing) + evidence), w, np.linalg.inv(hessian)
 
@@ -137,7 +146,11 @@ class UserWeights:
         """The posterior mean of the user's weights under the whole prior: served as
         pi_ref * exp(beta * sum_k w_k s_k)."""
         resp, w, _ = self.parts(scores, stages, rows)
-        return resp[:-1] @ np.eye(len(w))[: len(resp) - 1] + resp[-1] * w
+        return _spiked(resp[None], w[None])[0]
+
+    def prior_weights(self) -> np.ndarray:
+        """The prior's mean weights: what a user with no annotations is served."""
+        return _spiked(self.mixing_[None], self.prior_mean_[None])[0]
 
     def all_mean_weights(self, scores: np.ndarray, data: Annotations) -> np.ndarray:
         """mean_weights of every user of `data` ([users, K], users as data.annotator_codes())."""
@@ -145,13 +158,6 @@ class UserWeights:
         return np.stack([self.mean_weights(scores, stages, np.flatnonzero(codes == h))
                          for h in range(codes.max() + 1)]) if len(codes) else \
             np.zeros((0, scores.shape[2]))
-
-    def draws(self, scores: np.ndarray, stages: Stages, rows: np.ndarray, n: int,
-              seed: int = 0) -> np.ndarray:
-        """n weight vectors [n, K] from the user's Laplace posterior under the slab."""
-        w, cov = self.posterior(scores, stages, rows)
-        return np.random.default_rng(seed).multivariate_normal(w, cov, size=n,
-                                                               check_valid="ignore")
 
     def predict(self, scores: np.ndarray, stages: Stages, shown: np.ndarray,
                 rest: np.ndarray, draws: int = 32, seed: int = 0) -> Prediction:

@@ -72,10 +72,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     refuse_overwrite(args.out, args.overwrite)
     from pluralign.ingest import format_report
     from pluralign.simulate import simulate, write_population
-    report = write_population(simulate(config), args.out)
+    population = simulate(config)
+    report = write_population(population, args.out)
     print(format_report(report))
+    if population.ceilings is not None:
+        c = population.ceilings
+        print(f"ceilings over {c['annotators']} annotators of {len(c['groups'])} groups: Bayes "
+              f"oracle ARI {c['oracle']['ari']:.3f} (accuracy {c['oracle']['accuracy']:.3f}), "
+              f"supervised ARI {c['supervised']['ari']:.3f} (accuracy "
+              f"{c['supervised']['accuracy']:.3f})")
     print(f"wrote {Path(args.out) / 'annotations.parquet'} (+ manifest.json, truth.json, "
-          "report.json)")
+          f"report.json{', ceilings.json' if population.ceilings is not None else ''})")
     return 0
 
 

@@ -44,6 +44,8 @@ USER_PRIORS = ("typed", "gaussian")
 #: Simulated populations: numeric features, or English text; misspecified annotator kinds.
 FLAVOURS = ("feature", "text")
 MISSPECIFY = ("random", "mixed", "noisy", "blend")
+#: What simulate --from-groups does with the no-answer options.
+REFUSALS = ("drop", "keep")
 
 
 #: The attributes the text flavour's responses vary in (pluralign.simulate.text renders them).
@@ -74,7 +76,7 @@ class IngestOptions:
     pipeline's `ingest:` section (IngestSection adds what to read)."""
 
     preset: str = field(default="auto", metadata={
-        "help": "input layout: auto, pairwise, ranked, scored or long"})
+        "help": "input layout: auto, pairwise, ranked, scored, long or ratings"})
     on_error: str = field(default="fail", metadata={
         "help": "fail: stop at the first bad row, exit 2, write nothing; skip: reject bad rows "
                 "into rejects.jsonl and go on", "choices": ON_ERROR})
@@ -90,6 +92,14 @@ class IngestOptions:
     max_responses: int | None = field(default=None, metadata={
         "help": "a row with more responses is a bad row (default: no limit; lists over 64 "
                 "are reported)", "metavar": "N"})
+    list_size: int = field(default=4, metadata={"metavar": "M",
+        "help": "ratings layout: the most items in one list made from a rater's ratings of a "
+                "prompt's items (pluralign.ingest.ratings says how they are chosen)"})
+    ratings_seed: int = field(default=0, metadata={"metavar": "S",
+        "help": "ratings layout: the seed of the sampler that makes the lists"})
+    default_prompt: str | None = field(default=None, metadata={"metavar": "TEXT",
+        "help": "ratings layout: the prompt of rows without one (items rated against one "
+                "question, such as 'How likely would you read this book?')"})
     max_input_mb: int = field(default=MAX_INPUT_MB, metadata={
         "help": "refuse an input file larger than this once decompressed, and a .gz expanding "
                 "more than 100-fold past 64 MB (0: no limit)", "metavar": "MB"})
@@ -102,6 +112,7 @@ class IngestOptions:
         if self.max_responses is not None:
             checks.at_least(self.max_responses, 2, "max_responses")
         checks.at_least(self.max_input_mb, 0, "max_input_mb")
+        checks.at_least(self.list_size, 2, "list_size")
 
 
 @dataclass
@@ -270,6 +281,30 @@ class SimulationConfig:
         "metavar": "S", "help": "feature flavour: norm of each type's reward vector"})
     prior: tuple[float, ...] | None = field(default=None, metadata={"metavar": "P1,P2,...",
         "help": "type probabilities; None = uniform"})
+    from_groups: str | None = field(default=None, metadata={"metavar": "FILE_OR_FOLDER",
+        "help": "annotators who answer as their group does, from group answer distributions: "
+                "an OpinionQA wave folder or a folder of waves (choose --attribute), or a "
+                "list-of-records file {question, options, attribute, gold_distribution} "
+                "(GlobalOpinionQA). One type per group; annotators = all of them, "
+                "per_annotator = questions each, ranking_length 1 = top-1 choices, items = the "
+                "question pool's size, prior = group shares; flavour, types, feature_dim and "
+                "scale do not apply"})
+    attribute: str | None = field(default=None, metadata={"metavar": "NAME",
+        "help": "from_groups, OpinionQA: the attribute whose groups are the types (RACE, AGE, "
+                "...)"})
+    groups: list[str] = field(default_factory=list, metadata={"nargs": "+", "metavar": "GROUP",
+        "help": "from_groups: the groups to simulate (default: every group but the "
+                "non-answers 'nan' and 'Refused')"})
+    shared_questions: bool = field(default=False, metadata={
+        "help": "from_groups: every annotator answers the same questionnaire (questions every "
+                "group has); otherwise each draws their own from their group's questions"})
+    refusals: str = field(default="drop", metadata={"choices": REFUSALS,
+        "help": "from_groups: drop the no-answer options (Refused, DK, Not sure) and "
+                "renormalise, or keep them as answers"})
+    min_groups: int = field(default=2, metadata={"metavar": "N",
+        "help": "from_groups: a question enters the pool when at least this many of the chosen "
+                "groups have a distribution for it (GlobalOpinionQA asks most questions in a "
+                "few countries)"})
     separate_types: bool = field(default=True, metadata={
         "help": "feature flavour: type reward directions mutually orthogonal (when K <= "
                 "feature_dim), so that K types are K distinct tastes; False draws them "
@@ -297,9 +332,16 @@ class SimulationConfig:
             raise ValueError(f"unknown misspecification {sorted(unknown)}; known: {MISSPECIFY}")
         if any(f < 0 for f in self.misspecify.values()) or sum(self.misspecify.values()) > 1:
             raise ValueError("misspecification fractions must be >= 0 and sum to at most 1")
+        if self.refusals not in REFUSALS:
+            raise ValueError(f"refusals must be one of {REFUSALS}, got {self.refusals!r}")
+        if self.min_groups < 1:
+            raise ValueError(f"min_groups must be >= 1, got {self.min_groups}")
+        if self.from_groups is not None:
+            self.from_groups = str(user_path(self.from_groups, "from_groups"))
         if self.prior is not None:
             p = [float(x) for x in self.prior]
-            if len(p) != self.types or not all(math.isfinite(x) and x >= 0 for x in p) or \
+            sized = len(p) == self.types or self.from_groups is not None  # groups: checked later
+            if not sized or not all(math.isfinite(x) and x >= 0 for x in p) or \
                     abs(sum(p) - 1) > 1e-8:
                 raise ValueError(f"prior needs {self.types} non-negative values summing to 1")
         if self.items is not None and self.items < 1:

@@ -4,11 +4,10 @@ from pluralign.simulate.population import (
     FLAVOURS,
     MISSPECIFY,
     PERSONAS,
-    Population,
     SimulationConfig,
     simulate,
 )
-from pluralign.simulate.store import write_population
+from pluralign.simulate.store import Population, write_population
 
 __all__ = ["FLAVOURS", "MISSPECIFY", "PERSONAS", "Population", "SimulationConfig", "simulate",
            "write_population"]

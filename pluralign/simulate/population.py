@@ -11,7 +11,7 @@ a_h ~ Dirichlet(1) (no single type describes them; their mix is in the truth).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from pluralign.core.data import Annotation
 from pluralign.core.plackett_luce import sample_ranking
 from pluralign.settings import FLAVOURS, MISSPECIFY, SimulationConfig  # noqa: F401 (re-exported)
 from pluralign.simulate import textbank
+from pluralign.simulate.store import Population
 from pluralign.simulate.text import ATTRIBUTES, render
 
 #: Stock personas of the text flavour: weights on (length, formality, bullets, caution,
@@ -32,16 +33,12 @@ PERSONAS: dict[str, tuple[float, ...]] = {
 }
 
 
-@dataclass
-class Population:
-    """A simulated dataset and its ground truth."""
-
-    records: list[Annotation]
-    truth: dict[str, Any]
-
-
 def simulate(config: SimulationConfig) -> Population:
-    """Draw types, items, annotators and their rankings."""
+    """Draw types, items, annotators and their rankings (from_groups: as their groups
+    answer, pluralign.simulate.groups)."""
+    if config.from_groups is not None:
+        from pluralign.simulate.groups import simulate_groups
+        return simulate_groups(config)
     rng = np.random.default_rng(config.seed)
     names, weights = _types(config, rng)
     prior = np.full(config.types, 1 / config.types) if config.prior is None \

@@ -9,7 +9,7 @@ from pluralign.ingest.core import (
     write,
 )
 from pluralign.ingest.errors import IngestError, Location
-from pluralign.ingest.presets import PRESETS
+from pluralign.ingest.layouts import PRESETS
 from pluralign.ingest.report import format_report
 
 __all__ = ["PRESETS", "IngestError", "IngestResult", "Location", "format_report", "ingest",

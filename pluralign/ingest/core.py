@@ -13,7 +13,9 @@ from pluralign import __version__
 from pluralign.core.data import Annotation, Annotations, FieldError, check_annotation, load, save
 from pluralign.core.io import sha256_file, write_json, write_jsonl
 from pluralign.ingest.errors import IngestError
-from pluralign.ingest.presets import TIES, Context, Preset, Unit, detect, get_preset
+from pluralign.ingest.layouts import detect, get_preset
+from pluralign.ingest.presets import TIES, Context, Preset, Unit
+from pluralign.ingest.ratings import RatingsOptions, account, check_account
 from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.settings import EMPTY, ON_ERROR, IngestOptions
@@ -60,19 +62,22 @@ def ingest_with(inputs: list[str], options: IngestOptions) -> IngestResult:
     return ingest(inputs, preset=options.preset, on_error=options.on_error,
                   mapping=parse_mapping(options.map), ties=options.ties,
                   empty_responses=options.empty_responses, max_responses=options.max_responses,
-                  max_input_mb=options.max_input_mb)
+                  max_input_mb=options.max_input_mb, ratings=RatingsOptions(
+                      options.list_size, options.ratings_seed, options.default_prompt))
 
 
 def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
            mapping: dict[str, str] | None = None, ties: str = "truncate",
            empty_responses: str = "keep", max_responses: int | None = None,
-           max_input_mb: int = MAX_INPUT_MB) -> IngestResult:
+           max_input_mb: int = MAX_INPUT_MB,
+           ratings: RatingsOptions | None = None) -> IngestResult:
     """Read and validate `inputs`; raise IngestError at the first bad row when on_error='fail'.
 
     `empty_responses`: "keep" accepts an empty string as a real (empty) answer and lists where
     it occurs in the report's warnings; "reject" treats it as a bad row. A null is always bad.
     `max_responses`: a row with more responses is a bad row (reason too_many_responses).
     `max_input_mb`: a file larger than this once decompressed is refused (0: no limit).
+    `ratings`: how the ratings layout makes lists (pluralign.ingest.ratings).
     """
     if max_responses is not None and max_responses < 2:
         raise IngestError(f"--max-responses must be >= 2, got {max_responses}",
@@ -89,7 +94,8 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
     if not inputs:
         raise IngestError("no inputs given", reason="bad_option")
     fixed = None if preset == "auto" else get_preset(preset)
-    run = _Run(on_error, allow_empty=empty_responses == "keep", max_responses=max_responses)
+    run = _Run(on_error, allow_empty=empty_responses == "keep", max_responses=max_responses,
+               ratings=ratings or RatingsOptions())
     for spec in inputs:
         try:
             name, rows = read_source(spec, max_input_mb)
@@ -119,6 +125,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
                             f"(kept as a real empty answer; --empty-responses reject refuses "
                             f"them): {_shown(run.empty_at)}")
     options = {"preset": preset, "on_error": on_error, "ties": ties,
+               **({"ratings": vars(ratings)} if ratings is not None else {}),
                "empty_responses": empty_responses, "max_responses": max_responses,
                "map": {v: k for k, v in (mapping or {}).items()}}
     return IngestResult(run.records, run.report(options), run.rejects)
@@ -167,8 +174,11 @@ def fold_id(text: str) -> str:
 class _Run:
     """Accumulates accepted records, rejects and counts across input files."""
 
-    def __init__(self, on_error: str, allow_empty: bool, max_responses: int | None = None):
+    def __init__(self, on_error: str, allow_empty: bool, max_responses: int | None = None,
+                 ratings: RatingsOptions | None = None):
         self.on_error = on_error
+        self.ratings = ratings or RatingsOptions()
+        self.tally: Counter[str] = Counter()
         self.max_responses = max_responses
         self.allow_empty = allow_empty
         self.empty_at: list[str] = []
@@ -199,7 +209,9 @@ class _Run:
             preset_name, synthetic = preset.name, "annotator_id" not in columns
             if synthetic:
                 self._warn_no_annotator(name, columns)
-            units = preset.units(rows, Context(synthetic, ties))
+            r = self.ratings
+            units = preset.units(rows, Context(synthetic, ties, r.list_size, r.ratings_seed,
+                                               r.default_prompt, self.tally))
         for unit in units:
             self.read += 1
             self._take(unit, preset_name, synthetic)
@@ -268,7 +280,7 @@ class _Run:
                 raise FieldError("responses", f"{a.m} responses, more than --max-responses "
                                               f"{self.max_responses}", "too_many_responses")
         except FieldError as e:
-            self._reject(unit, e)
+            self._reject(unit, e, preset)
             return
         # Without an annotator field two equal rows may be two people's equal judgements: each
         # source line stays its own annotation, and only the count of repeats is reported.
@@ -278,6 +290,8 @@ class _Run:
             self.seen.setdefault(key, str(unit.location))
         elif key in self.seen:
             self.duplicates += 1
+            if preset == "ratings":
+                account(self.tally, "duplicate", unit.raw)
             if len(self.duplicate_examples) < 10:
                 self.duplicate_examples.append({"at": str(unit.location),
                                                 "same_as": self.seen[key]})
@@ -289,11 +303,15 @@ class _Run:
             self.empty_at.append(str(unit.location))
         if identical_ranked(a):
             self.identical_at.append(str(unit.location))
-        if preset in ("scored", "long") and a.L < a.m:
+        if preset in ("scored", "long", "ratings") and a.L < a.m:
             self.ties_truncated += 1
+        if preset == "ratings":
+            account(self.tally, "in_lists", unit.raw)
         self.records.append(a)
 
-    def _reject(self, unit: Unit, e: FieldError) -> None:
+    def _reject(self, unit: Unit, e: FieldError, preset: str | None = None) -> None:
+        if preset == "ratings":
+            account(self.tally, "rejected", unit.raw)
         location = getattr(e, "location", unit.location)
         field = None if e.field.startswith("(") else e.field  # "(line)": no single field
         if self.on_error == "fail":
@@ -314,6 +332,7 @@ class _Run:
             **describe(self.records),
             "files": self.files, "warnings": self.warnings,
             "empty_responses": len(self.empty_at), "options": options,
+            **({"ratings": check_account(self.tally)} if self.tally else {}),
         }
 
 

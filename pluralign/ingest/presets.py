@@ -6,6 +6,8 @@
 - long:     one row per response: annotator_id, item_id and/or prompt, response, rank
             (1 = best) or score (higher is better); rows of one (annotator, item) form one
             annotation.
+- ratings:  one row per (annotator, item) rating of items that share a prompt: annotator_id,
+            prompt, response, rating; a rater's ratings become lists (pluralign.ingest.ratings).
 
 Ties (scored, long): a Plackett–Luce ranking is strict, so ties are never broken by position.
 With ties="truncate" the ranking keeps the strictly ordered top (scores 3, 2, 2, 1 give the
@@ -16,13 +18,14 @@ carries no preference and rejects the row (`tie_at_top`). With ties="reject" any
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pluralign.core.data import Annotation, FieldError
 from pluralign.ingest import fields as F
-from pluralign.ingest.errors import IngestError, Location
+from pluralign.ingest.errors import Location
 from pluralign.ingest.readers import RawRow
 from pluralign.settings import TIES  # noqa: F401 (defined with the other choices)
 
@@ -31,10 +34,15 @@ COMMON = ("annotator_id", "item_id", "true_type", "group", "split", "features")
 
 @dataclass
 class Context:
-    """Per-file settings: whether annotators are synthetic (no annotator field), tie policy."""
+    """Per-file settings: whether annotators are synthetic (no annotator field), tie policy;
+    the ratings layout's list size, seed, default prompt and its run-wide count of ratings."""
 
     synthetic_annotator: bool = False
     ties: str = "truncate"
+    list_size: int = 4
+    ratings_seed: int = 0
+    default_prompt: str | None = None
+    tally: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -64,13 +72,14 @@ class Preset:
             if r.error is not None:
                 yield Unit(r.location, r.raw, None, r.error)
             else:
-                yield Unit(r.location, r.raw, _bind(self.parse, r, ctx))
+                yield Unit(r.location, r.raw, bind(self.parse, r, ctx))
 
     def parse(self, row: RawRow, ctx: Context) -> Annotation:
         raise NotImplementedError
 
 
-def _bind(fn: Callable, *args: Any) -> Callable[[], Annotation]:
+def bind(fn: Callable, *args: Any) -> Callable[[], Annotation]:
+    """A unit's builder: `fn(*args)`, called when the unit is taken."""
     return lambda: fn(*args)
 
 
@@ -194,7 +203,7 @@ class Long(Preset):
             groups.setdefault(key, []).append(r)
         for members in groups.values():
             yield Unit(members[0].location, [m.raw for m in members],
-                       _bind(self._parse_group, members, ctx))
+                       bind(self._parse_group, members, ctx))
 
     @staticmethod
     def _key(r: RawRow, ctx: Context) -> tuple:
@@ -250,30 +259,3 @@ def _varying_fields(members: list[RawRow], skip: set[str]) -> dict[str, Any]:
         vals = [(m.data or {}).get(k) for m in members]
         out[k] = vals[0] if all(v == vals[0] for v in vals) else vals
     return out
-
-
-PRESETS: dict[str, Preset] = {p.name: p for p in (Pairwise(), Ranked(), Scored(), Long())}
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called `name`; IngestError listing the known ones otherwise."""
-    if name not in PRESETS:
-        raise IngestError(f"unknown preset '{name}'; known presets: auto, "
-                          f"{', '.join(PRESETS)}", reason="unknown_preset")
-    return PRESETS[name]
-
-
-def detect(columns: set[str], source: str) -> Preset:
-    """Pick the one preset whose columns are present; IngestError when none or several fit."""
-    fits = [p for p in PRESETS.values() if p.matches(columns)]
-    if len(fits) == 1:
-        return fits[0]
-    wanted = "; ".join(f"{p.name}: {' + '.join(sorted(p.signature[0]))}"
-                       for p in PRESETS.values())
-    if not fits:
-        raise IngestError(f"cannot tell the layout from the columns {sorted(columns)}. "
-                          f"Layouts and the columns that identify them: {wanted}. Rename "
-                          "columns with --map CANONICAL=SOURCE or name one with --preset",
-                          source, reason="unknown_layout")
-    raise IngestError(f"ambiguous layout: the columns fit {', '.join(p.name for p in fits)}; "
-                      "choose one with --preset", source, reason="ambiguous_layout")

@@ -50,6 +50,11 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for reason, n in rej["by_reason"].items():
         lines.append(f"  rejected for {reason}: {n}")
+    if report.get("ratings"):
+        r = report["ratings"]
+        lines.append(f"ratings {r['rows']}: in lists {r['in_lists']}, left over {r['left_over']} "
+                     f"(alone, or tied with every rating left), in duplicate lists "
+                     f"{r['duplicate']}, rejected {r['rejected']}")
     lines += [
         f"annotators {report['annotators']}  (annotations each: min {apa['min']}, "
         f"median {apa['median']:g}, max {apa['max']})",

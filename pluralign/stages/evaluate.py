@@ -10,6 +10,7 @@ accuracies, ARI and the personalization curve, prompts for regrets.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.aggregate.distributional import group_alignment
 from pluralign.aggregate.evaluation import (
     annotation_metrics,
     discovery,
@@ -49,6 +51,7 @@ from pluralign.runfolder.artifacts import EvaluationInfo, aggregate_info
 from pluralign.runfolder.folder import run_folder
 from pluralign.runfolder.lineage import check_made_from, made_from
 from pluralign.settings import DEFAULT_BASE_MEASURE
+from pluralign.simulate.store import CEILINGS_FILE
 from pluralign.stages.aggregate import load_scores, scores_key
 
 
@@ -139,6 +142,9 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
             run, data, train if train is not None else data, predictive_orders,
             oracle_types(labels, ids, pred, (out.get("discovery") or {}).get("label_to_type")),
             n_boot, seed, scores=s, seen=seen, user_weights=user_weights)
+    aligned = group_alignment(data, logps, names, gamma, k, train, n_boot, seed)
+    if aligned is not None:
+        out["distributional"] = aligned
     out["warnings"] = warns + _warnings(data, train, gamma)
     return out
 
@@ -259,12 +265,34 @@ def _evaluate_run(run_dir: Path, data_dir: str | Path | None, n_boot: int, seed:
     if predictive_orders > 0:
         out["personalization"]["predictive"]["users"] = "held-out" if data_dir else \
             "training (in-sample)"
+    ceilings = population_ceilings(run.path, run.info.get("data"))
+    if ceilings is not None:
+        out["group_ceilings"] = ceilings
     out["data"] = str(Path(data_dir).resolve()) if data_dir else run.info.get("data")
     out["in_sample"] = data_dir is None
     out["made_from"] = made_from(run.path, "em.json", "aggregate.json")
     path = run.path / EvaluationInfo.FILE  # checked as every reader checks it, then written
     EvaluationInfo.from_dict(out, path).save(path)
     return out
+
+
+def population_ceilings(run_dir: Path, data: str | None) -> dict[str, Any] | None:
+    """The Bayes oracle's and supervised ceilings simulate --from-groups wrote beside the
+    population (ceilings.json): in the run's population/, its data folder, or a folder the
+    data's manifest names as its source. Per-annotator assignments left out."""
+    places = [run_dir / "population"]
+    if data:
+        places.append(Path(data))
+        manifest = Path(data) / "manifest.json"
+        if manifest.is_file():
+            sources = json.loads(manifest.read_text()).get("source") or []
+            places += [Path(p) for p in sources if isinstance(p, str)]
+    for place in places:
+        path = place / CEILINGS_FILE
+        if path.is_file():
+            c = json.loads(path.read_text())
+            return {k: v for k, v in c.items() if k != "assignments"} | {"path": str(path)}
+    return None
 
 
 def _merged(backend: PolicyBackend, weights: Sequence[float]) -> PolicyBackend | None:

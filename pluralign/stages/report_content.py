@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from pluralign.core import bootstrap
+from pluralign.stages.report_distributional import DEFINITIONS as DISTRIBUTIONAL
+from pluralign.stages.report_distributional import (
+    distributional_findings,
+    distributional_summary,
+    distributional_table,
+)
 from pluralign.stages.report_predictive import predictive_tables
 
 FIGURES = ("em_objective", "confidence", "regret_heatmap", "accuracy", "mmra_weights",
-           "personalization", "predictive", "predictive_seen", "queries")
+           "personalization", "predictive", "predictive_seen", "queries", "distributional")
 TITLES = {
     "em_objective": "EM objective per iteration",
     "confidence": "Posterior confidence of each annotator's type",
@@ -29,6 +35,7 @@ TITLES = {
     "predictive": "Predicting a user's other judgements after n of theirs (log-loss)",
     "predictive_seen": "Predicting a seen user's held-out judgements after n more (log-loss)",
     "queries": "Questions chosen by `suggest` against random questions (log-loss)",
+    "distributional": "Distance of each policy's answers to each group's (Jensen–Shannon)",
 }
 #: What each column of the policy table means (the definitions box).
 DEFINITIONS = (
@@ -84,7 +91,7 @@ DEFINITIONS = (
      "divergence from the reference, the objective DPO's policies maximise; a type's regret of "
      "a policy is then beta times its KL divergence from the type's own policy. paper: "
      "expected reward only, as the reference MMRA."),
-)
+) + DISTRIBUTIONAL
 
 
 
@@ -134,6 +141,7 @@ def summary(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
         story["discovery"]["ari_interval"] = ev["discovery"].get("ari_interval")
         story["discovery"]["ceiling"] = ev.get("ceiling")
     story["served"] = agg.get("served")
+    story["distributional"] = distributional_summary(ev)
     curve = ev["personalization"]["curve"]
     reach = next((c["annotations"] for c in curve if c["accuracy"] >= 0.9), None)
     story["personalization"] = {"annotations_for_90_percent": reach,
@@ -219,6 +227,8 @@ def findings(story: dict[str, Any]) -> list[str]:
         out.append(f"Type discovery against the known labels: ARI {d['ari']:.3f}"
                    f"{_ci(d.get('ari_interval'))}, NMI {d['nmi']:.3f} (known label = discovered "
                    f"type: {pairs}){_ceiling_text(d.get('ceiling'))}.")
+    out += distributional_findings(story.get("distributional"),
+                                   (story.get("discovery") or {}).get("ari"))
     reach = story["personalization"]["annotations_for_90_percent"]
     if reach is not None:
         out.append(f"A new annotator is assigned to the right type with 90% accuracy after "
@@ -272,6 +282,10 @@ def captions(em: dict[str, Any], ev: dict[str, Any]) -> dict[str, str]:
         "queries": "Posterior predictive log-loss on half of each user's annotations after n "
                    "questions from the other half, asked in `suggest`'s order (largest "
                    "expected information gain about the type) or at random.",
+        "distributional": "Bars: each policy's Jensen–Shannon distance to its worst-served "
+                          "group's answer distribution, averaged over that group's questions, "
+                          "with 95% intervals over questions; dots: every group's. Lower is "
+                          "better; the uniform answer is the floor any model should beat.",
     }
 
 
@@ -417,6 +431,10 @@ def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
         lines += [f"## Discovered types vs {md_escape(title)}", "", *_md_table(header, rows)]
     for title, header, rows in predictive_tables(ev):
         lines += [f"## Predictive personalization: {md_escape(title)}", "",
+                  *_md_table(header, rows)]
+    if distributional_table(ev):
+        title, header, rows = distributional_table(ev)
+        lines += [f"## Distributional alignment: {md_escape(title)}", "",
                   *_md_table(header, rows)]
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],
                                                     config_rows(em, agg, ev)), "## Figures", ""]

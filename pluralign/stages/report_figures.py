@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pluralign.stages.report_content import FIGURES, TITLES
+from pluralign.stages.report_distributional import draw_distributional
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -23,7 +24,8 @@ def figures(em: dict[str, Any], agg: dict[str, Any], ev: dict[str, Any]) -> dict
                "mmra_weights": _mmra_weights, "personalization": _personalization,
                "predictive": lambda *a: _predictive(*a, key="curve"),
                "predictive_seen": lambda *a: _predictive(*a, key="seen_curve"),
-               "queries": lambda *a: _predictive(*a, key="queries")}
+               "queries": lambda *a: _predictive(*a, key="queries"),
+               "distributional": lambda ax, em, agg, ev: draw_distributional(ax, ev)}
     out = {}
     for name in FIGURES:
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)

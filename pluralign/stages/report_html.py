@@ -23,6 +23,7 @@ from pluralign.stages.report_content import (
     served_title,
     warning_rows,
 )
+from pluralign.stages.report_distributional import distributional_table
 from pluralign.stages.report_predictive import predictive_tables
 
 # -- checking the page in a browser ---------------------------------------------------------
@@ -53,6 +54,9 @@ def page(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any], ev: dic
     predictive = "".join(f"<h3>{esc(title)}</h3>{_html_table(h, r)}"
                          for title, h, r in predictive_tables(ev)) or \
         "<p>Not measured: set evaluate.predictive_orders &gt; 0.</p>"
+    table_d = distributional_table(ev)
+    distributional = f"<p>{esc(table_d[0])}</p>{_html_table(*table_d[1:])}" if table_d else \
+        "<p>Not measured: no labelled groups with answer distributions.</p>"
     figs = "".join(
         f'<figure><img alt="{esc(TITLES[n])}" src="data:image/png;base64,'
         f'{base64.b64encode(pngs[n]).decode()}"><figcaption>{esc(caps[n])}</figcaption>'
@@ -81,6 +85,7 @@ img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #444; }}
 <h2>As served</h2><p>{esc(served_title(agg))}</p>{served}
 <h2>Discovered types against the known labels</h2>{confusion}
 <h2>Predictive personalization</h2>{predictive}
+<h2>Distributional alignment</h2>{distributional}
 <h2>Run configuration</h2>{_html_table(["setting", "value"], config_rows(em, agg, ev), "left")}
 <h2>Figures</h2>{figs}
 </body></html>

@@ -147,9 +147,11 @@ def test_a_changed_start_is_not_resumed(three_types, tmp_path):
 
 def test_linear_start_of_a_lora_run_takes_the_linear_options():
     em = EMDPO("lora", n_types=2, backend_options={"model": "builtin:tiny", "rank": 4},
-               init_options={"l2": 30.0, "features": "given"})
+               init_options={"l2": 30.0})
     opts = em._linear_start(2).backend_options
     assert opts == {"model": "builtin:tiny", "l2": 30.0, "features": "embedding"}
+    em.set_params(init_options={"features": "onehot"})  # a survey's questions repeat
+    assert em._linear_start(2).backend_options["features"] == "onehot"
 
 
 def test_one_pair_per_annotator_is_refused_and_forcing_finds_nothing():

@@ -53,7 +53,8 @@ class Initialisation:
 
     def _linear_start(self, n_types: int | str) -> Any:
         """This estimator with the linear backend on LM embeddings (clone + set_params): this
-        run's LM and token settings, the linear options of `init_options` (l2, beta, loss...),
+        run's LM and token settings, the linear options of `init_options` (l2, beta, loss...;
+        `features` too: onehot for questions that repeat, as a survey's do),
         its own defaults for what shapes a LoRA run only (iterations, budget, checkpoints)."""
         opts = dict(self.backend_options or {})
         keep = ("model", "max_prompt_tokens", "max_response_tokens", "token_budget", "cache",
@@ -64,7 +65,7 @@ class Initialisation:
         return clone(self).set_params(
             **{n: defaults[n] for n in fresh}, backend="linear", n_types=n_types,
             backend_options={**{o: opts[o] for o in keep if o in opts},
-                             **(self.init_options or {}), "features": "embedding"})
+                             "features": "embedding", **(self.init_options or {})})
 
     def _linear_posteriors(self, data: Annotations, k: int) -> np.ndarray:
         """Discovery with the linear backend on LM embeddings, handed to the LoRA run."""

@@ -221,3 +221,14 @@ evaluate: {{n_boot: 50}}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Distributional alignment" in report and "Bayes oracle ARI" in report
     assert (tmp_path / "run" / "report_files" / "distributional.png").is_file()
+
+
+def test_a_wave_without_info_csv_takes_the_options_from_the_data_file(tmp_path):
+    wave = write_wave(tmp_path, attribute="RELIG")
+    (wave / "info.csv").unlink()
+    table = read_groups(wave)  # one attribute: no need to name it
+    q = table.questions[0]
+    assert table.attribute == "RELIG" and q.options == OPTIONS and q.ordinal is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IngestError, match="no OpinionQA wave here"):
+        read_groups(tmp_path / "empty", "RELIG")

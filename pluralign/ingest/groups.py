@@ -99,10 +99,11 @@ def read_groups(path: str | Path, attribute: str | None = None) -> GroupTable:
                               "`attribute` field; --attribute is for OpinionQA wave folders",
                               str(p), "attribute", reason="bad_option")
         return GroupTable(str(p), "records", None, _read_records(p))
-    waves = sorted({f.parent for f in p.rglob(_INFO)})
+    waves = sorted({f.parent for f in (*p.rglob(_INFO), *p.rglob(f"*{_SUFFIX}"))})
     if not waves:
-        raise IngestError(f"no OpinionQA wave here (a folder with {_INFO} and "
-                          f"ATTRIBUTE{_SUFFIX})", str(p), reason="unknown_layout")
+        raise IngestError(f"no OpinionQA wave here (a folder with ATTRIBUTE{_SUFFIX} and, "
+                          f"for the options' order and ordinal values, {_INFO})", str(p),
+                          reason="unknown_layout")
     attribute = _attribute(p, waves, attribute)
     questions = [q for w in waves if (w / f"{attribute}{_SUFFIX}").is_file()
                  for q in _read_wave(w, attribute)]
@@ -122,7 +123,7 @@ def _attribute(root: Path, waves: list[Path], attribute: str | None) -> str:
 
 
 def _read_wave(wave: Path, attribute: str) -> list[GroupQuestion]:
-    info = _wave_info(wave / _INFO)
+    info = _wave_info(wave / _INFO) if (wave / _INFO).is_file() else {}  # else MC_options
     source = wave / f"{attribute}{_SUFFIX}"
     try:
         data = json.loads(source.read_text(encoding="utf-8"))

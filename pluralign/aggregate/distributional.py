@@ -239,14 +239,14 @@ def _personalised(types: np.ndarray, rows: dict[str, int], data: Annotations,
                   ) -> np.ndarray:
     """[Q, G, M]: each group's mean over its annotators of their served answer distribution."""
     out = np.full((len(rows), len(groups), types.shape[1]), np.nan)
+    members = [np.flatnonzero([x == g for x in groups_of]) for g in groups]
     for r, i in enumerate(rows.values()):
         m = data[i].m
         served = gamma @ types[i, :m].T  # [H, m]: sum_k gamma_hk log q_k
         served = np.exp(served - served.max(1, keepdims=True))
         served /= served.sum(1, keepdims=True)
-        for gi, g in enumerate(groups):
-            mine = [h for h, x in enumerate(groups_of) if x == g]
-            if mine:
+        for gi, mine in enumerate(members):
+            if mine.size:
                 out[r, gi, :m] = served[mine].mean(0)
     return out
 

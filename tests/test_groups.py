@@ -232,3 +232,42 @@ def test_a_wave_without_info_csv_takes_the_options_from_the_data_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no OpinionQA wave here"):
         read_groups(tmp_path / "empty", "RELIG")
+
+
+def test_em_on_a_group_population_comes_near_its_supervised_ceiling(tmp_path):
+    """30 made-up questions, two groups whose shares differ a little on each: the linear
+    backend on one-hot (question, option) features, started by k-means on the standardised
+    score statistics, discovers the groups nearly as well as the ceiling simulate writes."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from pluralign.core.data import Annotations
+    from pluralign.em.estep import kmeans_posteriors
+    from pluralign.em.estimator import EMDPO
+    rng = np.random.default_rng(5)
+    rows = []
+    for q in range(30):
+        m = int(rng.integers(2, 6))
+        base = rng.dirichlet(np.full(m, 3.0))
+        for g in ("north", "south"):
+            shares = rng.dirichlet(40 * base)  # near the common answer, not at it
+            rows.append({"question": f"Question {q}?", "options": [f"option {j}" for j in
+                                                                 range(m)],
+                         "attribute": g, "gold_distribution": shares.tolist()})
+    path = tmp_path / "regions.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    pop = simulate(SimulationConfig(from_groups=str(path), annotators=200, per_annotator=30,
+                                    shared_questions=True, seed=2))
+    data = Annotations(pop.records)
+    em = EMDPO("linear", n_types=2, n_init=1, random_state=0,
+               backend_options={"features": "onehot", "beta": 1.0})
+    truth = {a.annotator_id: a.true_type for a in data}
+    y = [truth[h] for h in data.annotator_ids]
+    ceiling = pop.ceilings["supervised"]["ari"]
+    assert 0.3 < ceiling < 0.99
+    # the start alone: k-means on the raw statistics finds nothing here (ARI about 0)
+    statistics = em._init_features(data)
+    for seed in range(3):
+        start = adjusted_rand_score(y, kmeans_posteriors(statistics, 2, seed).argmax(1))
+        assert start >= 0.6 * ceiling, (seed, start, ceiling)
+    ari = adjusted_rand_score(y, em.fit(data).posteriors_.argmax(1))
+    assert ari >= 0.85 * ceiling, (ari, ceiling)

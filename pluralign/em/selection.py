@@ -31,7 +31,8 @@ class KSelection:
         max_types times the run, and the linear fits are exact."""
         if self.backend == "lora" and self._init_mode() == "linear":
             self._linear = self._linear_start("auto").fit(data)
-            self.selection_ = [{**row, "backend": "linear (embedding)"}
+            features = self._linear.backend_options.get("features", "embedding")
+            self.selection_ = [{**row, "backend": f"linear ({features})"}
                                for row in self._linear.selection_]
             return self._linear.selected_k_
         ids = data.annotator_ids

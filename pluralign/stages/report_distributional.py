@@ -15,8 +15,9 @@ DEFINITIONS = (
      "GlobalOpinionQA), total variation, and for ordered options the Wasserstein-1 distance "
      "over the span of the ordinal values (OpinionQA). 0 = the group's own distribution; the "
      "worst group's is the fairness figure. `uniform answer` answers every option equally, "
-     "`personalised` serves each annotator their posterior's policy and averages over a "
-     "group's annotators."),
+     "`personalised` serves each annotator their posterior's policy (the posterior from their "
+     "own evaluation answers, questions included: optimistic) and averages over a group's "
+     "annotators."),
     ("oracle / supervised (group population)", "Written by simulate --from-groups over all "
      "annotators: the Bayes oracle assigns with the true shares; the supervised ceiling with "
      "a Plackett–Luce utility per (question, option, group) fitted with the labels known on "

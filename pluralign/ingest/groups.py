@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
+import hashlib
 import json
 import math
 import re
@@ -266,5 +267,5 @@ def _question_text(text: str) -> str:
 
 
 def _short_key(text: str) -> str:
-    import hashlib
+    """A question's key when the record names none: a hash of its text."""
     return "q" + hashlib.sha256(text.encode()).hexdigest()[:10]

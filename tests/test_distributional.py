@@ -82,6 +82,8 @@ def test_a_policy_answering_with_a_groups_distribution_is_at_zero_from_it():
     assert np.isclose(out["js"]["worst"][UNIFORM], expected)
     low, high = out["js"]["worst_interval"]["type_0"]
     assert low <= out["js"]["worst"]["type_0"] <= high
+    low, high = out["js"]["by_group_interval"]["flat"]["A"]
+    assert low < out["js"]["by_group"]["flat"]["A"] < high
 
 
 def test_without_source_distributions_the_targets_are_first_choices():

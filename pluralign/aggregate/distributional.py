@@ -110,10 +110,22 @@ def alignment(answers: dict[str, np.ndarray], targets: dict[tuple[str, str], np.
             continue
         out[metric] = _summary(table, groups, names)
         if n_boot > 0:
-            reps = bootstrap.replicates(len(questions), lambda idx, v=values[m]: _worst(
-                _means(v[idx])), n_boot, seed)
-            out[metric]["worst_interval"] = bootstrap.pairs(names, bootstrap.interval(reps))
+            out[metric].update(_intervals(values[m], groups, names, n_boot, seed))
     return out
+
+
+def _intervals(values: np.ndarray, groups: list[str], names: list[str], n_boot: int,
+               seed: int) -> dict[str, Any]:
+    """Percentile intervals, questions resampled, of each policy's worst-group mean and of
+    its mean on each group (the same replicates)."""
+    reps = bootstrap.replicates(values.shape[0], lambda idx: _means(values[idx]), n_boot, seed)
+    with _quiet():
+        worst = bootstrap.interval(np.nanmax(reps, axis=1))
+        each = bootstrap.interval(reps)  # [groups, policies, 2]
+    return {"worst_interval": bootstrap.pairs(names, worst),
+            "by_group_interval": {n: {g: [round(float(x), 6) for x in each[i, j]]
+                                      for i, g in enumerate(groups)}
+                                  for j, n in enumerate(names)}}
 
 
 def _means(v: np.ndarray) -> np.ndarray:

@@ -113,6 +113,8 @@ def draw_distributional(ax: Any, ev: dict[str, Any]) -> None:
     for g in d["groups"]:
         values = [js["by_group"][p].get(g) for p in names]
         ax.plot(x, [np.nan if v is None else v for v in values], "o", ms=3, label=g)
+    top = float(np.nanmax(worst + (err[1] if err is not None else 0)))
+    ax.set_ylim(0, 1.3 * top if top > 0 else 1)  # room for the legend above the bars
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("Jensen–Shannon distance")
     ax.legend(fontsize=7, ncol=min(4, len(d["groups"]) + 1))

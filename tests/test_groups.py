@@ -221,6 +221,13 @@ evaluate: {{n_boot: 50}}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Distributional alignment" in report and "Bayes oracle ARI" in report
     assert (tmp_path / "run" / "report_files" / "distributional.png").is_file()
+    # the distributions are an input: an edited count re-runs the population, as a file would
+    from pluralign.stages.pipeline import PipelineConfig, input_fingerprint
+    cfg = PipelineConfig.load(recipe)
+    before = input_fingerprint(cfg)
+    data = tmp_path / "waves" / "American_Trends_Panel_W99" / "POLIDEOLOGY_data.json"
+    data.write_text(data.read_text().replace("50", "51", 1))
+    assert input_fingerprint(cfg) != before
 
 
 def test_a_wave_without_info_csv_takes_the_options_from_the_data_file(tmp_path):

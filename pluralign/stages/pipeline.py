@@ -262,9 +262,12 @@ RUNNERS: dict[str, Callable[[PipelineConfig, Path], dict[str, Any]]] = {
 def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     """What the ingest stage reads, by content: the SHA-256 of each file, of every file in a
     folder (a flipped byte in a dataset folder is a change, caught by its fingerprint check
-    when ingest re-reads it), plus the evaluation data's, which later stages read."""
+    when ingest re-reads it), plus the evaluation data's, which later stages read, and the
+    group distributions a `simulate: from_groups` section reads."""
     out = {}
-    for spec in [*cfg.ingest.inputs, *([cfg.evaluate.data] if cfg.evaluate.data else [])]:
+    groups = [cfg.simulate.from_groups] if cfg.simulate and cfg.simulate.from_groups else []
+    for spec in [*cfg.ingest.inputs, *([cfg.evaluate.data] if cfg.evaluate.data else []),
+                 *groups]:
         path = Path(spec)
         if path.is_file():
             out[spec] = sha256_file(path)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.aggregate.regret import softmax
 from pluralign.core import bootstrap
 from pluralign.core.data import Annotation, Annotations
 from pluralign.core.labels import annotator_labels
@@ -185,10 +186,11 @@ def group_alignment(data: Annotations, logps: np.ndarray, names: Sequence[str],
         return None
     questions = list(rows)
     codes, ids = data.annotator_codes()
-    answers = {name: _answer_rows(logps[..., j], rows, data) for j, name in enumerate(names)}
-    answers[UNIFORM] = _answer_rows(np.zeros(logps.shape[:2]), rows, data)
+    first = np.fromiter(rows.values(), dtype=int, count=len(rows))
+    answers = {name: _answers(logps[first, :, j]) for j, name in enumerate(names)}
+    answers[UNIFORM] = _answers(logps[first, :, 0] * 0.0)  # 0 on the options, NaN past them
     groups_all = sorted(set(labels.values()))
-    answers[PERSONALISED] = _personalised(logps[..., :n_types], rows, data, gamma,
+    answers[PERSONALISED] = _personalised(logps[first, :, :n_types], gamma,
                                           [labels.get(h) for h in ids], groups_all)
     positions = {q: _ordinal(data[rows[q]]) for q in questions}
     out = alignment(answers, targets, questions, positions, groups_all, n_boot, seed)
@@ -238,28 +240,22 @@ def _targets(data: Annotations, rows: dict[str, int], labels: dict[str, str]
             f"each group's first choices in the evaluation data ({MIN_ANSWERS}+ per question)")
 
 
-def _answer_rows(columns: np.ndarray, rows: dict[str, int], data: Annotations) -> np.ndarray:
-    """[Q, M] softmax over each question's options of a policy's column [n, M]."""
-    out = np.full((len(rows), columns.shape[1]), np.nan)
-    for r, i in enumerate(rows.values()):
-        out[r, : data[i].m] = _softmax(columns[i, : data[i].m])
-    return out
+def _answers(columns: np.ndarray) -> np.ndarray:
+    """[Q, M] softmax over each question's options of a policy's column (NaN padding: 0)."""
+    return softmax(np.where(np.isnan(columns), -np.inf, columns))
 
 
-def _personalised(types: np.ndarray, rows: dict[str, int], data: Annotations,
-                  gamma: np.ndarray, groups_of: list[str | None], groups: list[str]
-                  ) -> np.ndarray:
-    """[Q, G, M]: each group's mean over its annotators of their served answer distribution."""
-    out = np.full((len(rows), len(groups), types.shape[1]), np.nan)
+def _personalised(types: np.ndarray, gamma: np.ndarray, groups_of: list[str | None],
+                  groups: list[str]) -> np.ndarray:
+    """[Q, G, M]: each group's mean over its annotators of their served answer distribution,
+    from the type columns [Q, M, K] of each question's first row."""
+    out = np.full((len(types), len(groups), types.shape[1]), np.nan)
     members = [np.flatnonzero([x == g for x in groups_of]) for g in groups]
-    for r, i in enumerate(rows.values()):
-        m = data[i].m
-        served = gamma @ types[i, :m].T  # [H, m]: sum_k gamma_hk log q_k
-        served = np.exp(served - served.max(1, keepdims=True))
-        served /= served.sum(1, keepdims=True)
+    for r, column in enumerate(types):
+        served = _answers(gamma @ column.T)  # [H, M]: softmax of sum_k gamma_hk log q_k
         for gi, mine in enumerate(members):
             if mine.size:
-                out[r, gi, :m] = served[mine].mean(0)
+                out[r, gi] = served[mine].mean(0)
     return out
 
 
@@ -269,8 +265,3 @@ def _ordinal(a: Annotation) -> list[float] | None:
             isinstance(v, (int, float)) for v in values):
         return [float(v) for v in values]
     return None
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
-    return e / e.sum()

@@ -14,8 +14,8 @@ from pluralign.core.data import Annotation, Annotations, FieldError, check_annot
 from pluralign.core.io import sha256_file, write_json, write_jsonl
 from pluralign.ingest.errors import IngestError
 from pluralign.ingest.layouts import detect, get_preset
-from pluralign.ingest.presets import TIES, Context, Preset, Unit
-from pluralign.ingest.ratings import RatingsOptions, account, check_account
+from pluralign.ingest.presets import TIES, Context, Preset, RatingsOptions, Unit
+from pluralign.ingest.ratings import account, check_account
 from pluralign.ingest.readers import MAX_INPUT_MB, RawRow, read_source, rows_of
 from pluralign.ingest.report import describe
 from pluralign.settings import EMPTY, ON_ERROR, IngestOptions
@@ -95,7 +95,7 @@ def ingest(inputs: list[str], preset: str = "auto", on_error: str = "fail",
         raise IngestError("no inputs given", reason="bad_option")
     fixed = None if preset == "auto" else get_preset(preset)
     run = _Run(on_error, allow_empty=empty_responses == "keep", max_responses=max_responses,
-               ratings=ratings or RatingsOptions())
+               ratings=ratings)
     for spec in inputs:
         try:
             name, rows = read_source(spec, max_input_mb)
@@ -209,9 +209,7 @@ class _Run:
             preset_name, synthetic = preset.name, "annotator_id" not in columns
             if synthetic:
                 self._warn_no_annotator(name, columns)
-            r = self.ratings
-            units = preset.units(rows, Context(synthetic, ties, r.list_size, r.ratings_seed,
-                                               r.default_prompt, self.tally))
+            units = preset.units(rows, Context(synthetic, ties, self.ratings, self.tally))
         for unit in units:
             self.read += 1
             self._take(unit, preset_name, synthetic)

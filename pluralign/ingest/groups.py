@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class GroupQuestion:
     options: list[str]
     shares: dict[str, np.ndarray]
     ordinal: list[float | None] | None = None
-    respondents: dict[str, float] = field(default_factory=dict)
 
     def without_refusals(self) -> GroupQuestion | None:
         """The question with its refusal options removed and shares renormalised; None when
@@ -60,8 +59,8 @@ class GroupQuestion:
         if not shares:
             return None
         ordinal = None if self.ordinal is None else [self.ordinal[i] for i in keep]
-        return GroupQuestion(self.key, self.text, [self.options[i] for i in keep], shares,
-                             ordinal, dict(self.respondents))
+        return replace(self, options=[self.options[i] for i in keep], shares=shares,
+                       ordinal=ordinal)
 
     @property
     def ordered(self) -> bool:
@@ -175,7 +174,7 @@ def _wave_question(source: Path, key: str, entry: Any, info: dict[str, Any] | No
     options = [str(o) for o in options]
     index = {o: i for i, o in enumerate(options)}
     folded = {o.casefold(): i for i, o in enumerate(options)}  # Pew's own typos ("noR")
-    shares, respondents = {}, {}
+    shares = {}
     for group, counts in entry.items():
         if group in ("MC_options", "question_text"):
             continue
@@ -189,13 +188,13 @@ def _wave_question(source: Path, key: str, entry: Any, info: dict[str, Any] | No
                                   reason="unknown_option")
             v[j] += _count(count, where, group)
         if v.sum() > 0:
-            shares[str(group)], respondents[str(group)] = v / v.sum(), float(v.sum())
+            shares[str(group)] = v / v.sum()
     ordinal = None
     if info and info["ordinal"]:
         values = [float(x) if _finite(x) else None for x in info["ordinal"]]
         ordinal = (values + [None] * len(options))[: len(options)]
     text = str(entry.get("question_text") or (info or {}).get("text") or key)
-    return GroupQuestion(key, text, options, shares, ordinal, respondents)
+    return GroupQuestion(key, text, options, shares, ordinal)
 
 
 def _finite(x: Any) -> bool:

@@ -33,15 +33,23 @@ COMMON = ("annotator_id", "item_id", "true_type", "group", "split", "features")
 
 
 @dataclass
-class Context:
-    """Per-file settings: whether annotators are synthetic (no annotator field), tie policy;
-    the ratings layout's list size, seed, default prompt and its run-wide count of ratings."""
+class RatingsOptions:
+    """How the ratings layout makes lists (pluralign.ingest.ratings): items per list, the
+    sampler's seed, the prompt of rows without one (settings.IngestOptions' fields)."""
 
-    synthetic_annotator: bool = False
-    ties: str = "truncate"
     list_size: int = 4
     ratings_seed: int = 0
     default_prompt: str | None = None
+
+
+@dataclass
+class Context:
+    """Per-file settings: whether annotators are synthetic (no annotator field), tie policy;
+    the ratings layout's options and its run-wide count of ratings."""
+
+    synthetic_annotator: bool = False
+    ties: str = "truncate"
+    ratings: RatingsOptions = field(default_factory=RatingsOptions)
     tally: Counter = field(default_factory=Counter)
 
 
@@ -234,15 +242,16 @@ class Long(Preset):
                 e.location = m.location  # type: ignore[attr-defined]
                 raise
         ranking = ranking_from_scores(values, ctx.ties, column)
-        merged = RawRow(first.location, {**(first.data or {}), "features": _stack(vectors)},
+        merged = RawRow(first.location, {**(first.data or {}), "features": stack_features(vectors)},
                         first.raw)
-        extra = _varying_fields(members, self.consumed | set(COMMON))
+        extra = varying_fields(members, self.consumed | set(COMMON))
         extra[column + "s"] = [-v for v in values] if by_rank else values
         return annotation(merged, ctx, prompt, responses, ranking,
                           self.consumed | set(extra), extra)
 
 
-def _stack(vectors: list[Any]) -> list[Any] | None:
+def stack_features(vectors: list[Any]) -> list[Any] | None:
+    """Per-response feature vectors of one list: all given, or None when none is."""
     if all(v is None for v in vectors):
         return None
     if any(v is None for v in vectors):
@@ -251,7 +260,7 @@ def _stack(vectors: list[Any]) -> list[Any] | None:
     return vectors
 
 
-def _varying_fields(members: list[RawRow], skip: set[str]) -> dict[str, Any]:
+def varying_fields(members: list[RawRow], skip: set[str]) -> dict[str, Any]:
     """Free fields of a group: one value when all rows agree, else one value per response."""
     keys = dict.fromkeys(k for m in members for k in (m.data or {}) if k not in skip)
     out = {}

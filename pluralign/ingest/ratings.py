@@ -25,7 +25,6 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,23 +34,17 @@ from pluralign.ingest.presets import (
     COMMON,
     Context,
     Preset,
+    RatingsOptions,
     RawRow,
     Unit,
     annotation,
     bind,
     ranking_from_scores,
+    stack_features,
+    varying_fields,
 )
 
-
-@dataclass
-class RatingsOptions:
-    """How ratings become lists: items per list, the sampler's seed, the prompt of rows
-    without one (settings.IngestOptions' list_size, ratings_seed, default_prompt)."""
-
-    list_size: int = 4
-    ratings_seed: int = 0
-    default_prompt: str | None = None
-
+__all__ = ["Ratings", "RatingsOptions", "account", "check_account", "sample_lists"]
 
 class Ratings(Preset):
     name = "ratings"
@@ -78,8 +71,8 @@ class Ratings(Preset):
         for key, pool in pools.items():
             pool.sort(key=lambda x: (json.dumps((x[0].data or {}).get("response"),
                                                 sort_keys=True), x[1]))  # row order: no matter
-            lists, left = sample_lists([v for _, v in pool], ctx.list_size,
-                                       _seed(ctx.ratings_seed, key))
+            lists, left = sample_lists([v for _, v in pool], ctx.ratings.list_size,
+                                       _seed(ctx.ratings.ratings_seed, key))
             tally["left_over"] += len(left)
             for members in lists:
                 chosen = [pool[i] for i in members]
@@ -88,22 +81,17 @@ class Ratings(Preset):
 
     @staticmethod
     def _prompt(d: dict, ctx: Context) -> object:
-        if F.missing(d, "prompt") and ctx.default_prompt is not None:
-            return ctx.default_prompt
+        if F.missing(d, "prompt") and ctx.ratings.default_prompt is not None:
+            return ctx.ratings.default_prompt
         return F.prompt(d)
 
     def _build(self, chosen: list[tuple[RawRow, float]], ctx: Context) -> Annotation:
-        first = chosen[0][0]
-        d = first.data or {}
-        responses = [F.response((m.data or {})["response"], "response") for m, _ in chosen]
-        ratings = [v for _, v in chosen]
-        vectors = [(m.data or {}).get("features") for m, _ in chosen]
-        data = {**d, "features": None if all(v is None for v in vectors) else vectors}
-        extra = {"ratings": ratings, "rows": [m.location.number for m, _ in chosen]}
-        for k in dict.fromkeys(k for m, _ in chosen for k in (m.data or {})):
-            if k not in self.consumed and k not in COMMON:
-                values = [(m.data or {}).get(k) for m, _ in chosen]
-                extra[k] = values[0] if all(v == values[0] for v in values) else values
+        rows, ratings = [m for m, _ in chosen], [v for _, v in chosen]
+        first, d = rows[0], rows[0].data or {}
+        responses = [F.response((m.data or {})["response"], "response") for m in rows]
+        data = {**d, "features": stack_features([(m.data or {}).get("features") for m in rows])}
+        extra = varying_fields(rows, self.consumed | set(COMMON))
+        extra.update(ratings=ratings, rows=[m.location.number for m in rows])
         ranking = ranking_from_scores(ratings, ctx.ties, "rating")
         return annotation(RawRow(first.location, data, first.raw), ctx, self._prompt(d, ctx),
                           responses, ranking, self.consumed | set(extra), extra)

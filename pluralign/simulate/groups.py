@@ -13,7 +13,7 @@ oracle's and the supervised ceiling's assignments are written beside the data (c
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from pluralign.core.data import Annotation
 from pluralign.ingest.groups import NON_GROUPS, GroupQuestion, GroupTable, read_groups
 from pluralign.settings import SimulationConfig
 from pluralign.simulate.group_ceilings import ceilings
-from pluralign.simulate.store import Population
+from pluralign.simulate.store import Population, config_json
 
 
 def simulate_groups(config: SimulationConfig) -> Population:
@@ -50,8 +50,7 @@ def simulate_groups(config: SimulationConfig) -> Population:
             q = mine[int(i)]
             ranking = draw_ranking(q.shares[group], config.ranking_length, rng)
             records.append(_record(aid, group, q, ranking, table, len(records) + 1))
-    truth = {"flavour": "groups", "config": {k: list(v) if isinstance(v, tuple) else v
-                                             for k, v in asdict(config).items()},
+    truth = {"flavour": "groups", "config": config_json(config),
              "source": table.source, "layout": table.layout, "attribute": table.attribute,
              "types": [{"name": g, "annotators": int((members == k).sum())}
                        for k, g in enumerate(groups)],
@@ -96,8 +95,7 @@ def _pool(table: GroupTable, groups: list[str], config: SimulationConfig
             q = q.without_refusals()
         if q is None:
             continue
-        q = GroupQuestion(q.key, q.text, q.options, {g: s for g, s in q.shares.items()
-                                                      if g in groups}, q.ordinal, q.respondents)
+        q = replace(q, shares={g: s for g, s in q.shares.items() if g in groups})
         if len(q.shares) >= min(config.min_groups, len(groups)):
             pool.append(q)
     if not pool:

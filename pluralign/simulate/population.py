@@ -11,7 +11,6 @@ a_h ~ Dirichlet(1) (no single type describes them; their mix is in the truth).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from pluralign.core.data import Annotation
 from pluralign.core.plackett_luce import sample_ranking
 from pluralign.settings import FLAVOURS, MISSPECIFY, SimulationConfig  # noqa: F401 (re-exported)
 from pluralign.simulate import textbank
-from pluralign.simulate.store import Population
+from pluralign.simulate.store import Population, config_json
 from pluralign.simulate.text import ATTRIBUTES, render
 
 #: Stock personas of the text flavour: weights on (length, formality, bullets, caution,
@@ -70,7 +69,7 @@ def simulate(config: SimulationConfig) -> Population:
             used = kinds[h] if kinds[h] in ("random", "blend") else names[zi]
             records.append(_record(config, aid, item, ranking, label, used, len(records) + 1))
     truth = {
-        "flavour": config.flavour, "config": _jsonable(asdict(config)),
+        "flavour": config.flavour, "config": config_json(config),
         "types": [{"name": n, "weights": w.round(6).tolist()} for n, w in zip(names, weights,
                                                                                strict=True)],
         "prior": prior.round(6).tolist(), "temperature": config.temperature,
@@ -138,10 +137,6 @@ def _record(config: SimulationConfig, aid: str, item: dict[str, Any], ranking: l
         annotator_id=aid, prompt=item["prompt"], responses=list(item["responses"]),
         ranking=ranking, features=x if config.flavour == "feature" else None,
         item_id=item["id"], true_type=label, metadata=meta, source="simulate", source_row=row)
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def item_count(config: SimulationConfig) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,11 @@ class Population:
     records: list[Annotation]
     truth: dict[str, Any]
     ceilings: dict[str, Any] | None = None
+
+
+def config_json(config: Any) -> dict[str, Any]:
+    """A simulation config as truth.json holds it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
 def write_population(pop: Population, out_dir: str | os.PathLike) -> dict[str, Any]:

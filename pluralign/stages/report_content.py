@@ -432,8 +432,8 @@ def markdown(story: dict[str, Any], em: dict[str, Any], agg: dict[str, Any],
     for title, header, rows in predictive_tables(ev):
         lines += [f"## Predictive personalization: {md_escape(title)}", "",
                   *_md_table(header, rows)]
-    if distributional_table(ev):
-        title, header, rows = distributional_table(ev)
+    if table := distributional_table(ev):
+        title, header, rows = table
         lines += [f"## Distributional alignment: {md_escape(title)}", "",
                   *_md_table(header, rows)]
     lines += ["## Run configuration", "", *_md_table(["setting", "value"],

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.core.bootstrap import show
+
 DEFINITIONS = (
     ("JS / TV / EMD (distributional)", "Distance between a policy's answer distribution over a "
      "question's options (its candidates distribution) and a group's, averaged over the "
@@ -48,9 +50,7 @@ def distributional_findings(s: dict[str, Any] | None, discovery_ari: float | Non
     worst, iv, group = s["worst_js"], s["worst_js_interval"], s["worst_group"]
 
     def shown(p: str) -> str:
-        low_high = iv.get(p)
-        ci = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
-        return f"{p} {worst[p]:.3f}{ci} ({group[p]})"
+        return f"{p} {worst[p]:.3f}{show(iv.get(p))} ({group[p]})"
     named = [p for p in (s["best_single"], "pooled", "personalised", "uniform answer")
              if p in worst]
     out = [f"Distributional alignment on {s['questions']} questions against "
@@ -78,9 +78,8 @@ def distributional_table(ev: dict[str, Any]) -> tuple[str, list[str], list[list[
     rows = []
     for p in d["policies"]:
         iv = d["js"].get("worst_interval", {}).get(p)
-        ci = f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else ""
         by = d["js"]["by_group"][p]
-        rows.append([p, f"{d['js']['worst'][p]:.3f}{ci}", str(d["js"]["worst_group"][p]),
+        rows.append([p, f"{d['js']['worst'][p]:.3f}{show(iv)}", str(d["js"]["worst_group"][p]),
                      *[_num(by.get(g)) for g in groups], _num(d["tv"]["worst"][p]),
                      _num((d.get("emd") or {}).get("worst", {}).get(p))])
     title = (f"{d['questions']} questions, target: {d['target']}"

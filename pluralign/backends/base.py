@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ class PolicyBackend(ABC):
     #: Whether the policies generate text (and can be measured as served by sampling them:
     #: pluralign.aggregate.served); False when they live on given candidates.
     decodes: bool = False
+    #: Whether each annotation's scores can be computed on their own, so that under torchrun
+    #: the E-step may split annotations over ranks and all-reduce per-annotator sums
+    #: (pluralign.em.estep.loglik_table); False when logratios shares work across ranks itself.
+    row_sharded: bool = False
 
     def logratios(self, data: Annotations) -> np.ndarray:
         """s[n, M, K] = log pi_k(y|x) - log pi_ref(y|x) per candidate; NaN where a row has
@@ -34,6 +39,12 @@ class PolicyBackend(ABC):
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
         """Weighted M-step for type k (weights per annotation; zero-weight rows cost nothing);
         returns training statistics."""
+
+    def fit_types(self, types: Sequence[int], data: Annotations,
+                  weights: np.ndarray) -> list[dict[str, Any]]:
+        """The M-steps of several types, weights [n, len(types)]: one fit after another here;
+        a backend that can fit them together (the linear one) overrides it."""
+        return [self.fit(int(k), data, weights[:, j]) for j, k in enumerate(types)]
 
     def reference_logps(self, data: Annotations) -> np.ndarray:
         """log pi_ref(y|x) of every candidate [n, M] (NaN past a row's m): with logratios, the

@@ -16,18 +16,19 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
+from pluralign.backends import linear_fit
 from pluralign.backends.base import PolicyBackend, check_mixture, check_weights, sample_row
 from pluralign.core.data import Annotation, Annotations, as_annotations
 from pluralign.core.io import write_json, write_with
-from pluralign.core.losses import get_loss
+from pluralign.core.lbfgs import minimize_blocks
 from pluralign.core.rankings import Rankings
 from pluralign.settings.backends import LinearConfig
 
@@ -38,6 +39,12 @@ _LMS: dict[str, tuple[Any, Any, str]] = {}
 #: The last `given` design built, with its scale: EM builds a backend per run and restart,
 #: and at 10^6 annotations building the feature array takes seconds. Designs are read-only.
 _GIVEN: dict[str, tuple[Design, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+#: One-hot designs built by a backend with an empty vocabulary, by dataset: K selection builds
+#: a fresh backend per fold, K and restart, each over the same few datasets. Read-only.
+_ONEHOT: dict[str, tuple[Design, dict[str, int]]] = {}
+ONEHOT_CACHE = 16
 
 
 #: Given features whose root mean square lies outside this range are divided by a power of ten
@@ -71,6 +78,12 @@ class Design:
     phi: torch.Tensor | None = None
     col: torch.Tensor | None = None
 
+    def select(self, rows: np.ndarray) -> Design:
+        """The design of `rows` only."""
+        return Design(self.rankings.select(rows), self.log_ref[rows],
+                      None if self.phi is None else self.phi[rows],
+                      None if self.col is None else self.col[rows])
+
 
 def uniform_log_ref(mask: torch.Tensor) -> torch.Tensor:
     """log pi_ref = -log m on each annotation's m candidates (0 on padding)."""
@@ -81,10 +94,11 @@ def uniform_log_ref(mask: torch.Tensor) -> torch.Tensor:
 class LinearBackend(PolicyBackend):
     """K linear type policies; `theta_[k]` is type k's reward direction."""
 
+    row_sharded = True
+
     def __init__(self, config: LinearConfig | None = None, **overrides: Any):
         self.config = cfg = config or LinearConfig(**overrides)
         self.n_types, self.beta = cfg.types, cfg.beta
-        self.loss_fn = get_loss(cfg.loss)
         self.theta_: np.ndarray | None = None
         self.vocab_: dict[str, int] = {}
         self.scale_: tuple[np.ndarray, np.ndarray] | None = None
@@ -139,12 +153,22 @@ class LinearBackend(PolicyBackend):
         return Design(rank, uniform_log_ref(rank.mask), phi=torch.from_numpy(phi))
 
     def _onehot(self, data: Annotations, rank: Rankings) -> Design:
-        col = torch.full(rank.mask.shape, -1, dtype=torch.long)
+        fresh = not self.vocab_  # then the columns depend on the data alone: shared
+        if fresh and data.fingerprint() in _ONEHOT:
+            design, self.vocab_ = _ONEHOT[data.fingerprint()]
+            self.vocab_ = dict(self.vocab_)
+            return design
+        col = np.full(rank.mask.shape, -1, dtype=np.int64)
         for i, a in enumerate(data):
             item = a.item_id if a.item_id is not None else json.dumps(a.prompt, sort_keys=True)
-            for j, r in enumerate(a.responses):
-                col[i, j] = self.vocab_.setdefault(json.dumps([item, r]), len(self.vocab_))
-        return Design(rank, uniform_log_ref(rank.mask), col=col)
+            col[i, : a.m] = [self.vocab_.setdefault(json.dumps([item, r]), len(self.vocab_))
+                             for r in a.responses]
+        design = Design(rank, uniform_log_ref(rank.mask), col=torch.from_numpy(col))
+        if fresh:
+            if len(_ONEHOT) >= ONEHOT_CACHE:
+                _ONEHOT.pop(next(iter(_ONEHOT)))
+            _ONEHOT[data.fingerprint()] = (design, dict(self.vocab_))
+        return design
 
     def _embedding(self, data: Annotations, rank: Rankings) -> Design:
         from pluralign.lm.models import load_model, model_id
@@ -208,32 +232,33 @@ class LinearBackend(PolicyBackend):
         return d.log_ref.masked_fill(~d.rankings.mask, torch.nan).numpy()
 
     def fit(self, k: int, data: Annotations, weights: np.ndarray) -> dict[str, Any]:
-        w = check_weights(weights, len(data))
-        rows = np.flatnonzero(w > 0)
+        return self.fit_types([k], data, np.asarray(weights, dtype=np.float64)[:, None])[0]
+
+    def fit_types(self, types: Sequence[int], data: Annotations,
+                  weights: np.ndarray) -> list[dict[str, Any]]:
+        """The M-steps of `types` (weights [n, len(types)]) in lockstep
+        (pluralign.core.lbfgs): each type minimises its own (sum_a w_ak loss_a + lambda/2
+        |theta_k|^2) / W_k with its own L-BFGS state, while every evaluation scores all of
+        them with one phi @ theta^T. Rows a type weighs negligibly are skipped for it
+        (linear_fit.kept_rows)."""
         d = self.design(data)
-        if rows.size == 0:
-            return {"type": k, "annotations": 0, "iterations": 0}
-        sub = Design(d.rankings.select(rows), d.log_ref[rows],
-                     None if d.phi is None else d.phi[rows],
-                     None if d.col is None else d.col[rows])
-        wt = torch.as_tensor(w[rows])
-        total = float(wt.sum())
-        cfg = self.config
-
-        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            t = torch.tensor(theta, requires_grad=True)
-            # PL, IPO and distillation are invariant to a per-annotation constant, so the
-            # normaliser log Z of the logratios is not needed while fitting.
-            loss = self.loss_fn(self._z(sub, t), sub.rankings, self.beta, weights=wt)
-            loss = loss + 0.5 * cfg.l2 / total * (t ** 2).sum()  # (sum w loss + prior) / sum w
-            loss.backward()
-            return loss.item(), t.grad.numpy()
-
-        res = minimize(objective, self.theta_[k].copy(), jac=True, method="L-BFGS-B",
-                       options={"gtol": cfg.tol, "maxiter": cfg.max_iter})
-        self.theta_[k] = res.x
-        return {"type": k, "annotations": int(rows.size), "iterations": int(res.nit),
-                "loss": float(res.fun), "converged": bool(res.success)}
+        w = np.column_stack([check_weights(weights[:, j], len(data)) for j in range(len(types))])
+        kept = [linear_fit.kept_rows(w[:, j], self.config.skip_mass) for j in range(len(types))]
+        live = [j for j in range(len(types)) if kept[j].size]
+        infos = [{"type": int(k), "annotations": 0, "iterations": 0} for k in types]
+        if not live:
+            return infos
+        ks = [int(types[j]) for j in live]
+        fun = linear_fit.objective(d, [kept[j] for j in live], [w[:, j] for j in live],
+                                   self.config, self._z)
+        res = minimize_blocks(fun, self.theta_[ks], gtol=self.config.tol,
+                              max_iter=self.config.max_iter)
+        self.theta_[ks] = res.x
+        for i, j in enumerate(live):
+            infos[j].update(annotations=int(kept[j].size), iterations=int(res.nit[i]),
+                            skipped=int((w[:, j] > 0).sum() - kept[j].size),
+                            loss=float(res.f[i]), converged=bool(res.converged[i]))
+        return infos
 
     def sample(self, data: Annotations, k: int | None, n: int, seed: int) -> list[Annotation]:
         """Draw n candidates (with replacement) from policy k (None: the reference) restricted

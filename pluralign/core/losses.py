@@ -2,7 +2,8 @@
 
 Every loss takes `logratios[n, M]` (padding ignored), `Rankings`, `beta` and optional
 per-annotation `weights`, and returns the weighted mean over annotations normalised by the sum of
-the weights, so that a type's loss scale does not depend on its size. `LOSSES` maps names to them.
+the weights, so that a type's loss scale does not depend on its size. `LOSSES` maps names to them;
+`ROW_LOSSES` to their values per annotation.
 """
 
 from __future__ import annotations
@@ -75,11 +76,17 @@ def _clean(logratios: torch.Tensor, rankings: Rankings) -> torch.Tensor:
     return logratios.masked_fill(~rankings.mask, 0.0)
 
 
+def pl_dpo_rows(logratios: torch.Tensor, rankings: Rankings, beta: float,
+                **_: object) -> torch.Tensor:
+    """Plackett–Luce DPO per annotation: -log P(ranking | beta * s); for m = 2 it is DPO's
+    sigmoid loss."""
+    return -plackett_luce_logprob(beta * _clean(logratios, rankings), rankings)
+
+
 def pl_dpo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
                 weights: torch.Tensor | None = None, **_: object) -> torch.Tensor:
-    """Plackett–Luce DPO: -log P(ranking | beta * s); for m = 2 it is DPO's sigmoid loss."""
-    nll = -plackett_luce_logprob(beta * _clean(logratios, rankings), rankings)
-    return weighted_mean(nll, weights)
+    """Plackett–Luce DPO, the weighted mean of pl_dpo_rows."""
+    return weighted_mean(pl_dpo_rows(logratios, rankings, beta), weights)
 
 
 #: Most elements in one block of pair comparisons (rows x i-candidates x j-candidates): bounds
@@ -129,7 +136,14 @@ def beats(rankings: Rankings) -> torch.Tensor:
 
 def ipo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
              weights: torch.Tensor | None = None, **_: object) -> torch.Tensor:
-    """IPO (Azar et al.): (s_w - s_l - 1/(2 beta))^2, averaged over the pairs a ranking implies.
+    """IPO, the weighted mean of ipo_rows."""
+    return weighted_mean(ipo_rows(logratios, rankings, beta), weights)
+
+
+def ipo_rows(logratios: torch.Tensor, rankings: Rankings, beta: float,
+             **_: object) -> torch.Tensor:
+    """IPO (Azar et al.) per annotation: (s_w - s_l - 1/(2 beta))^2, averaged over the pairs
+    its ranking implies.
 
     Sequence-level log-ratios as in the paper; TRL additionally divides by token counts.
     """
@@ -141,31 +155,39 @@ def ipo_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
         diff = sr[:, cols].unsqueeze(2) - sr.unsqueeze(1)
         total = total.index_add(0, rows, (((diff - 1.0 / (2.0 * beta)) ** 2) * wins).sum((1, 2)))
         count = count.index_add(0, rows, wins.sum((1, 2)).to(s.dtype))
-    return weighted_mean(total / count.clamp_min(1), weights)
+    return total / count.clamp_min(1)
 
 
 def distill_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
                  weights: torch.Tensor | None = None, targets: torch.Tensor | None = None,
                  **_: object) -> torch.Tensor:
-    """Preference distillation (DESIGN §7): KL(softmax(R_hat) || softmax(beta * s)) over each
-    annotation's candidates, with `targets` = R_hat, a teacher reward. The first-choice
-    distribution of Plackett–Luce; for m = 2 it is KL(Bern(sigmoid(R_hat+ - R_hat-)) ||
-    Bern(sigmoid(beta (s+ - s-)))), the soft-label loss of Yun et al."""
+    """Preference distillation, the weighted mean of distill_rows."""
+    return weighted_mean(distill_rows(logratios, rankings, beta, targets=targets), weights)
+
+
+def distill_rows(logratios: torch.Tensor, rankings: Rankings, beta: float,
+                 targets: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    """Preference distillation (DESIGN §7) per annotation: KL(softmax(R_hat) ||
+    softmax(beta * s)) over the annotation's candidates, with `targets` = R_hat, a teacher
+    reward. The first-choice distribution of Plackett–Luce; for m = 2 it is
+    KL(Bern(sigmoid(R_hat+ - R_hat-)) || Bern(sigmoid(beta (s+ - s-)))), the soft-label loss of
+    Yun et al."""
     if targets is None:
         raise ValueError("the distill loss needs `targets`: a teacher reward per candidate")
     floor = torch.finfo(logratios.dtype).min / 4
     mask = rankings.mask
     log_q = torch.log_softmax((beta * _clean(logratios, rankings)).masked_fill(~mask, floor), 1)
     log_p = torch.log_softmax(targets.to(logratios.dtype).masked_fill(~mask, floor), 1)
-    kl = (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum(dim=1)
-    return weighted_mean(kl, weights)
+    return (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum(dim=1)
 
 
 LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_loss, "ipo": ipo_loss, "distill": distill_loss}
+#: The same losses per annotation, unweighted ([n]): for fits that sum them their own way.
+ROW_LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_rows, "ipo": ipo_rows, "distill": distill_rows}
 
 
-def get_loss(name: str) -> Loss:
-    """The loss registered as `name`."""
+def get_loss(name: str, per_row: bool = False) -> Loss:
+    """The loss registered as `name` (per annotation with `per_row`)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; known: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    return (ROW_LOSSES if per_row else LOSSES)[name]

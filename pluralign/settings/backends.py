@@ -32,6 +32,10 @@ class LinearConfig:
     loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
     tol: float = field(default=1e-8, metadata={"help": "L-BFGS gradient tolerance"})
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iteration limit"})
+    skip_mass: float = field(default=1e-4, metadata={
+        "help": "a type's fit skips its lightest rows whose weights sum to at most this share "
+                "of its total: its gradient then errs by at most skip_mass times one row's "
+                "largest gradient (0: every row of positive weight)"})
     model: str = field(default="builtin:smollm2-135m", metadata={
         "help": "embedding features: the LM whose hidden states are the features"})
     max_prompt_tokens: int = field(default=256, metadata={"help": "embedding: prompt tokens"})
@@ -48,6 +52,8 @@ class LinearConfig:
             raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
         if self.types < 1 or self.beta <= 0 or self.l2 < 0:
             raise ValueError("types >= 1, beta > 0 and l2 >= 0 are required")
+        if not 0 <= self.skip_mass < 1:
+            raise ValueError(f"skip_mass must be in [0, 1), got {self.skip_mass}")
         _check_loss(self.loss)
 
 

@@ -22,7 +22,7 @@ from pluralign.backends.base import PolicyBackend
 from pluralign.core import bootstrap
 from pluralign.core.data import Annotations, as_annotations
 from pluralign.core.io import write_json
-from pluralign.core.labels import annotator_labels
+from pluralign.core.labels import adjusted_rand, annotator_labels
 
 #: A ceiling ARI below this means the groups cannot be told apart at this model and data size.
 LOW_CEILING_ARI = 0.2
@@ -127,7 +127,6 @@ def compare(truth: Sequence[str], discovered: np.ndarray, ceiling: np.ndarray,
     carry their labels), bootstrap intervals over annotators (the same resamples for both),
     the ratio of the ARIs and the interval of their difference. discovered / ceiling:
     posteriors [H, K] / [H, L]."""
-    from sklearn.metrics import adjusted_rand_score
     truth = [str(t) for t in truth]
     em_pred = discovered.argmax(axis=1)
     mapping = match_labels(truth, em_pred, discovered.shape[1])
@@ -139,7 +138,7 @@ def compare(truth: Sequence[str], discovered: np.ndarray, ceiling: np.ndarray,
     c = np.array([codes[x] for x in ceil_pred])
 
     def both(i: np.ndarray) -> list[float]:
-        return [adjusted_rand_score(t[i], em_pred[i]), adjusted_rand_score(t[i], c[i]),
+        return [adjusted_rand(t[i], em_pred[i]), adjusted_rand(t[i], c[i]),
                 em_hit[i].mean(), ceil_hit[i].mean()]
 
     em_ari, ceil_ari, em_acc, ceil_acc = both(np.arange(len(t)))

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from pluralign.backends.base import PolicyBackend
+from pluralign.core import distributed
 from pluralign.core.data import Annotations, as_annotations
 
 if TYPE_CHECKING:
@@ -32,15 +33,18 @@ def rankings(data: Annotations) -> Rankings:
 def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
     """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]. Padding may
     be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
-    import torch
-
     from pluralign.backends.base import check_finite
-    from pluralign.core.losses import plackett_luce_logprob
+    from pluralign.core.plackett_luce import ordered_loglik
     real = rankings.mask.numpy()
     check_finite(logratios, None, "log-ratio", real)
-    s = torch.as_tensor(np.where(real[..., None], logratios, 0.0), dtype=torch.float64)
-    return np.stack([plackett_luce_logprob(beta * s[..., k], rankings).numpy()
-                     for k in range(s.shape[-1])], axis=1)
+    n, m, k = logratios.shape
+    order = rankings.order().numpy()
+    s = np.take_along_axis(np.where(real[..., None], beta * logratios, -np.inf),
+                           order[..., None], axis=1)                  # [n, M, K], ranked first
+    a = np.maximum(s, np.finfo(np.float64).min / 4).transpose(1, 0, 2).reshape(m, n * k)
+    placed = np.arange(m)[:, None] < (rankings.ranking >= 0).sum(1).numpy()[None, :]
+    loglik, _ = ordered_loglik(a, np.repeat(placed, k, axis=1), grad=False)
+    return loglik.reshape(n, k)
 
 
 def reference_loglik(data: Annotations) -> float:
@@ -122,13 +126,41 @@ def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0
     return gamma
 
 
+def loglik_table(backend: PolicyBackend, data: Annotations) -> tuple[np.ndarray, list[str]]:
+    """log L_hk of every annotator of `data` under the backend's K policies, and the ids its
+    rows follow. Under torchrun a backend that scores rows on their own (`row_sharded`: the
+    linear one) scores this rank's share of the annotations and the per-annotator sums are
+    all-reduced, so every rank holds the one-process table."""
+    data = as_annotations(data)
+    codes, ids = data.annotator_codes()
+    if backend.row_sharded and distributed.world() > 1:
+        rows = np.arange(distributed.rank(), len(data), distributed.world())
+        data, codes = _share(data, rows), codes[rows]
+    per = annotation_loglik(backend.logratios(data), rankings(data), backend.beta)
+    table = annotator_loglik(per, codes, len(ids))
+    if backend.row_sharded and distributed.world() > 1:
+        import torch
+        distributed.all_sum_(torch.from_numpy(table))
+    return table, ids
+
+
+#: This rank's share of the last dataset split (EM asks at every iteration; a new Annotations
+#: would hash its records again each time).
+_SHARE: dict[str, Annotations] = {}
+
+
+def _share(data: Annotations, rows: np.ndarray) -> Annotations:
+    key = f"{data.fingerprint()}:{distributed.rank()}/{distributed.world()}"
+    if key not in _SHARE:
+        _SHARE.clear()
+        _SHARE[key] = data.subset(rows.tolist())
+    return _SHARE[key]
+
+
 def type_posteriors(backend: PolicyBackend, priors: np.ndarray,
                     data: Annotations) -> tuple[np.ndarray, list[str]]:
     """One E-step with fixed policies: each annotator's type posterior given all of their
     annotations in `data` (for annotators never seen in training too). Returns (gamma, ids)."""
-    data = as_annotations(data)
-    codes, ids = data.annotator_codes()
-    per = annotation_loglik(backend.logratios(data), rankings(data),
-                            backend.beta)
-    gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), np.asarray(priors))
+    table, ids = loglik_table(backend, data)
+    gamma, _ = e_step(table, np.asarray(priors))
     return gamma, ids

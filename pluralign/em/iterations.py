@@ -21,7 +21,7 @@ from pluralign.backends.base import PolicyBackend
 from pluralign.core import progress
 from pluralign.core.data import Annotations
 from pluralign.em import checkpoint, prune
-from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step, rankings
+from pluralign.em.estep import e_step, loglik_table
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ class Iterations:
 
     def _run(self, data: Annotations, k: int, restart: int, ckpt: Path | None,
              start: np.ndarray | None = None) -> Run:
-        """EM iterations from one initialisation (or the posteriors `start`), checkpointed after
-        every iteration. K is the starting posteriors' width: a linear start may have pruned."""
+        """EM iterations from one initialisation (or the posteriors `start`), checkpointed once
+        checkpoint_interval seconds of work are unsaved. K is the starting posteriors' width: a
+        linear start may have pruned."""
         codes, ids = data.annotator_codes()
-        rank = rankings(data)
         gamma = self._initial_posteriors(data, k, restart) if start is None else start
         k = gamma.shape[1]
         backend = self._take_backend(k)
@@ -111,6 +111,7 @@ class Iterations:
                            warns, float(np.mean(skipped)) if skipped else 0.0, log_lik)
         converged = False
         it = first - 1
+        saved_at = time.perf_counter()
         if first < self.max_iter:
             self._announce(backend, data, k, self.max_iter - first)
         for it in range(first, self.max_iter):
@@ -118,13 +119,12 @@ class Iterations:
             weights = gamma[codes]
             skipped.append(float((weights < self.sparse_threshold).mean())
                            if self.sparse_threshold > 0 else 0.0)
-            for j in range(k):
-                w = np.where(weights[:, j] < self.sparse_threshold, 0.0, weights[:, j])
-                if not self.warm_start:
+            if not self.warm_start:
+                for j in range(k):
                     backend.reset(j)
-                backend.fit(j, data, w)
-            per = annotation_loglik(backend.logratios(data), rank, backend.beta)
-            log_lik = annotator_loglik(per, codes, len(ids))
+            backend.fit_types(range(k), data,
+                              np.where(weights < self.sparse_threshold, 0.0, weights))
+            log_lik = loglik_table(backend, data)[0]
             gamma, loglik = e_step(log_lik, priors)
             objective = loglik - backend.penalty()
             if history and objective < history[-1] - 1e-6 * abs(history[-1]):
@@ -136,8 +136,10 @@ class Iterations:
                 abs(history[-1]), 1e-12)
             history.append(objective)
             done = converged or it + 1 == self.max_iter
-            checkpoint.save(ckpt, backend, key, it, gamma, history, warns, skipped, done,
-                             converged, log_lik)
+            if time.perf_counter() - saved_at >= self.checkpoint_interval:
+                checkpoint.save(ckpt, backend, key, it, gamma, history, warns, skipped, done,
+                                converged, log_lik)
+                saved_at = time.perf_counter()
             if self.callback is not None:
                 self.callback(k, it, objective)
             if converged:

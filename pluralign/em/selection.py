@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from pluralign.core.data import Annotations
-from pluralign.em.estep import annotation_loglik, annotator_loglik, mixture_loglik, rankings
+from pluralign.em.estep import loglik_table, mixture_loglik
 from pluralign.em.iterations import Run
 
 
@@ -79,10 +79,7 @@ class KSelection:
 
 def heldout_loglik(run: Run, test: Annotations) -> np.ndarray:
     """log p(annotations of each test annotator) under the fitted mixture (types summed out)."""
-    codes, ids = test.annotator_codes()
-    per = annotation_loglik(run.backend.logratios(test), rankings(test),
-                            run.backend.beta)
-    return mixture_loglik(annotator_loglik(per, codes, len(ids)), run.priors)
+    return mixture_loglik(loglik_table(run.backend, test)[0], run.priors)
 
 
 def within_se(per_annotator: dict[int, np.ndarray], table: list[dict],

@@ -6,6 +6,7 @@ end, and ranks given different data stopped with a clear error instead of a hang
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,13 +44,17 @@ ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 TIMEOUT = 240  # a hang must fail the test, not CI
 
 
+#: Checkpoints after every iteration: these runs are quicker than the default interval.
+EVERY = ("--checkpoint-interval", "0")
+
+
 def _em(tmp: Path, data: Path, out: str, processes: int, config: str = "trunk",
         sharding: str = "none", launcher: str = "torchrun",
-        launcher_args: tuple[str, ...] = ()) -> list[str]:
+        launcher_args: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> list[str]:
     cfg = tmp / f"{config}-{sharding}.yaml"
     cfg.write_text(CONFIGS[config].replace("SHARDING", sharding))
     args = ["-m", "pluralign.cli", "em", "--data", str(data), "--out", str(tmp / out),
-            "--config", str(cfg)]
+            "--config", str(cfg), *flags]
     if processes == 1:
         return [sys.executable, *args]
     if launcher == "accelerate":
@@ -149,7 +154,7 @@ def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process,
     kills = 0
     for delay in (0.0,):  # at a checkpoint just written, mid-EM
         start = time.time()
-        proc = subprocess.Popen(_em(tmp, data, out, 2, sharding=sharding), env=ENV,
+        proc = subprocess.Popen(_em(tmp, data, out, 2, sharding=sharding, flags=EVERY), env=ENV,
                                 start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         while proc.poll() is None and time.time() - start < TIMEOUT and not any(
@@ -166,12 +171,49 @@ def test_killed_two_process_run_resumes_to_the_same_end_distributed(one_process,
             holder = int((tmp / out / LOCK_FILE).read_text().split()[1].rstrip(","))
             assert _gone(holder, within=1.0)
     assert kills >= 1
-    done = subprocess.run(_em(tmp, data, out, 2, sharding=sharding), env=ENV,
+    done = subprocess.run(_em(tmp, data, out, 2, sharding=sharding, flags=EVERY), env=ENV,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stderr  # it did pick up a checkpoint
     assert (SHARDED in done.stderr) == (sharding == "fsdp")
     _same_fit(tmp / "one-trunk", tmp / out)
+
+
+LINEAR = """\
+em: {backend: linear, n_types: auto, max_types: 3, selection: heldout, n_init: 2}
+linear: {l2: 0.5, skip_mass: 0.001}
+"""
+
+
+def test_linear_em_on_two_processes_equals_one_distributed(tmp_path):
+    """The linear backend shards annotations by rank: each rank sums its share of every type's
+    loss and gradient and of every annotator's log-likelihood, the sums all-reduced. K auto,
+    restarts, the K = 1 baseline and the saved policies all equal the one-process run."""
+    from pluralign.cli import main
+    data = tmp_path / "data"
+    assert main(["simulate", "--out", str(data), "--types", "3", "--annotators", "90",
+                 "--per-annotator", "7", "--list-size", "2-4", "--seed", "8"]) == 0
+    cfg = tmp_path / "linear.yaml"
+    cfg.write_text(LINEAR)
+    runs = {}
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "pluralign.cli", "em", "--data", str(data), "--out",
+               str(tmp_path / f"p{n}"), "--config", str(cfg)]
+        if n == 2:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node=2", *cmd[1:]]
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = tmp_path / f"p{n}"
+    one, two = (json.loads((runs[n] / "em.json").read_text()) for n in (1, 2))
+    assert one["n_types"] == two["n_types"] == 3
+    assert np.abs(_posteriors(runs[1]) - _posteriors(runs[2])).max() <= 1e-6
+    assert two["loglik_history"] == pytest.approx(one["loglik_history"], rel=1e-9)
+    assert [r["heldout_loglik"] for r in two["selection"]] == pytest.approx(
+        [r["heldout_loglik"] for r in one["selection"]], rel=1e-9)
+    for name in ("linear", "baseline"):
+        want, got = (np.load(runs[n] / name / "linear.npz")["theta"] for n in (1, 2))
+        assert np.abs(want - got).max() <= 1e-6
 
 
 WORKER = """\

@@ -107,21 +107,37 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(three_types, tmp_
         if k == 3 and it == 1:
             raise KeyboardInterrupt  # as if killed right after the second iteration's checkpoint
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # checkpoint_interval 0: after every iteration
         EMDPO("linear", n_types=3, n_init=2, random_state=3, checkpoint_dir=tmp_path,
-              callback=kill_at_second).fit(data)
+              callback=kill_at_second, checkpoint_interval=0).fit(data)
     done_before = len(calls)
     resumed = EMDPO("linear", n_types=3, n_init=2, random_state=3, checkpoint_dir=tmp_path,
-                    callback=lambda k, it, objective: calls.append((k, it))).fit(data)
+                    callback=lambda k, it, objective: calls.append((k, it)),
+                    checkpoint_interval=0).fit(data)
     first_resumed = calls[done_before]
     assert first_resumed == (3, 2)  # iterations 0 and 1 were not run again
     assert np.allclose(resumed.posteriors_, plain.posteriors_, atol=1e-10)
     assert resumed.loglik_history_ == pytest.approx(plain.loglik_history_, abs=1e-8)
 
 
+def test_quick_runs_write_no_checkpoint_and_end_the_same(three_types, tmp_path):
+    """checkpoint_interval: a run is saved once that much of its work is unsaved; runs quicker
+    than it write nothing (re-running them costs less than the files), with the same result."""
+    _, data = three_types
+    every = EMDPO("linear", n_types=2, n_init=1, checkpoint_dir=tmp_path / "every",
+                  checkpoint_interval=0).fit(data)
+    assert list((tmp_path / "every").glob("*/*/state.json"))
+    lazy = EMDPO("linear", n_types=2, n_init=1, checkpoint_dir=tmp_path / "lazy",
+                 checkpoint_interval=3600).fit(data)
+    assert not list((tmp_path / "lazy").glob("*/*/state.json"))
+    assert np.array_equal(lazy.posteriors_, every.posteriors_)
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        EMDPO("linear", checkpoint_interval=-1).fit(data)
+
+
 def test_checkpoints_of_other_settings_are_not_resumed(three_types, tmp_path):
     _, data = three_types
-    EMDPO("linear", n_types=2, n_init=1, checkpoint_dir=tmp_path).fit(data)
+    EMDPO("linear", n_types=2, n_init=1, checkpoint_dir=tmp_path, checkpoint_interval=0).fit(data)
     calls = []
     other = EMDPO("linear", n_types=2, n_init=1, sparse_threshold=0.01, checkpoint_dir=tmp_path,
                   callback=lambda k, it, o: calls.append((k, it))).fit(data)
@@ -136,7 +152,8 @@ def test_a_changed_start_is_not_resumed(three_types, tmp_path):
     _, data = three_types
     n = len(data.annotator_ids)
     starts = [np.random.default_rng(s).dirichlet(np.ones(2), size=n) for s in (0, 1)]
-    EMDPO("linear", n_types=2, init=starts[0], checkpoint_dir=tmp_path).fit(data)
+    EMDPO("linear", n_types=2, init=starts[0], checkpoint_dir=tmp_path,
+          checkpoint_interval=0).fit(data)
     calls = []
     other = EMDPO("linear", n_types=2, init=starts[1], checkpoint_dir=tmp_path,
                   callback=lambda k, it, o: calls.append((k, it))).fit(data)
@@ -174,7 +191,7 @@ def test_lora_em_runs_from_linear_initialisation(tmp_path, caplog):
     with caplog.at_level("INFO", logger="pluralign.em"):
         em = EMDPO("lora", n_types=2, backend_options=opts, max_iter=2,  # 6 annotators: no
                    min_type_share=0, min_type_annotators=0, merge_nats=0,  # floor: keep both
-                   checkpoint_dir=tmp_path / "ckpt").fit(data)
+                   checkpoint_dir=tmp_path / "ckpt", checkpoint_interval=0).fit(data)
     # before each LoRA run, its estimated time (a timed probe), then the run
     said = [r.getMessage() for r in caplog.records if "per EM iteration" in r.getMessage()]
     assert said and said[0].startswith("K=2: about ") and "at most 2 iteration(s): up to" in \

@@ -1,5 +1,6 @@
-"""EM checkpoints: after every iteration the policies, then state.json naming them (the commit
-point), so that a killed run resumes from its last iteration; a checkpoint of other data, start
+"""EM checkpoints: the policies, then state.json naming them (the commit point), so that a
+killed run resumes from its last saved iteration (saved once EMDPO.checkpoint_interval seconds
+of work are unsaved, or after every iteration); a checkpoint of other data, start
 or settings is discarded, never resumed (its key differs)."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 #: new parameter invalidates old checkpoints until it is listed here.
 NOT_IN_KEY = ("n_types", "max_types", "init", "n_init", "selection", "heldout_fraction",
               "force", "checkpoint_dir", "callback", "init_options", "min_type_share",
-              "min_type_annotators", "merge_nats", "se_factor", "max_time")
+              "min_type_annotators", "merge_nats", "se_factor", "max_time",
+              "checkpoint_interval")
 
 
 def run_key(params: dict[str, Any], data: Annotations, k: int, restart: int,

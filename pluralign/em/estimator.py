@@ -67,6 +67,10 @@ class EMDPO(Initialisation, KSelection, Iterations, BaseEstimator):
     max_time: a budget in seconds for the whole fit. Past it, each EM run stops after its
     current iteration (not converged, with a warning saying so) and no further restart begins;
     K selection and the K=1 baseline still get one iteration each. None: no budget.
+
+    checkpoint_interval: with a checkpoint_dir, an EM run writes its state once this many
+    seconds of its work are unsaved, so a kill loses at most that much and quick runs pay
+    nothing for files (they are simply re-run); 0 writes after every iteration.
     """
 
     def __init__(self, backend: str | BackendFactory = "linear", n_types: int | str = 3,
@@ -78,7 +82,8 @@ class EMDPO(Initialisation, KSelection, Iterations, BaseEstimator):
                 callback: Callable[[int, int, float], None] | None = None,
                 init_options: dict[str, Any] | None = None, min_type_share: float = 0.05,
                 min_type_annotators: float = 3.0, merge_nats: float = 1.0,
-                se_factor: float = 1.645, max_time: float | None = None) -> None:
+                se_factor: float = 1.645, max_time: float | None = None,
+                checkpoint_interval: float = 10.0) -> None:
         # the fields of settings.EMSection and their defaults (a test keeps them equal)
         self.backend = backend
         self.n_types = n_types
@@ -102,6 +107,7 @@ class EMDPO(Initialisation, KSelection, Iterations, BaseEstimator):
         self.merge_nats = merge_nats
         self.se_factor = se_factor
         self.max_time = max_time
+        self.checkpoint_interval = checkpoint_interval
 
     def fit(self, X: Any, y: None = None) -> EMDPO:
         """Discover types in the annotations `X` and fit one policy per type. `X`: anything
@@ -191,6 +197,9 @@ class EMDPO(Initialisation, KSelection, Iterations, BaseEstimator):
             raise ValueError("max_types, n_init and max_iter must be >= 1")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError("heldout_fraction must be in (0, 1)")
+        if self.checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be >= 0 seconds, got "
+                             f"{self.checkpoint_interval!r}")
         if self.se_factor < 0:
             raise ValueError(f"se_factor must be >= 0, got {self.se_factor}")
         checks.seed(self.random_state, "random_state")

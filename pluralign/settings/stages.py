@@ -398,3 +398,7 @@ class EMSection:
     max_time: float | None = field(default=None, metadata={
         "help": "stop EM after this many seconds (the best fit so far is kept)",
         "metavar": "SECONDS"})
+    checkpoint_interval: float = field(default=10.0, metadata={
+        "help": "an EM run writes its checkpoint once this many seconds of its work are "
+                "unsaved (a kill loses at most that much; a shorter run is re-run instead); 0: "
+                "after every iteration", "metavar": "SECONDS"})

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pluralign.lm.head import target_logps
+
 TRUNK_ARCHITECTURES = ("LlamaModel", "MistralModel", "Qwen2Model")
 
 
@@ -118,11 +120,8 @@ def top_forward(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.
 
 def response_logps(head: nn.Module, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Sum of log p(response token) per sequence [B], with the head on response positions only."""
-    h = hidden[batch.rows, batch.positions]
-    logits = head(h).float()
-    # the target's logit minus logsumexp: unlike log_softmax, no second [tokens, vocabulary]
-    # tensor kept for the backward pass (49,152 entries per response token on SmolLM2)
-    token = logits.gather(1, batch.targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, -1)
+    # fused and chunked (pluralign.lm.head): no [tokens, vocabulary] tensor, forward or back
+    token = target_logps(head, hidden[batch.rows, batch.positions], batch.targets)
     return torch.zeros(hidden.shape[0], dtype=token.dtype, device=token.device).index_add(
         0, batch.rows, token)
 

@@ -43,7 +43,7 @@ def test_blocks_in_lockstep_reach_scipys_minimiser_of_each_block():
     h = a @ a.transpose(0, 2, 1) / d + np.eye(d) * np.array([1e-2, 1, 10, 1e3])[:, None, None]
     b = rng.normal(size=(k, d))
 
-    def blocks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def blocks(x: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         soft = np.logaddexp(0, x)  # convex, not quadratic
         f = 0.5 * np.einsum("kd,kde,ke->k", x, h, x) - (b * x).sum(1) + soft.sum(1)
         return f, np.einsum("kde,ke->kd", h, x) - b + 1 / (1 + np.exp(-x))
@@ -55,7 +55,7 @@ def test_blocks_in_lockstep_reach_scipys_minimiser_of_each_block():
         def one(v: np.ndarray, j: int = j) -> tuple[float, np.ndarray]:
             x = np.zeros((k, d))
             x[j] = v
-            f, g = blocks(x)
+            f, g = blocks(x, np.ones(k, dtype=bool))
             return f[j], g[j]
         ref = minimize(one, np.zeros(d), jac=True, method="L-BFGS-B",
                        options={"gtol": 1e-12, "ftol": 0, "maxiter": 10_000})
@@ -63,7 +63,7 @@ def test_blocks_in_lockstep_reach_scipys_minimiser_of_each_block():
 
 
 @pytest.mark.parametrize("features", ["given", "onehot"])
-def test_pl_closed_form_objective_equals_autograd(mixed, features):
+def test_pl_closed_form_objective_equals_autograd(mixed, features, monkeypatch):
     """PL-DPO's numpy objective (values, gradients) against the autograd path of the same
     loss, on ragged lists and partial rankings, for several types with their own rows."""
     b = LinearBackend(types=3, features=features, beta=0.7, l2=0.5)
@@ -79,10 +79,17 @@ def test_pl_closed_form_objective_equals_autograd(mixed, features):
     parts = (d.select(used), pos, slot, rank, wt, 3)
     closed = linear_fit._pl_loss(*parts, b.config.beta)
     auto = linear_fit._autograd_loss(*parts, b.config, b._z)
-    (f1, g1), (f2, g2) = closed(theta), auto(theta)
+    every = np.ones(3, dtype=bool)
+    (f1, g1), (f2, g2) = closed(theta, every), auto(theta, every)
     assert np.allclose(f1, f2, rtol=1e-12) and np.allclose(g1, g2, atol=1e-12)
+    monkeypatch.setattr(linear_fit, "PAIR_CHUNK", 37)  # many chunks, the last one short
+    f3, g3 = closed(theta, every)
+    assert np.allclose(f3, f1, rtol=1e-12) and np.allclose(g3, g1, atol=1e-12)
+    some = np.array([True, False, True])  # the types L-BFGS still moves: theirs are exact
+    f4, g4 = closed(theta, some)
+    assert np.allclose(f4[some], f1[some], rtol=1e-12) and np.allclose(g4[some], g1[some])
     # and the objective PL-DPO uses is the closed form plus each type's prior
-    f, g = linear_fit.objective(d, rows, weights, b.config, b._z)(theta)
+    f, g = linear_fit.objective(d, rows, weights, b.config, b._z)(theta, every)
     prior = np.array([0.5 * b.config.l2 / wk.sum() for wk in weights])
     assert np.allclose(f, f1 + prior * (theta ** 2).sum(1), rtol=1e-12)
     assert np.allclose(g, g1 + 2 * prior[:, None] * theta, atol=1e-12)
@@ -113,13 +120,14 @@ def test_skipped_rows_bound_the_gradient_error(mixed):
     assert stats["skipped"] == dropped.size
     full = linear_fit.objective(b.design(mixed), [np.flatnonzero(w > 0)], [w],
                                 LinearConfig(beta=1.5, skip_mass=0), b._z)
-    grad = full(b.theta_)[1][0]
+    grad = full(b.theta_, np.ones(1, dtype=bool))[1][0]
     phi = b.design(mixed).phi.numpy()
     g_row = 2 * 1.5 * max(a.L for a in mixed) * np.linalg.norm(phi, axis=2).max()
     assert 0 < np.linalg.norm(grad) <= skip * g_row
     exact = LinearBackend(types=1, beta=1.5, skip_mass=0, tol=1e-12)
     exact.fit(0, mixed, w)
-    assert np.linalg.norm(full(exact.theta_)[1][0]) < 1e-3 * np.linalg.norm(grad)
+    assert np.linalg.norm(full(exact.theta_, np.ones(1, dtype=bool))[1][0]) < \
+        1e-3 * np.linalg.norm(grad)
 
 
 def test_annotation_loglik_equals_brute_force_plackett_luce(mixed):
@@ -133,17 +141,23 @@ def test_annotation_loglik_equals_brute_force_plackett_luce(mixed):
             assert got[i, k] == pytest.approx(want, abs=1e-10)
 
 
-def test_ordered_loglik_gradient_equals_autograd():
-    from pluralign.core.losses import _OrderedPL
+def test_ordered_pl_equals_autograds_plackett_luce():
+    """The eager log P and gradient (linear M-step, E-step) against the autograd function the
+    other losses use, partial and full rankings."""
+    from pluralign.core.losses import _OrderedPL, ordered_pl
     rng = np.random.default_rng(5)
-    a = rng.normal(size=(5, 40))
-    length = rng.integers(1, 6, 40)
-    placed = np.arange(5)[:, None] < length[None, :]
-    ll, g = plackett_luce.ordered_loglik(a, placed)
-    t = torch.tensor(a.T.copy(), requires_grad=True)
-    out = _OrderedPL.apply(t, torch.as_tensor(length))
+    a = torch.as_tensor(rng.normal(size=(5, 40)))
+    length = torch.as_tensor(rng.integers(1, 6, 40))
+    placed = torch.arange(5)[:, None] < length[None, :]
+    ll, g = ordered_pl(a.clone(), placed)
+    t = a.T.clone().requires_grad_(True)
+    out = _OrderedPL.apply(t, length)
     out.sum().backward()
-    assert np.allclose(ll, out.detach().numpy()) and np.allclose(g, t.grad.numpy().T)
+    assert torch.allclose(ll, out.detach()) and torch.allclose(g, t.grad.T)
+    full_ll, full_g = ordered_pl(a.clone(), None)  # full rankings: every place
+    want_ll, want_g = ordered_pl(a.clone(), torch.ones_like(placed))
+    assert torch.allclose(full_ll, want_ll) and torch.allclose(full_g, want_g)
+    assert ordered_pl(a.clone(), placed, grad=False)[1] is None
 
 
 def test_adjusted_rand_equals_sklearn():
@@ -154,3 +168,20 @@ def test_adjusted_rand_equals_sklearn():
             if rng.random() < 0.2:
                 b = a.copy()
             assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+
+
+@pytest.mark.parametrize("features", ["given", "onehot"])
+def test_the_linear_e_step_equals_plackett_luce_on_the_log_ratios(mixed, features):
+    """ranking_loglik skips log Z and the log-ratio array; it equals the generic E-step's
+    Plackett–Luce on logratios, chunk boundaries included."""
+    b = LinearBackend(types=3, features=features, beta=0.6)
+    b.design(mixed)
+    b.theta_ = np.random.default_rng(7).normal(size=b.theta_.shape)
+    want = annotation_loglik(b.logratios(mixed), mixed.rankings(), 0.6)
+    chunk = linear_fit.PAIR_CHUNK
+    linear_fit.PAIR_CHUNK = 30  # several chunks, the last one short
+    try:
+        got = b.ranking_loglik(mixed)
+    finally:
+        linear_fit.PAIR_CHUNK = chunk
+    assert np.allclose(got, want, atol=1e-10)

@@ -40,6 +40,12 @@ class PolicyBackend(ABC):
         """Weighted M-step for type k (weights per annotation; zero-weight rows cost nothing);
         returns training statistics."""
 
+    def ranking_loglik(self, data: Annotations) -> np.ndarray | None:
+        """log P_k(ranking | beta * s_k) [n, K] of every annotation under every type, computed
+        the backend's own way; None (the default) lets the E-step compute it from
+        logratios."""
+        return None
+
     def fit_types(self, types: Sequence[int], data: Annotations,
                   weights: np.ndarray) -> list[dict[str, Any]]:
         """The M-steps of several types, weights [n, len(types)]: one fit after another here;
@@ -130,9 +136,11 @@ def check_finite(values: np.ndarray, data: Annotations | None, what: str,
 
 
 def real_candidates(data: Annotations, width: int) -> np.ndarray:
-    """[n, width] True on each row's real candidates."""
-    m = np.fromiter((a.m for a in data), dtype=np.int64, count=len(data))
-    return np.arange(width)[None, :] < m[:, None]
+    """[n, width] True on each row's real candidates (from the dataset's cached rankings)."""
+    mask = data.rankings().mask.numpy()
+    if mask.shape[1] >= width:
+        return mask[:, :width]
+    return np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
 
 
 def describe_annotation(data: Annotations, row: int) -> str:

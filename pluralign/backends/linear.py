@@ -227,6 +227,9 @@ class LinearBackend(PolicyBackend):
         s = (z - log_z.unsqueeze(1)).masked_fill(~mask, torch.nan)
         return s.numpy()
 
+    def ranking_loglik(self, data: Annotations) -> np.ndarray:
+        return linear_fit.ranking_loglik(self.design(data), self.theta_, self.beta)
+
     def _reference_logps(self, data: Annotations) -> np.ndarray:
         d = self.design(data)
         return d.log_ref.masked_fill(~d.rankings.mask, torch.nan).numpy()

@@ -17,31 +17,37 @@ import numpy as np
 import torch
 
 from pluralign.core import distributed
-from pluralign.core.losses import get_loss
-from pluralign.core.plackett_luce import ordered_loglik
+from pluralign.core.losses import get_loss, ordered_pl
 from pluralign.settings.backends import LinearConfig
 
 if TYPE_CHECKING:
     from pluralign.backends.linear import Design
 
-#: theta[A, D] -> (f[A], grad[A, D]).
-Objective = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: Pairs (row, type) per chunk of a PL-DPO evaluation: [M, 65536] float64 temporaries.
+PAIR_CHUNK = 1 << 16
+
+#: (theta[A, D], active[A]) -> (f[A], grad[A, D]), exact for the active types (others: any).
+Objective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: The backend's theta . phi per candidate: (design, theta[A, D]) -> z[n, M, A].
 Scores = Callable[[Any, torch.Tensor], torch.Tensor]
 
 def kept_rows(weights: np.ndarray, skip_mass: float) -> np.ndarray:
-    """Rows a type's fit uses: those of positive weight, less the lightest ones whose weights
-    sum to at most `skip_mass` of the total. The rule bounds the error: the fit minimises the
-    full objective minus the skipped rows' share, so its gradient differs from the full one by
-    at most skip_mass * G, with G a bound on one row's loss gradient (for PL-DPO, 2 beta L
-    max |phi|: L ranked places, each a feature minus an average of features)."""
+    """Rows a type's fit uses: those of positive weight, less the lightest ones, taken by binary
+    order of magnitude (all rows in [2^(e-1), 2^e) at once, lightest first, no sort), while
+    their weights sum to at most `skip_mass` of the total. The rule bounds the error: the fit
+    minimises the full objective minus the skipped rows' share, so its gradient differs from
+    the full one by at most skip_mass * G, with G a bound on one row's loss gradient (for
+    PL-DPO, 2 beta L max |phi|: L ranked places, each a feature minus an average of
+    features)."""
     rows = np.flatnonzero(weights > 0)
     if skip_mass <= 0 or rows.size == 0:
         return rows
-    order = np.argsort(weights[rows], kind="stable")
-    light = np.cumsum(weights[rows][order])
-    drop = int(np.searchsorted(light, skip_mass * light[-1], side="right"))
-    return np.sort(rows[order[drop:]])
+    w = weights[rows]
+    exponent = np.frexp(w)[1]
+    low = int(exponent.min())
+    mass = np.cumsum(np.bincount(exponent - low, weights=w))     # by binary magnitude
+    light = int(np.searchsorted(mass, skip_mass * mass[-1], side="right"))  # whole bins
+    return rows[exponent - low >= light]
 
 
 def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
@@ -51,10 +57,14 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
     sums its share of every type's rows and the sums are all-reduced: every rank then takes the
     same L-BFGS steps and ends with the same theta."""
     mine = [r[distributed.rank()::distributed.world()] for r in rows]
+    d.rankings.order()  # computed once per dataset; the selections below inherit it
     totals = np.array([w.sum() for w in weights])
     prior = 0.5 * config.l2 / totals
-    used, pos = np.unique(np.concatenate(mine), return_inverse=True)
-    sub = d if used.size == len(d.rankings) else d.select(used)
+    used = np.zeros(len(d.rankings), dtype=bool)
+    for r in mine:
+        used[r] = True
+    pos = (np.cumsum(used) - 1)[np.concatenate(mine)]             # row -> its place in `sub`
+    sub = d if used.all() else d.select(np.flatnonzero(used))
     slot = np.concatenate([np.full(r.size, i) for i, r in enumerate(mine)])
     rank = d.rankings.select(np.concatenate(mine))
     wt = np.concatenate([w[r] / t for r, w, t in zip(mine, weights, totals, strict=True)])
@@ -63,8 +73,8 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
     else:
         loss = _autograd_loss(sub, pos, slot, rank, wt, len(rows), config, scores)
 
-    def fun(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f, g = loss(theta)
+    def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, g = loss(theta, active)
         if distributed.world() > 1:
             both = torch.from_numpy(np.concatenate([f[:, None], g], axis=1))
             f, g = (x.numpy() for x in distributed.all_sum_(both).split([1, g.shape[1]], 1))
@@ -79,7 +89,7 @@ def _autograd_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt
     loss_rows = get_loss(config.loss, per_row=True)
     pos_t, slot_t, wt_t = torch.as_tensor(pos), torch.as_tensor(slot), torch.as_tensor(wt)
 
-    def fun(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = torch.tensor(theta, requires_grad=True)
         # PL, IPO and distillation are invariant to a per-annotation constant, so the
         # normaliser log Z of the logratios is not needed while fitting.
@@ -93,35 +103,86 @@ def _autograd_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt
 
 def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.ndarray,
              n_types: int, beta: float) -> Objective:
-    """PL-DPO's blocks in closed form: every pair's scores in ranking order are one gather from
-    theta (one-hot) or from phi @ theta^T (dense features), its gradient one bincount back."""
-    order = rank.order().numpy()                                    # [pairs, M]
-    real = np.take_along_axis(rank.mask.numpy(), order, axis=1)
-    placed = (np.arange(order.shape[1]) < (rank.ranking >= 0).sum(1).numpy()[:, None]).T
-    pad = ~real.T                                                   # [M, pairs]
-    floor = np.finfo(np.float64).min / 4
-    scale = (beta * wt)[None, :]                                    # d(-wt log P)/dz = -scale g
+    """PL-DPO's blocks in closed form (no autograd graph): every pair's scores in ranking order
+    are one gather from theta (one-hot) or from theta @ phi^T (dense features), its gradient
+    one scatter back. Pairs go PAIR_CHUNK at a time through torch's kernels (two threads here;
+    numpy's logaddexp was 10x slower), so temporaries stay bounded and reused; the dense
+    buffers live as long as the fit."""
+    order = rank.order()                                            # [pairs, M]
+    real = rank.mask.gather(1, order)
+    # [M, pairs] layouts, contiguous: each place's row is then one contiguous vector
+    placed = (torch.arange(order.shape[1]) < (rank.ranking >= 0).sum(1)[:, None]).T.contiguous()
+    pad = (~real).T.contiguous()
+    padded, full = bool(pad.any()), bool(placed.all())
+    floor = torch.finfo(torch.float64).min / 4
+    slot_t, wt_t = torch.as_tensor(slot), torch.as_tensor(wt)
+    scale = -beta * wt_t                                           # d(wt * -log P)/dz = scale g
+    bounds = np.searchsorted(slot, np.arange(n_types + 1))        # slot's pairs: contiguous
     if sub.col is not None:
-        col = np.take_along_axis(sub.col.numpy()[pos], order, axis=1).clip(min=0).T
+        col = sub.col[torch.as_tensor(pos)].gather(1, order).clamp(min=0).T.contiguous()
     else:
-        phi = sub.phi.numpy()
-        m = phi.shape[1]
-        index = ((pos[:, None] * m + order) * n_types + slot[:, None]).T  # into z[n, M, A]
+        phi = sub.phi.reshape(-1, sub.phi.shape[2])                 # [n * M, D]
+        m = sub.phi.shape[1]
+        # into z[A, n, M], type-major so that a type's pairs read and write nearly in order;
+        # unique per (pair, place), so the gradient scatters by assignment
+        index = ((slot_t[:, None] * sub.phi.shape[0] + torch.as_tensor(pos)[:, None]) * m
+                 + order).T.contiguous()
+        z_all = torch.empty(n_types, phi.shape[0], dtype=torch.float64)
+        g_all = torch.zeros_like(z_all)
 
-    def fun(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        width = theta.shape[1]
-        if sub.col is not None:
-            flat = slot[None, :] * width + col                      # into theta[A, D]
-            z = theta.ravel()[flat]
+    def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = torch.from_numpy(theta)
+        f = np.zeros(n_types)
+        grad = torch.zeros(t.numel(), dtype=torch.float64)
+        if sub.col is None:
+            torch.matmul(t, phi.T, out=z_all)                       # one theta @ phi^T
+            source = z_all.view(-1)
+            g_all.zero_()
         else:
-            z = (phi @ theta.T).ravel()[index]                      # one phi @ theta^T
-        loglik, g = ordered_loglik(np.where(pad, floor, beta * z), placed)
-        f = -np.bincount(slot, weights=wt * loglik, minlength=n_types)
-        gz = np.where(pad, 0.0, -scale * g).ravel()
-        if sub.col is not None:
-            grad = np.bincount(flat.ravel(), weights=gz, minlength=theta.size)
-        else:
-            gfull = np.bincount(index.ravel(), weights=gz, minlength=phi.shape[0] * m * n_types)
-            grad = np.tensordot(gfull.reshape(-1, m, n_types), phi, axes=([0, 1], [0, 1]))
-        return f, grad.reshape(theta.shape)
+            source = t.reshape(-1)
+        for k in np.flatnonzero(active):  # only the types L-BFGS still moves
+            for c0 in range(int(bounds[k]), int(bounds[k + 1]), PAIR_CHUNK):
+                part = slice(c0, min(c0 + PAIR_CHUNK, int(bounds[k + 1])))
+                where = index[:, part] if sub.col is None else k * t.shape[1] + col[:, part]
+                a = source[where].mul_(beta)
+                if padded:
+                    a.masked_fill_(pad[:, part], floor)
+                loglik, g = ordered_pl(a, None if full else placed[:, part])
+                f[k] -= float(wt_t[part] @ loglik)
+                g.mul_(scale[part])
+                if padded:
+                    g.masked_fill_(pad[:, part], 0.0)
+                if sub.col is None:
+                    g_all.view(-1)[where] = g
+                else:
+                    grad.index_add_(0, where.reshape(-1), g.reshape(-1))
+        if sub.col is None:
+            return f, (g_all @ phi).numpy()
+        return f, grad.reshape(t.shape).numpy()
     return fun
+
+
+def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:
+    """log P_k(ranking | beta * s_k) [n, K] for every row and type, a chunk of rows at a time.
+    Plackett–Luce ignores a per-row constant, so theta . phi stands in for the log-ratios
+    s_k = theta_k . phi - log Z_k: the E-step needs neither the normaliser nor the [n, M, K]
+    log-ratio array."""
+    rank = d.rankings
+    order = rank.order()
+    length = (rank.ranking >= 0).sum(1)
+    n, m = rank.mask.shape
+    t = torch.from_numpy(theta)
+    k = t.shape[0]
+    out = torch.empty(n, k, dtype=torch.float64)
+    floor = torch.finfo(torch.float64).min / 4
+    step = max(1, PAIR_CHUNK // k)
+    for r0 in range(0, n, step):
+        rows = slice(r0, r0 + step)
+        o = order[rows]
+        z = t.T[d.col[rows].clamp(min=0)] if d.col is not None else d.phi[rows] @ t.T
+        z = z.gather(1, o[..., None].expand(-1, -1, k))            # [c, M, K], ranked first
+        real = rank.mask[rows].gather(1, o)
+        a = (beta * z).masked_fill_(~real[..., None], floor).permute(1, 0, 2).reshape(m, -1)
+        placed = (torch.arange(m)[:, None] < length[rows][None, :]).repeat_interleave(k, 1)
+        out[rows] = ordered_pl(a, placed, grad=False)[0].reshape(-1, k)
+    return out.numpy()

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: f(theta[K, D]) -> (f[K], grad[K, D]): the blocks' values and gradients at once.
-Blocks = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: (theta[K, D], wanted[K]) -> (f[K], grad[K, D]): the blocks' values and gradients at once,
+#: exact for the wanted blocks (the others' are ignored, so may be left out).
+Blocks = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 #: scipy L-BFGS-B's default relative reduction tolerance (factr 1e7 times machine epsilon).
 FTOL = 1e7 * float(np.finfo(np.float64).eps)
@@ -58,7 +59,7 @@ def minimize_blocks(fun: Blocks, x0: np.ndarray, gtol: float = 1e-8, max_iter: i
     its point while the others go on."""
     k, d = x0.shape
     x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
+    f, g = fun(x, np.ones(k, dtype=bool))
     nfev = 1
     s, y = np.zeros((history, k, d)), np.zeros((history, k, d))
     rho = np.zeros((history, k))
@@ -78,7 +79,7 @@ def minimize_blocks(fun: Blocks, x0: np.ndarray, gtol: float = 1e-8, max_iter: i
         new_x, new_f, new_g = x.copy(), f.copy(), g.copy()
         for _ in range(max_backtracks):
             trial = np.where(pending[:, None], x + step[:, None] * p, new_x)
-            tf, tg = fun(trial)
+            tf, tg = fun(trial, pending)
             nfev += 1
             with np.errstate(invalid="ignore"):
                 ok = pending & np.isfinite(tf) & (tf <= f + 1e-4 * step * slope)

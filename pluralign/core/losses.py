@@ -35,32 +35,58 @@ def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Ten
 class _OrderedPL(torch.autograd.Function):
     """sum_{j<L} (a_j - log sum_{i>=j} exp a_i) for scores `a[n, M]` already in ranking order,
     with its closed-form gradient. Written out because autograd's logcumsumexp, flips and masks
-    cost 5x more: the linear backend evaluates this on 10^6 rows at every L-BFGS step. Rows run
-    down the columns ([M, n] layout), so every step is one contiguous vector operation."""
+    cost 5x more. Rows run down the columns ([M, n] layout), so every step is one contiguous
+    vector operation."""
 
     @staticmethod
     def forward(ctx, ordered: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         a = ordered.T.contiguous()                                   # [M, n]
-        tails = torch.empty_like(a)                                  # log sum_{i>=j} exp a_i
-        tails[-1] = a[-1]
-        for j in range(a.shape[0] - 2, -1, -1):
-            torch.logaddexp(a[j], tails[j + 1], out=tails[j])
+        tails = _tails(a)
         placed = torch.arange(a.shape[0], device=a.device).unsqueeze(1) < length.unsqueeze(0)
         ctx.save_for_backward(a, tails, placed)
         return (a - tails).masked_fill_(~placed, 0.0).sum(dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        # d/da_i = [i placed] - sum_{j<=i, j placed} exp(a_i - T_j); the sum is exp(a_i + c_i)
-        # with c_i = log sum_{j<=i, j placed} exp(-T_j), a forward cumulative log-sum-exp.
         a, tails, placed = ctx.saved_tensors
-        neg = (-tails).masked_fill_(~placed, -torch.inf)
-        c = torch.empty_like(a)
-        c[0] = neg[0]
-        for j in range(1, a.shape[0]):
-            torch.logaddexp(c[j - 1], neg[j], out=c[j])
-        d = placed.to(a.dtype) - torch.exp(a + c)
-        return (d * grad.unsqueeze(0)).T, None
+        return (_tail_grad(a, -tails, placed) * grad.unsqueeze(0)).T, None
+
+
+def _tails(a: torch.Tensor) -> torch.Tensor:
+    """T_j = log sum_{i>=j} exp a_i for a[M, n], a reverse cumulative log-sum-exp."""
+    tails = torch.empty_like(a)
+    tails[-1] = a[-1]
+    for j in range(a.shape[0] - 2, -1, -1):
+        torch.logaddexp(a[j], tails[j + 1], out=tails[j])
+    return tails
+
+
+def _tail_grad(a: torch.Tensor, neg: torch.Tensor, placed: torch.Tensor | None) -> torch.Tensor:
+    """d log P / d a_i = [i placed] - sum_{j<=i, j placed} exp(a_i - T_j), given neg = -T (its
+    memory is reused): the sum is exp(a_i + c_i) with c_i = log sum_{j<=i placed} exp(-T_j), a
+    forward cumulative log-sum-exp."""
+    if placed is not None:
+        neg.masked_fill_(~placed, -torch.inf)
+    c = torch.empty_like(a)
+    c[0] = neg[0]
+    for j in range(1, a.shape[0]):
+        torch.logaddexp(c[j - 1], neg[j], out=c[j])
+    c.add_(a).exp_().neg_()
+    return c.add_(1.0) if placed is None else c.add_(placed)
+
+
+def ordered_pl(a: torch.Tensor, placed: torch.Tensor | None,
+               grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """_OrderedPL without autograd, for code that sums its own gradients (the linear backend's
+    M-step, the E-step): log P per column of a[M, n] in ranking order and, with `grad`, its
+    gradient [M, n]. `placed` [M, n] marks the ranked places; None: every place (full
+    rankings, no padding), which skips the masks."""
+    tails = _tails(a)
+    if placed is None:
+        loglik = a.sum(0) - tails.sum(0)
+    else:
+        loglik = (a - tails).masked_fill_(~placed, 0.0).sum(0)
+    return loglik, (_tail_grad(a, tails.neg_(), placed) if grad else None)
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

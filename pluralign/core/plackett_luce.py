@@ -33,25 +33,3 @@ def log_prob(rewards: np.ndarray, ranking: list[int]) -> float:
         remaining[i] = False
     return float(total)
 
-
-def ordered_loglik(a: np.ndarray, placed: np.ndarray,
-                   grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """log P and its gradient for scores `a[M, n]` already in ranking order (ranked best first,
-    then the unranked, padding last at a large negative value), `placed[M, n]` marking the
-    ranked places: sum_{j placed} (a_j - log sum_{i>=j} exp a_i) per column, and
-    d/da_i = [i placed] - sum_{j<=i placed} exp(a_i - T_j). Rows run down the columns so each
-    step is one vector operation; `grad` False skips the gradient. (Torch's version, with
-    autograd: pluralign.core.losses._OrderedPL.)"""
-    tails = np.empty_like(a)                                    # T_j = log sum_{i>=j} exp a_i
-    tails[-1] = a[-1]
-    for j in range(a.shape[0] - 2, -1, -1):
-        np.logaddexp(a[j], tails[j + 1], out=tails[j])
-    loglik = np.where(placed, a - tails, 0.0).sum(axis=0)
-    if not grad:
-        return loglik, None
-    neg = np.where(placed, -tails, -np.inf)                     # log sum_{j<=i placed} e^-T_j
-    c = np.empty_like(a)
-    c[0] = neg[0]
-    for j in range(1, a.shape[0]):
-        np.logaddexp(c[j - 1], neg[j], out=c[j])
-    return loglik, placed - np.exp(a + c)

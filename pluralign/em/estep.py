@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import gammaln, logsumexp
 
 from pluralign.backends.base import PolicyBackend
 from pluralign.core import distributed
@@ -33,24 +33,28 @@ def rankings(data: Annotations) -> Rankings:
 def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
     """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]. Padding may
     be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
+    import torch
+
     from pluralign.backends.base import check_finite
-    from pluralign.core.plackett_luce import ordered_loglik
+    from pluralign.core.losses import ordered_pl
     real = rankings.mask.numpy()
     check_finite(logratios, None, "log-ratio", real)
     n, m, k = logratios.shape
-    order = rankings.order().numpy()
-    s = np.take_along_axis(np.where(real[..., None], beta * logratios, -np.inf),
-                           order[..., None], axis=1)                  # [n, M, K], ranked first
-    a = np.maximum(s, np.finfo(np.float64).min / 4).transpose(1, 0, 2).reshape(m, n * k)
-    placed = np.arange(m)[:, None] < (rankings.ranking >= 0).sum(1).numpy()[None, :]
-    loglik, _ = ordered_loglik(a, np.repeat(placed, k, axis=1), grad=False)
-    return loglik.reshape(n, k)
+    s = torch.from_numpy(np.where(real[..., None], beta * logratios, -np.inf))
+    order = rankings.order()
+    s = s.gather(1, order[..., None].expand(-1, -1, k)).clamp_(min=np.finfo(np.float64).min / 4)
+    placed = torch.arange(m)[:, None] < (rankings.ranking >= 0).sum(1)[None, :]
+    a = s.permute(1, 0, 2).reshape(m, n * k)
+    return ordered_pl(a, placed.repeat_interleave(k, 1), grad=False)[0].reshape(n, k).numpy()
 
 
 def reference_loglik(data: Annotations) -> float:
     """log-likelihood of the rankings under the reference scores (s = 0, every ordering of a
     prompt's candidates equally likely): sum over annotations of -sum_{j<L} log(m - j)."""
-    return -float(sum(np.log(np.arange(a.m - a.L + 1, a.m + 1)).sum() for a in data))
+    rank = rankings(data)
+    m = rank.mask.sum(1).numpy().astype(np.float64)
+    length = (rank.ranking >= 0).sum(1).numpy()
+    return -float((gammaln(m + 1) - gammaln(m - length + 1)).sum())  # log m!/(m - L)!
 
 
 def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
@@ -136,7 +140,9 @@ def loglik_table(backend: PolicyBackend, data: Annotations) -> tuple[np.ndarray,
     if backend.row_sharded and distributed.world() > 1:
         rows = np.arange(distributed.rank(), len(data), distributed.world())
         data, codes = _share(data, rows), codes[rows]
-    per = annotation_loglik(backend.logratios(data), rankings(data), backend.beta)
+    per = backend.ranking_loglik(data)
+    if per is None:
+        per = annotation_loglik(backend.logratios(data), rankings(data), backend.beta)
     table = annotator_loglik(per, codes, len(ids))
     if backend.row_sharded and distributed.world() > 1:
         import torch

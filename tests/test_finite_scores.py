@@ -47,6 +47,10 @@ def _names(err: str, data) -> None:
 def test_em_stops_on_a_nan_log_ratio(world, monkeypatch, cli, tmp_path):
     root, data, _ = world
     _poison(monkeypatch, "_logratios")
+    # the linear E-step scores rankings directly; a non-finite one sends it to the log-ratios
+    original = LinearBackend.ranking_loglik
+    monkeypatch.setattr(LinearBackend, "ranking_loglik", lambda self, d: original(self, d) * (
+        np.where(np.arange(len(d))[:, None] == BAD_ROW, np.nan, 1.0)))
     rc, _, err = cli("em", "--data", root / "data", "--out", tmp_path / "run", "--types", "2")
     assert rc == 2
     _names(err, data)

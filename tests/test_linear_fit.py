@@ -154,6 +154,14 @@ def test_ordered_pl_equals_autograds_plackett_luce():
     out = _OrderedPL.apply(t, length)
     out.sum().backward()
     assert torch.allclose(ll, out.detach()) and torch.allclose(g, t.grad.T)
+    from pluralign.core import losses
+    loop = losses.LOOP_PLACES
+    losses.LOOP_PLACES = 2  # the long-list path (logcumsumexp) on the same lists
+    try:
+        ll2, g2 = ordered_pl(a.clone(), placed)
+    finally:
+        losses.LOOP_PLACES = loop
+    assert torch.allclose(ll2, ll) and torch.allclose(g2, g)
     full_ll, full_g = ordered_pl(a.clone(), None)  # full rankings: every place
     want_ll, want_g = ordered_pl(a.clone(), torch.ones_like(placed))
     assert torch.allclose(full_ll, want_ll) and torch.allclose(full_g, want_g)

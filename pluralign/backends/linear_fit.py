@@ -56,7 +56,10 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
     f_k = sum_{a kept} w_ak loss_a / W_k + lambda/2 |theta_k|^2 / W_k. Under torchrun each rank
     sums its share of every type's rows and the sums are all-reduced: every rank then takes the
     same L-BFGS steps and ends with the same theta."""
+    width = d.rankings.mask.sum(1).numpy()
+    # this rank's share of each type's rows, narrowest lists first (chunks of one width)
     mine = [r[distributed.rank()::distributed.world()] for r in rows]
+    mine = [r[np.argsort(width[r], kind="stable")] for r in mine]
     d.rankings.order()  # computed once per dataset; the selections below inherit it
     totals = np.array([w.sum() for w in weights])
     prior = 0.5 * config.l2 / totals
@@ -117,7 +120,7 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
     floor = torch.finfo(torch.float64).min / 4
     slot_t, wt_t = torch.as_tensor(slot), torch.as_tensor(wt)
     scale = -beta * wt_t                                           # d(wt * -log P)/dz = scale g
-    bounds = np.searchsorted(slot, np.arange(n_types + 1))        # slot's pairs: contiguous
+    chunks = _chunks(slot, rank.mask.sum(1).numpy(), n_types)
     if sub.col is not None:
         col = sub.col[torch.as_tensor(pos)].gather(1, order).clamp(min=0).T.contiguous()
     else:
@@ -140,26 +143,40 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
             g_all.zero_()
         else:
             source = t.reshape(-1)
-        for k in np.flatnonzero(active):  # only the types L-BFGS still moves
-            for c0 in range(int(bounds[k]), int(bounds[k + 1]), PAIR_CHUNK):
-                part = slice(c0, min(c0 + PAIR_CHUNK, int(bounds[k + 1])))
-                where = index[:, part] if sub.col is None else k * t.shape[1] + col[:, part]
-                a = source[where].mul_(beta)
-                if padded:
-                    a.masked_fill_(pad[:, part], floor)
-                loglik, g = ordered_pl(a, None if full else placed[:, part])
-                f[k] -= float(wt_t[part] @ loglik)
-                g.mul_(scale[part])
-                if padded:
-                    g.masked_fill_(pad[:, part], 0.0)
-                if sub.col is None:
-                    g_all.view(-1)[where] = g
-                else:
-                    grad.index_add_(0, where.reshape(-1), g.reshape(-1))
+        for k, c0, c1, w in chunks:
+            if not active[k]:  # only the types L-BFGS still moves
+                continue
+            part = (slice(0, w), slice(c0, c1))                     # places past w: padding
+            where = index[part] if sub.col is None else k * t.shape[1] + col[part]
+            a = source[where].mul_(beta)
+            if padded:
+                a.masked_fill_(pad[part], floor)
+            loglik, g = ordered_pl(a, None if full else placed[part])
+            f[k] -= float(wt_t[c0:c1] @ loglik)
+            g.mul_(scale[c0:c1])
+            if padded:
+                g.masked_fill_(pad[part], 0.0)
+            if sub.col is None:
+                g_all.view(-1)[where] = g
+            else:
+                grad.index_add_(0, where.reshape(-1), g.reshape(-1))
         if sub.col is None:
             return f, (g_all @ phi).numpy()
         return f, grad.reshape(t.shape).numpy()
     return fun
+
+
+def _chunks(slot: np.ndarray, width: np.ndarray,
+            n_types: int) -> list[tuple[int, int, int, int]]:
+    """(type, start, stop, list width) of the pairs' chunks: one type and one width each (pairs
+    come sorted by type, then width), at most PAIR_CHUNK pairs. A chunk's arrays span only its
+    own width, so one 3,000-response list does not pad every other row to 3,000 places."""
+    cut = np.flatnonzero((np.diff(slot) != 0) | (np.diff(width) != 0)) + 1
+    out = []
+    for a, b in zip(np.r_[0, cut], np.r_[cut, len(slot)], strict=True):
+        for c0 in range(int(a), int(b), PAIR_CHUNK):
+            out.append((int(slot[a]), c0, min(c0 + PAIR_CHUNK, int(b)), int(width[a])))
+    return out
 
 
 def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:

@@ -32,6 +32,11 @@ def plackett_luce_logprob(scores: torch.Tensor, rankings: Rankings) -> torch.Ten
     return _OrderedPL.apply(ordered, length)
 
 
+#: Lists longer than this take logcumsumexp instead of a loop over their places (measured: the
+#: loop is 7x faster at 3 places, logcumsumexp from a few tens on).
+LOOP_PLACES = 16
+
+
 class _OrderedPL(torch.autograd.Function):
     """sum_{j<L} (a_j - log sum_{i>=j} exp a_i) for scores `a[n, M]` already in ranking order,
     with its closed-form gradient. Written out because autograd's logcumsumexp, flips and masks
@@ -53,7 +58,11 @@ class _OrderedPL(torch.autograd.Function):
 
 
 def _tails(a: torch.Tensor) -> torch.Tensor:
-    """T_j = log sum_{i>=j} exp a_i for a[M, n], a reverse cumulative log-sum-exp."""
+    """T_j = log sum_{i>=j} exp a_i for a[M, n], a reverse cumulative log-sum-exp: a loop of
+    whole-row operations for short lists, torch's logcumsumexp for long ones (a 3,000-response
+    list would otherwise be 3,000 operations)."""
+    if a.shape[0] > LOOP_PLACES:
+        return torch.logcumsumexp(a.flip(0), 0).flip(0)
     tails = torch.empty_like(a)
     tails[-1] = a[-1]
     for j in range(a.shape[0] - 2, -1, -1):
@@ -67,10 +76,13 @@ def _tail_grad(a: torch.Tensor, neg: torch.Tensor, placed: torch.Tensor | None) 
     forward cumulative log-sum-exp."""
     if placed is not None:
         neg.masked_fill_(~placed, -torch.inf)
-    c = torch.empty_like(a)
-    c[0] = neg[0]
-    for j in range(1, a.shape[0]):
-        torch.logaddexp(c[j - 1], neg[j], out=c[j])
+    if a.shape[0] > LOOP_PLACES:
+        c = torch.logcumsumexp(neg, 0)
+    else:
+        c = torch.empty_like(a)
+        c[0] = neg[0]
+        for j in range(1, a.shape[0]):
+            torch.logaddexp(c[j - 1], neg[j], out=c[j])
     c.add_(a).exp_().neg_()
     return c.add_(1.0) if placed is None else c.add_(placed)
 

@@ -141,7 +141,7 @@ def loglik_table(backend: PolicyBackend, data: Annotations) -> tuple[np.ndarray,
         rows = np.arange(distributed.rank(), len(data), distributed.world())
         data, codes = _share(data, rows), codes[rows]
     per = backend.ranking_loglik(data)
-    if per is None:
+    if per is None or not np.isfinite(per).all():  # the log-ratios' check names the candidate
         per = annotation_loglik(backend.logratios(data), rankings(data), backend.beta)
     table = annotator_loglik(per, codes, len(ids))
     if backend.row_sharded and distributed.world() > 1:

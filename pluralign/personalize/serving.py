@@ -63,9 +63,13 @@ def answer_logprobs(rewards: np.ndarray, length: int) -> tuple[np.ndarray, list[
     return out, answers
 
 
-def information_gain(rewards: np.ndarray, posterior: np.ndarray, length: int) -> float:
-    """I(type; answer) in nats for one query (rewards[m, K]) under the current posterior."""
-    logp, _ = answer_logprobs(rewards, length)
+def information_gain(rewards: np.ndarray, posterior: np.ndarray, length: int,
+                     logp: np.ndarray | None = None) -> float:
+    """I(type; answer) in nats for one query (rewards[m, K]) under the current posterior;
+    `logp`: the query's answer_logprobs table when already computed (a session asks again
+    at every step)."""
+    if logp is None:
+        logp, _ = answer_logprobs(rewards, length)
     p = np.exp(logp)                                   # [answers, K]
     marginal = p @ posterior                           # [answers]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -46,7 +46,7 @@ def session_accuracy(run: FittedRun, pool: Annotations, true_rewards: np.ndarray
             post /= post.sum()
             if strategy == "suggest":
                 q = max(unused, key=lambda i: information_gain(s[i, : pool[i].m], post,
-                                                               pool[i].m))
+                                                               pool[i].m, logp[i][0]))
             else:
                 q = unused[int(rng.integers(len(unused)))]
             unused.remove(q)

@@ -42,8 +42,8 @@ class PolicyBackend(ABC):
 
     def ranking_loglik(self, data: Annotations) -> np.ndarray | None:
         """log P_k(ranking | beta * s_k) [n, K] of every annotation under every type, computed
-        the backend's own way; None (the default) lets the E-step compute it from
-        logratios."""
+        the backend's own way; None (the default), or a value that is not finite, lets the
+        E-step compute it from logratios (whose check names the bad candidate)."""
         return None
 
     def fit_types(self, types: Sequence[int], data: Annotations,

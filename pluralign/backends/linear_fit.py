@@ -171,6 +171,8 @@ def _chunks(slot: np.ndarray, width: np.ndarray,
     """(type, start, stop, list width) of the pairs' chunks: one type and one width each (pairs
     come sorted by type, then width), at most PAIR_CHUNK pairs. A chunk's arrays span only its
     own width, so one 3,000-response list does not pad every other row to 3,000 places."""
+    if len(slot) == 0:  # this rank's share of a tiny dataset can be empty
+        return []
     cut = np.flatnonzero((np.diff(slot) != 0) | (np.diff(width) != 0)) + 1
     out = []
     for a, b in zip(np.r_[0, cut], np.r_[cut, len(slot)], strict=True):

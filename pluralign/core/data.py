@@ -228,14 +228,15 @@ class Annotations(Sequence[Annotation]):
 
     @property
     def annotator_ids(self) -> list[str]:
-        """Distinct annotator ids in order of first appearance."""
-        return list(dict.fromkeys(a.annotator_id for a in self.records))
+        """Distinct annotator ids in order of first appearance (computed once, with the
+        codes)."""
+        return self.annotator_codes()[1]
 
     def annotator_codes(self) -> tuple[np.ndarray, list[str]]:
         """Integer code of each record's annotator, and the ids the codes index (computed
         once: EM asks at every run)."""
         if self._codes is None:
-            ids = self.annotator_ids
+            ids = list(dict.fromkeys(a.annotator_id for a in self.records))
             index = {a: i for i, a in enumerate(ids)}
             self._codes = (np.array([index[a.annotator_id] for a in self.records],
                                     dtype=np.int64), ids)

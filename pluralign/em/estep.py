@@ -61,7 +61,8 @@ def annotator_loglik(per_annotation: np.ndarray, codes: np.ndarray,
                      n_annotators: int) -> np.ndarray:
     """log L_hk: the sum over each annotator's annotations, [n, K] -> [H, K]."""
     out = np.zeros((n_annotators, per_annotation.shape[1]))
-    np.add.at(out, codes, per_annotation)
+    for k in range(per_annotation.shape[1]):  # bincount: np.add.at is 10x slower at 10^6
+        out[:, k] = np.bincount(codes, weights=per_annotation[:, k], minlength=n_annotators)
     return out
 
 

@@ -3,9 +3,9 @@ phi @ theta^T per evaluation, and the rule that skips rows a type weighs negligi
 
 Each type k minimises (sum_a w_ak loss_a(theta_k) + lambda/2 |theta_k|^2) / W_k over its kept
 rows; `objective` returns every type's value and gradient at once for
-pluralign.core.lbfgs.minimize_blocks. PL-DPO, the default, has its closed-form gradient in numpy
-(no autograd graph: at 360 rows the graph's fixed cost was most of an evaluation, at 10^6 its
-memory); other losses go through autograd.
+pluralign.core.lbfgs.minimize_blocks. PL-DPO, the default, has its closed-form gradient
+(losses.ordered_pl, no autograd graph: at 360 rows the graph's fixed cost was most of an
+evaluation, at 10^6 its memory); other losses go through autograd.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pluralign.core import distributed
-from pluralign.core.losses import get_loss, ordered_pl
+from pluralign.core.losses import get_loss, ordered_pl, rankings_loglik
 from pluralign.settings.backends import LinearConfig
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ PAIR_CHUNK = 1 << 16
 Objective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: The backend's theta . phi per candidate: (design, theta[A, D]) -> z[n, M, A].
 Scores = Callable[[Any, torch.Tensor], torch.Tensor]
+
 
 def kept_rows(weights: np.ndarray, skip_mass: float) -> np.ndarray:
     """Rows a type's fit uses: those of positive weight, less the lightest ones, taken by binary
@@ -186,22 +187,12 @@ def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:
     Plackett–Luce ignores a per-row constant, so theta . phi stands in for the log-ratios
     s_k = theta_k . phi - log Z_k: the E-step needs neither the normaliser nor the [n, M, K]
     log-ratio array."""
-    rank = d.rankings
-    order = rank.order()
-    length = (rank.ranking >= 0).sum(1)
-    n, m = rank.mask.shape
     t = torch.from_numpy(theta)
-    k = t.shape[0]
+    n, k = len(d.rankings), t.shape[0]
     out = torch.empty(n, k, dtype=torch.float64)
-    floor = torch.finfo(torch.float64).min / 4
     step = max(1, PAIR_CHUNK // k)
     for r0 in range(0, n, step):
         rows = slice(r0, r0 + step)
-        o = order[rows]
         z = t.T[d.col[rows].clamp(min=0)] if d.col is not None else d.phi[rows] @ t.T
-        z = z.gather(1, o[..., None].expand(-1, -1, k))            # [c, M, K], ranked first
-        real = rank.mask[rows].gather(1, o)
-        a = (beta * z).masked_fill_(~real[..., None], floor).permute(1, 0, 2).reshape(m, -1)
-        placed = (torch.arange(m)[:, None] < length[rows][None, :]).repeat_interleave(k, 1)
-        out[rows] = ordered_pl(a, placed, grad=False)[0].reshape(-1, k)
+        out[rows] = rankings_loglik(beta * z, d.rankings.select(torch.arange(n)[rows]))
     return out.numpy()

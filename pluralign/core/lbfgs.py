@@ -1,5 +1,5 @@
-"""L-BFGS over independent blocks in lockstep: K separable problems (one per type, or per
-restart) that share every function evaluation.
+"""L-BFGS over independent blocks in lockstep: K separable problems (one per type) that
+share every function evaluation.
 
 The linear backend's M-step fits K types whose objectives are separable, f(theta) = sum_k
 f_k(theta_k), but whose evaluations cost one pass over the data each. One joint L-BFGS shares

@@ -101,6 +101,18 @@ def ordered_pl(a: torch.Tensor, placed: torch.Tensor | None,
     return loglik, (_tail_grad(a, tails.neg_(), placed) if grad else None)
 
 
+def rankings_loglik(scores: torch.Tensor, rankings: Rankings) -> torch.Tensor:
+    """log P(ranking | scores[..., k]) of every row under every column k, without autograd:
+    [n, M, K] -> [n, K] (the E-step's table). Padding may hold anything, NaN included."""
+    n, m, k = scores.shape
+    floor = torch.finfo(scores.dtype).min / 4
+    ordered = scores.masked_fill(~rankings.mask.unsqueeze(-1), floor).gather(
+        1, rankings.order().unsqueeze(-1).expand(-1, -1, k))            # ranked first
+    placed = torch.arange(m).unsqueeze(1) < (rankings.ranking >= 0).sum(1).unsqueeze(0)
+    a = ordered.permute(1, 0, 2).reshape(m, n * k)
+    return ordered_pl(a, placed.repeat_interleave(k, 1), grad=False)[0].reshape(n, k)
+
+
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """sum(w * v) / sum(w); the plain mean without weights; 0 when every weight is 0."""
     if weights is None:

@@ -32,4 +32,3 @@ def log_prob(rewards: np.ndarray, ranking: list[int]) -> float:
         total += r[i] - logsumexp(r[remaining])
         remaining[i] = False
     return float(total)
-

@@ -36,16 +36,10 @@ def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) ->
     import torch
 
     from pluralign.backends.base import check_finite
-    from pluralign.core.losses import ordered_pl
-    real = rankings.mask.numpy()
-    check_finite(logratios, None, "log-ratio", real)
-    n, m, k = logratios.shape
-    s = torch.from_numpy(np.where(real[..., None], beta * logratios, -np.inf))
-    order = rankings.order()
-    s = s.gather(1, order[..., None].expand(-1, -1, k)).clamp_(min=np.finfo(np.float64).min / 4)
-    placed = torch.arange(m)[:, None] < (rankings.ranking >= 0).sum(1)[None, :]
-    a = s.permute(1, 0, 2).reshape(m, n * k)
-    return ordered_pl(a, placed.repeat_interleave(k, 1), grad=False)[0].reshape(n, k).numpy()
+    from pluralign.core.losses import rankings_loglik
+    check_finite(logratios, None, "log-ratio", rankings.mask.numpy())
+    scores = beta * torch.as_tensor(logratios, dtype=torch.float64)
+    return rankings_loglik(scores, rankings).numpy()
 
 
 def reference_loglik(data: Annotations) -> float:

@@ -3,13 +3,13 @@ over the vocabulary, without ever holding [tokens, vocabulary] logits or their g
 
 On SmolLM2 the vocabulary has 49,152 entries: the plain computation writes a [tokens, 49,152]
 float32 tensor, reads it back for the logsumexp, and in the backward writes its softmax and
-gradient again; with adapters in the top layers this vocabulary-wide traffic costs more than
-the matmuls. Here each block of tokens walks the vocabulary in chunks with an online
+gradient again. Here each block of tokens walks the vocabulary in chunks with an online
 logsumexp (a running max and sum), and, when a gradient will be needed, also accumulates
 E_softmax[W] = sum_v p_v W_v in the same walk (rescaled as the max moves). Since the head's
 weights are frozen (LoRA never adapts it), d log p / dh = W_target - E_softmax[W] is then known
 after the forward: the backward is one multiply, and the FLOPs are those of the plain forward
-and backward (two [tokens, H] x [H, V] products) with every intermediate in cache-sized chunks.
+and backward (two [tokens, H] x [H, V] products). Measured on this 2-core CPU the step time is
+about the same as the plain head's; the gain is memory (a chunk instead of the whole tensor).
 """
 
 from __future__ import annotations

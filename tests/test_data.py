@@ -72,3 +72,23 @@ def test_load_detects_a_modified_folder(tmp_path):
 def test_load_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="annotations.parquet"):
         load(tmp_path)
+
+
+def test_memo_keys_are_per_object_and_the_heap_pause_nests():
+    """Backends memoise under memo_key: two datasets never share one (even with equal
+    content: a cache hit must never depend on a hash collision of objects), a dataset keeps
+    its own. The collector pause freezes on entry, survives nesting, and unfreezes once."""
+    import gc
+
+    from pluralign.core import heap
+    from pluralign.core.data import Annotations
+    a = Annotations([Annotation("h", "p", ["x", "y"], [0, 1])])
+    b = Annotations(list(a))
+    assert a.memo_key == a.memo_key and a.memo_key != b.memo_key != a[:1].memo_key
+    assert gc.get_freeze_count() == 0
+    with heap.frozen():
+        assert gc.get_freeze_count() > 0
+        with heap.frozen():
+            pass
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pluralign.core.data import Annotation
 from pluralign.core.identifiability import assess
 
@@ -29,3 +31,19 @@ def test_verdict_uses_the_share_of_annotators():
     few_ranked = [_ann(f"h{i}", 2, 2) for i in range(8)] + [_ann("h8", 3, 3), _ann("h9", 3, 3)]
     assert assess(few_ranked)["verdict"] == "not-identifiable"
     assert assess([])["verdict"] == "not-identifiable"
+
+
+def test_annotations_and_plain_lists_give_one_report():
+    """The columnar path (an Annotations: cached codes and padded rankings) counts as the
+    per-record one: annotators, rankings, repeats and shares, on a mixed dataset."""
+    from pluralign.core.data import Annotations
+    rng = np.random.default_rng(0)
+    records = [_ann(f"h{rng.integers(12)}", int(rng.integers(2, 5)), 1 + int(rng.integers(2)))
+               for _ in range(40)]
+    expected = assess(iter(records))  # a generator is read once
+    assert assess(Annotations(records)) == expected
+    ranked = {a.annotator_id for a in records if a.m >= 3}
+    assert expected["annotators"] == len({a.annotator_id for a in records})
+    assert expected["annotations_with_m_ge_3"] == sum(a.m >= 3 for a in records)
+    assert expected["share_annotators_with_ranking"] == round(
+        len(ranked) / expected["annotators"], 4)

@@ -261,3 +261,17 @@ def test_ipo_and_pairwise_metrics_do_not_depend_on_the_block_size(monkeypatch):
     assert float(tiny[0]) == pytest.approx(float(whole[0]), rel=1e-12)
     for k in whole[1]:
         np.testing.assert_allclose(tiny[1][k], whole[1][k], rtol=1e-12)
+
+
+def test_padded_rankings_of_ragged_records():
+    """Lists of 2..5 candidates ranked fully, partly or top-1: each row holds its ranking then
+    PAD, and the mask marks exactly its candidates."""
+    from pluralign.core.rankings import PAD
+    rows = [(2, [1, 0]), (5, [3]), (4, [2, 0, 1]), (3, [0, 2, 1]), (5, [4, 3, 2, 1, 0])]
+    rank = _rankings(rows)
+    assert rank.ranking.shape == (5, 5) and rank.mask.shape == (5, 5)
+    for i, (m, r) in enumerate(rows):
+        assert rank.ranking[i].tolist() == r + [PAD] * (5 - len(r))
+        assert rank.mask[i].tolist() == [j < m for j in range(5)]
+    empty = Rankings.from_annotations([])
+    assert empty.ranking.shape[0] == 0 and empty.mask.shape[0] == 0

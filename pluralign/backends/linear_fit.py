@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Pairs (row, type) per chunk of a PL-DPO evaluation: [M, 65536] float64 temporaries.
 PAIR_CHUNK = 1 << 16
+#: (row, type) pairs per chunk of the E-step's table: [rows, M, K] float64 scores.
+E_STEP_CHUNK = 1 << 18
 
 #: (theta[A, D], active[A]) -> (f[A], grad[A, D]), exact for the active types (others: any).
 Objective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -107,11 +109,14 @@ def _autograd_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt
 
 def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.ndarray,
              n_types: int, beta: float) -> Objective:
-    """PL-DPO's blocks in closed form (no autograd graph): every pair's scores in ranking order
-    are one gather from theta (one-hot) or from theta @ phi^T (dense features), its gradient
-    one scatter back. Pairs go PAIR_CHUNK at a time through torch's kernels (two threads here;
-    numpy's logaddexp was 10x slower), so temporaries stay bounded and reused; the dense
-    buffers live as long as the fit."""
+    """PL-DPO's blocks in closed form (no autograd graph). Pairs go PAIR_CHUNK at a time
+    through torch's kernels (two threads here; numpy's logaddexp was 10x slower), so
+    temporaries stay bounded. One-hot: a chunk's scores are one gather from theta, its
+    gradient one scatter back. Dense features: each chunk's features are gathered once per
+    fit in ranking order ([places, pairs, D]: pairs x M x D x 8 bytes, 1.5 GB for K = 8 types
+    each keeping all of 10^6 rows of 3 candidates x 8 features), so an evaluation reads them
+    twice, for active types only, in order; scoring all K types over all rows with one
+    theta @ phi^T and scattering gradients back took twice as long at 10^6 rows."""
     order = rank.order()                                            # [pairs, M]
     real = rank.mask.gather(1, order)
     # [M, pairs] layouts, contiguous: each place's row is then one contiguous vector
@@ -119,37 +124,30 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
     pad = (~real).T.contiguous()
     padded, full = bool(pad.any()), bool(placed.all())
     floor = torch.finfo(torch.float64).min / 4
-    slot_t, wt_t = torch.as_tensor(slot), torch.as_tensor(wt)
+    wt_t = torch.as_tensor(wt)
     scale = -beta * wt_t                                           # d(wt * -log P)/dz = scale g
     chunks = _chunks(slot, rank.mask.sum(1).numpy(), n_types)
     if sub.col is not None:
         col = sub.col[torch.as_tensor(pos)].gather(1, order).clamp(min=0).T.contiguous()
     else:
-        phi = sub.phi.reshape(-1, sub.phi.shape[2])                 # [n * M, D]
-        m = sub.phi.shape[1]
-        # into z[A, n, M], type-major so that a type's pairs read and write nearly in order;
-        # unique per (pair, place), so the gradient scatters by assignment
-        index = ((slot_t[:, None] * sub.phi.shape[0] + torch.as_tensor(pos)[:, None]) * m
-                 + order).T.contiguous()
-        z_all = torch.empty(n_types, phi.shape[0], dtype=torch.float64)
-        g_all = torch.zeros_like(z_all)
+        n, m, width = sub.phi.shape
+        flat = sub.phi.reshape(n * m, width)
+        at = (torch.as_tensor(pos)[:, None] * m + order).T.contiguous()  # [M, pairs]: flat rows
+        feats = [flat[at[:w, c0:c1]].contiguous() for _, c0, c1, w in chunks]  # [w, c, D]
 
     def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = torch.from_numpy(theta)
         f = np.zeros(n_types)
-        grad = torch.zeros(t.numel(), dtype=torch.float64)
-        if sub.col is None:
-            torch.matmul(t, phi.T, out=z_all)                       # one theta @ phi^T
-            source = z_all.view(-1)
-            g_all.zero_()
-        else:
-            source = t.reshape(-1)
-        for k, c0, c1, w in chunks:
+        grad = torch.zeros(t.shape, dtype=torch.float64)
+        for i, (k, c0, c1, w) in enumerate(chunks):
             if not active[k]:  # only the types L-BFGS still moves
                 continue
             part = (slice(0, w), slice(c0, c1))                     # places past w: padding
-            where = index[part] if sub.col is None else k * t.shape[1] + col[part]
-            a = source[where].mul_(beta)
+            if sub.col is None:
+                a = (feats[i] @ t[k]).mul_(beta)
+            else:
+                where = k * t.shape[1] + col[part]
+                a = t.reshape(-1)[where].mul_(beta)
             if padded:
                 a.masked_fill_(pad[part], floor)
             loglik, g = ordered_pl(a, None if full else placed[part])
@@ -158,13 +156,20 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
             if padded:
                 g.masked_fill_(pad[part], 0.0)
             if sub.col is None:
-                g_all.view(-1)[where] = g
+                grad[k] += _long_vecmat(g.reshape(-1), feats[i].reshape(-1, t.shape[1]))
             else:
-                grad.index_add_(0, where.reshape(-1), g.reshape(-1))
-        if sub.col is None:
-            return f, (g_all @ phi).numpy()
-        return f, grad.reshape(t.shape).numpy()
+                grad.view(-1).index_add_(0, where.reshape(-1), g.reshape(-1))
+        return f, grad.numpy()
     return fun
+
+
+def _long_vecmat(v: torch.Tensor, x: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """v[N] @ x[N, D] for a small D and a long N, as a batch of N / block products summed:
+    BLAS's one product ran at half the speed."""
+    n_blocks = x.shape[0] // block
+    cut = n_blocks * block
+    out = torch.bmm(v[:cut].view(n_blocks, 1, block), x[:cut].view(n_blocks, block, x.shape[1]))
+    return out.sum((0, 1)) + v[cut:] @ x[cut:]
 
 
 def _chunks(slot: np.ndarray, width: np.ndarray,
@@ -190,9 +195,10 @@ def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:
     t = torch.from_numpy(theta)
     n, k = len(d.rankings), t.shape[0]
     out = torch.empty(n, k, dtype=torch.float64)
-    step = max(1, PAIR_CHUNK // k)
+    step = max(1, E_STEP_CHUNK // k)
     for r0 in range(0, n, step):
-        rows = slice(r0, r0 + step)
+        rows = slice(r0, min(r0 + step, n))
         z = t.T[d.col[rows].clamp(min=0)] if d.col is not None else d.phi[rows] @ t.T
-        out[rows] = rankings_loglik(beta * z, d.rankings.select(torch.arange(n)[rows]))
+        out[rows] = rankings_loglik(beta * z, d.rankings.select(torch.arange(rows.start,
+                                                                             rows.stop)))
     return out.numpy()

@@ -143,7 +143,7 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         """Tokenise `data` and run (or load) its reference pass; memoised per dataset.
         `embeddings` also computes the mean response states that the linear backend's
         embedding features use, in the same pass (the cache then serves both)."""
-        key = as_annotations(data).fingerprint()
+        key = as_annotations(data).memo_key
         if key not in self._prepared or (embeddings and
                                          self._prepared[key].ref.embeddings is None):
             cfg = self.config

@@ -8,6 +8,7 @@ folder holding `annotations.parquet` and `manifest.json`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -202,15 +203,20 @@ def _check_features(features: Any, m: int, dim: int | None) -> None:
                          "inconsistent_features")
 
 
+#: Source of `Annotations.memo_key`: unique within a process, never reused (an id() would be).
+_MEMO_KEYS = itertools.count()
+
+
 class Annotations(Sequence[Annotation]):
     """A canonical dataset: a list of annotations plus the manifest it was stored with.
 
-    Treat it as immutable: its fingerprint, the key under which backends memoise their work,
-    is computed once."""
+    Treat it as immutable: backends memoise their work under its `memo_key`, and its
+    fingerprint is computed once."""
 
     def __init__(self, records: Iterable[Annotation], manifest: dict[str, Any] | None = None):
         self.records = list(records)
         self.manifest = manifest or {}
+        self.memo_key = f"annotations-{next(_MEMO_KEYS)}"
         self._fingerprint: str | None = None
         self._codes: tuple[np.ndarray, list[str]] | None = None
         self._rankings: Any = None

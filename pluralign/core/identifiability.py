@@ -8,11 +8,12 @@ same annotator identify that annotator. The verdict summarises which regime a da
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from pluralign.core.data import Annotation
+import numpy as np
+
+from pluralign.core.data import Annotation, Annotations
 
 RANKINGS = "rankings"
 REPEATED_PAIRWISE = "repeated-pairwise"
@@ -23,24 +24,24 @@ VERDICTS = (RANKINGS, REPEATED_PAIRWISE, NOT_IDENTIFIABLE)
 MIN_SHARE = 0.5
 
 
-def is_ranking(a: Annotation) -> bool:
-    """A judgement over m >= 3 responses (L >= 2, or a top-1 of m >= 3) identifies types."""
-    return a.m >= 3
+#: A judgement over m >= 3 responses (L >= 2, or a top-1 of m >= 3) identifies types.
+RANKING_MIN_M = 3
+
 
 
 def assess(records: Iterable[Annotation]) -> dict[str, Any]:
     """Verdict, explanation and the shares it rests on, for a set of annotations."""
-    per_annotator: Counter[str] = Counter()
-    ranked: set[str] = set()
-    n_rank_annotations = 0
-    for a in records:
-        per_annotator[a.annotator_id] += 1
-        if is_ranking(a):
-            ranked.add(a.annotator_id)
-            n_rank_annotations += 1
-    n = len(per_annotator)
-    share_ranked = len(ranked) / n if n else 0.0
-    share_repeated = sum(c >= 2 for c in per_annotator.values()) / n if n else 0.0
+    if not isinstance(records, Annotations):
+        records = list(records)
+    codes, n = _annotator_codes(records)
+    sizes = records.rankings().mask.sum(1).numpy() if isinstance(records, Annotations) else \
+        np.array([a.m for a in records], dtype=np.int64)
+    rank = sizes >= RANKING_MIN_M
+    per_annotator = np.bincount(codes, minlength=n)
+    ranked = np.bincount(codes[rank], minlength=n) > 0
+    n_rank_annotations = int(rank.sum())
+    share_ranked = float(ranked.sum()) / n if n else 0.0
+    share_repeated = float((per_annotator >= 2).sum()) / n if n else 0.0
     if n and share_ranked >= MIN_SHARE:
         verdict = RANKINGS
     elif n and share_repeated >= MIN_SHARE:
@@ -56,6 +57,18 @@ def assess(records: Iterable[Annotation]) -> dict[str, Any]:
         "share_annotators_with_2plus": round(share_repeated, 4),
         "min_share": MIN_SHARE,
     }
+
+
+def _annotator_codes(records: Iterable[Annotation]) -> tuple[np.ndarray, int]:
+    """Each record's annotator as an integer, and how many annotators (an Annotations has
+    them cached: EM asks for them anyway)."""
+    if isinstance(records, Annotations):
+        codes, ids = records.annotator_codes()
+        return codes, len(ids)
+    index: dict[str, int] = {}
+    codes = np.array([index.setdefault(a.annotator_id, len(index)) for a in records],
+                     dtype=np.int64)
+    return codes, len(index)
 
 
 def _explain(verdict: str, share_ranked: float, share_repeated: float) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -25,14 +27,19 @@ class Rankings:
 
     @classmethod
     def from_annotations(cls, records: Sequence[Annotation]) -> Rankings:
-        """Pad the rankings and candidate masks of `records`."""
-        sizes = [len(a.responses) for a in records]
-        m_max = max(sizes, default=2)
-        l_max = max((len(a.ranking) for a in records), default=1)
-        rows = [list(a.ranking) + [PAD] * (l_max - len(a.ranking)) for a in records]
-        ranking = torch.tensor(rows, dtype=torch.long).reshape(len(rows), l_max)  # one copy
-        mask = torch.arange(m_max) < torch.tensor(sizes, dtype=torch.long).reshape(-1, 1)
-        return cls(ranking, mask)
+        """Pad the rankings and candidate masks of `records` (three flat passes over them, no
+        list per record: at 10^6 records those lists took seconds)."""
+        n = len(records)
+        sizes = np.fromiter((len(a.responses) for a in records), np.int64, n)
+        lengths = np.fromiter((len(a.ranking) for a in records), np.int64, n)
+        flat = np.fromiter(itertools.chain.from_iterable(a.ranking for a in records), np.int64,
+                           int(lengths.sum()))
+        m_max = int(sizes.max()) if n else 2
+        l_max = int(lengths.max()) if n else 1
+        ranking = np.full((n, l_max), PAD, dtype=np.int64)
+        ranking[np.arange(l_max) < lengths[:, None]] = flat  # row-major: each row's in order
+        mask = torch.arange(m_max) < torch.from_numpy(sizes)[:, None]
+        return cls(torch.from_numpy(ranking), mask)
 
     def __len__(self) -> int:
         return self.ranking.shape[0]

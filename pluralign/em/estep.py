@@ -113,8 +113,11 @@ def _standardised(stats: np.ndarray) -> np.ndarray:
     return (stats - stats.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
 
 
-def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0.1) -> np.ndarray:
-    """Soft posteriors from a k-means++ clustering: (1 - smooth) on the cluster, the rest spread."""
+def kmeans_posteriors(features: np.ndarray, k: int, seed: int, smooth: float = 0.0) -> np.ndarray:
+    """Posteriors from a k-means++ clustering: (1 - smooth) on the cluster, the rest spread.
+    Hard by default, as scikit-learn's GaussianMixture starts: the first M-step then fits each
+    type on its own cluster's rows only (a smoothed start weighed every row for every type, at
+    10^6 rows and K = 8 half of the fit's L-BFGS work)."""
     if k == 1:
         return np.ones((features.shape[0], 1))
     from sklearn.cluster import KMeans
@@ -146,12 +149,12 @@ def loglik_table(backend: PolicyBackend, data: Annotations) -> tuple[np.ndarray,
 
 
 #: This rank's share of the last dataset split (EM asks at every iteration; a new Annotations
-#: would hash its records again each time).
+#: would rebuild its rankings and designs each time).
 _SHARE: dict[str, Annotations] = {}
 
 
 def _share(data: Annotations, rows: np.ndarray) -> Annotations:
-    key = f"{data.fingerprint()}:{distributed.rank()}/{distributed.world()}"
+    key = f"{data.memo_key}:{distributed.rank()}/{distributed.world()}"
     if key not in _SHARE:
         _SHARE.clear()
         _SHARE[key] = data.subset(rows.tolist())

@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from pluralign.backends.base import PolicyBackend
-from pluralign.core import checks, diagnostics, distributed, identifiability
+from pluralign.core import checks, diagnostics, distributed, heap, identifiability
 from pluralign.core.data import Annotations
 from pluralign.em.estep import reference_loglik, type_posteriors
 from pluralign.em.iterations import Iterations, Run
@@ -117,6 +117,13 @@ class EMDPO(Initialisation, KSelection, Iterations, BaseEstimator):
         from pluralign.ingest import to_annotations
         self._validate()
         data = to_annotations(X)
+        try:
+            with heap.frozen():  # the records are millions of objects a collection would walk
+                return self._fit(data)
+        finally:
+            self._statistics = None  # the k-means start's per-fit cache (pluralign.em.start)
+
+    def _fit(self, data: Annotations) -> EMDPO:
         if distributed.launched():  # a rank reading other data would hang a collective later
             settings = json.dumps([data.fingerprint(), repr(self.backend), self.backend_options,
                                    self.n_types, self.max_iter, self.random_state],

@@ -96,8 +96,10 @@ class Iterations:
         gamma = self._initial_posteriors(data, k, restart) if start is None else start
         k = gamma.shape[1]
         backend = self._take_backend(k)
-        # the start is part of the key: a changed one (say, linear options) never resumes
-        key = checkpoint.run_key(self.get_params(), data, k, restart, gamma)
+        # the start is part of the key: a changed one (say, linear options) never resumes;
+        # no key without a checkpoint folder (hashing 10^6 records takes seconds)
+        key = "" if ckpt is None else checkpoint.run_key(self.get_params(), data, k, restart,
+                                                         gamma)
         state = checkpoint.load(ckpt, backend, key)
         log_lik = None
         if state is None:

@@ -45,11 +45,17 @@ class Initialisation:
         return self.init
 
     def _init_features(self, data: Annotations) -> np.ndarray:
+        """Per-annotator score statistics for k-means, computed once per dataset: restarts and
+        every K of a selection cluster the same ones."""
+        cached = getattr(self, "_statistics", None)
+        if cached is not None and cached[0] == data.memo_key:
+            return cached[1]
         design = self._make_backend(1).feature_design(data)
         if design is None:
             raise ValueError("init='kmeans' needs a backend with linear features; use "
                              "init='linear' with the LoRA backend")
-        return score_statistics(data, *design)
+        self._statistics = (data.memo_key, score_statistics(data, *design))
+        return self._statistics[1]
 
     def _linear_start(self, n_types: int | str) -> Any:
         """This estimator with the linear backend on LM embeddings (clone + set_params): this

@@ -186,11 +186,11 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
     def _forward_logps(self, batch: Batch, states: torch.Tensor | None) -> torch.Tensor:
         """log pi(response) of `batch`: from cached trunk `states` when given, else the whole
         forward."""
-        if states is not None:
-            hidden = top_forward(self.decoder, states, batch.attention_mask, self.start_layer)
-        else:
-            hidden = full_forward(self.decoder, batch)[0]
-        return response_logps(self.head, hidden, batch)
+        if states is None:
+            return response_logps(self.head, full_forward(self.decoder, batch)[0], batch)
+        at, slot = batch.read_positions()  # the last layer runs on those positions only
+        hidden = top_forward(self.decoder, states, batch.attention_mask, self.start_layer, at)
+        return response_logps(self.head, hidden, batch, slot)
 
     @torch.no_grad()
     def _logratios(self, data: Annotations) -> np.ndarray:

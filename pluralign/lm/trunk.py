@@ -66,6 +66,20 @@ class Batch:
         return cls(ids, mask, torch.tensor(rows), torch.tensor(positions),
                    torch.tensor(targets), torch.tensor(lengths))
 
+    def read_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positions whose states predict response tokens, per sequence: `at` [B, R] (R
+        the longest response; a shorter one's slots repeat a valid position) and each response
+        token's slot in its row [T], so that hidden[rows, positions] == hidden_at[rows, slot]
+        for hidden_at = hidden.gather(1, at)."""
+        n = len(self.lengths)
+        counts = torch.bincount(self.rows, minlength=n)
+        first = torch.zeros(n, dtype=torch.long, device=self.rows.device).scatter_reduce(
+            0, self.rows, self.positions, "amin", include_self=False)
+        slot = self.positions - first[self.rows]
+        width = int(counts.max()) if len(self.rows) else 1
+        at = first[:, None] + torch.arange(width, device=first.device)
+        return torch.minimum(at, (self.lengths - 1)[:, None]), slot
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.rows,
                                                self.positions, self.targets, self.lengths)))
@@ -103,25 +117,75 @@ def full_forward(decoder: nn.Module, batch: Batch,
 
 
 def top_forward(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                start_layer: int) -> torch.Tensor:
+                start_layer: int, at: torch.Tensor | None = None) -> torch.Tensor:
     """Run layers[start_layer:] and the final norm on cached hidden states, as the decoder's
-    own forward would (same causal mask, positions and rotary embeddings)."""
+    own forward would (same causal mask, positions and rotary embeddings). With `at` [B, R]
+    (Batch.read_positions) only those positions' states are returned, [B, R, H], and the
+    last layer computes nothing else: its queries, attention output, MLP and norm run on
+    them alone (keys and values on every position)."""
     from transformers.masking_utils import create_causal_mask
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
     mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden,
                               attention_mask=attention_mask, position_ids=position_ids,
                               **{MASK_CACHE_ARG: None})
     rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
-    for layer in decoder.layers[start_layer:]:
+    layers = list(decoder.layers[start_layer:])
+    last = layers.pop() if at is not None and _reads_all_keys(decoder, hidden.shape[1]) else None
+    for layer in layers:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary,
                        position_ids=position_ids)
+    if last is not None:
+        hidden = _layer_at(last, hidden, attention_mask, rotary, at)
+    elif at is not None:
+        hidden = hidden.gather(1, at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     return decoder.norm(hidden)
 
 
-def response_logps(head: nn.Module, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Sum of log p(response token) per sequence [B], with the head on response positions only."""
+def _reads_all_keys(decoder: nn.Module, length: int) -> bool:
+    """Whether every query attends to every earlier position (no sliding window shorter
+    than the batch): then _layer_at's plain causal mask is the layer's own."""
+    window = getattr(decoder.config, "sliding_window", None)
+    return window is None or window >= length
+
+
+def _layer_at(layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+              rotary: tuple[torch.Tensor, torch.Tensor], at: torch.Tensor) -> torch.Tensor:
+    """A Llama-family decoder layer's output at positions `at` [B, R] only: keys and values
+    from every position, everything else (query, attention, o_proj, MLP) at `at` alone."""
+    attn = layer.self_attn
+    b, s, width = hidden.shape
+    pick = at.unsqueeze(-1).expand(-1, -1, width)
+    x = layer.input_layernorm(hidden)
+    cos, sin = rotary                                                 # [1, S, head_dim]
+    q = attn.q_proj(x.gather(1, pick)).view(b, at.shape[1], -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
+    q = _rotate(q, cos[0][at].unsqueeze(1), sin[0][at].unsqueeze(1))
+    k = _rotate(k, cos.unsqueeze(1), sin.unsqueeze(1))
+    keys = torch.arange(s, device=at.device)
+    allowed = (keys <= at.unsqueeze(-1)) & attention_mask.bool().unsqueeze(1)   # [B, R, S]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed.unsqueeze(1), scale=attn.scaling,
+        dropout_p=attn.attention_dropout if attn.training else 0.0,
+        enable_gqa=k.shape[1] != q.shape[1])
+    h = hidden.gather(1, pick) + attn.o_proj(out.transpose(1, 2).reshape(b, at.shape[1], -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (the Llama family's rotate-half form)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def response_logps(head: nn.Module, hidden: torch.Tensor, batch: Batch,
+                   slot: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of log p(response token) per sequence [B], with the head on response positions
+    only. `hidden`: every position's states [B, S, H], or with `slot` (Batch.read_positions)
+    only the read positions' [B, R, H]."""
+    states = hidden[batch.rows, batch.positions if slot is None else slot]
     # fused and chunked (pluralign.lm.head): no [tokens, vocabulary] tensor, forward or back
-    token = target_logps(head, hidden[batch.rows, batch.positions], batch.targets)
+    token = target_logps(head, states, batch.targets)
     return torch.zeros(hidden.shape[0], dtype=token.dtype, device=token.device).index_add(
         0, batch.rows, token)
 

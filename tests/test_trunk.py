@@ -1,0 +1,50 @@
+"""The top layers run on the positions that are read only (the last layer's queries,
+attention, MLP and norm at response positions) equal the full top layers read there: values
+and gradients, on a ragged batch with an empty response, a one-token prompt and GQA."""
+
+from __future__ import annotations
+
+import torch
+
+from pluralign.lm.models import tiny_model
+from pluralign.lm.trunk import Batch, response_logps, top_forward
+
+
+def _batch(vocab: int) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 7), (1, 3), (9, 0), (3, 12), (6, 1)]  # (prompt, response) tokens
+    return Batch.build([torch.randint(3, vocab, (p,), generator=gen).tolist() for p, _ in shapes],
+                       [torch.randint(3, vocab, (r,), generator=gen).tolist() for _, r in shapes],
+                       pad_id=0)
+
+
+def test_reading_positions_only_equals_the_full_top_layers():
+    model, _ = tiny_model(seed=0)
+    model.train()  # as in an M-step (no dropout in this config)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    assert decoder.config.num_key_value_heads < decoder.config.num_attention_heads  # GQA
+    batch = _batch(decoder.config.vocab_size)
+    start = len(decoder.layers) - 2
+    gen = torch.Generator().manual_seed(1)
+    states = torch.randn(*batch.input_ids.shape, decoder.config.hidden_size, generator=gen,
+                         requires_grad=True)
+    at, slot = batch.read_positions()
+    assert at.shape == (5, 12) and bool((at < batch.lengths[:, None]).all())
+    results = []
+    for subset in (False, True):
+        hidden = top_forward(decoder, states, batch.attention_mask, start,
+                             at if subset else None)
+        logp = response_logps(head, hidden, batch, slot if subset else None)
+        (logp * torch.arange(1.0, 6.0)).sum().backward()
+        results.append((logp.detach(), states.grad.clone(),
+                        {n: p.grad.clone() for n, p in decoder.named_parameters()
+                         if p.grad is not None}))
+        states.grad = None
+        decoder.zero_grad()
+    (full, g_full, p_full), (read, g_read, p_read) = results
+    assert full[2] == 0 and bool((full[[0, 1, 3, 4]] < 0).all())  # empty response: log 1
+    assert torch.allclose(full, read, atol=1e-5)
+    assert torch.allclose(g_full, g_read, atol=1e-6)
+    assert p_full.keys() == p_read.keys() and p_full
+    for name in p_full:
+        assert torch.allclose(p_full[name], p_read[name], atol=1e-5), name

@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 import torch
-from common import preference_pairs, random_model
+from common import only, preference_pairs, random_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -76,15 +76,16 @@ def measure(model: str, pairs: Annotations, top: int | None, steps: int, batch: 
                      progress=False)
     backend = LoRABackend(cfg)
     backend.prepare(pairs)
-    first = pairs[:batch]
-    backend.fit(1, first, np.ones(len(first)))  # warm-up
-    timed = Annotations(list(pairs)[batch: batch * (steps + 1)])
+    backend.fit(1, pairs, only(len(pairs), slice(0, batch)))  # warm-up
+    # the timed steps on the prepared pairs: a subset as a new dataset would put a reference
+    # pass inside the timing but not inside the counted step's FLOPs
+    timed = only(len(pairs), slice(batch, batch * (steps + 1)))
     t0 = time.perf_counter()
-    backend.fit(0, timed, np.ones(len(timed)))
+    backend.fit(0, pairs, timed)
     seconds = time.perf_counter() - t0
     shapes = MatmulShapes()
     with FlopCounterMode(display=False) as counter, shapes:
-        backend.fit(0, timed, np.ones(len(timed)))
+        backend.fit(0, pairs, timed)
     flops = counter.get_total_flops()
     mm_seconds, mm_flops = matmul_seconds(shapes.seen)
     return {"seconds": seconds, "flops": flops, "rate": flops / seconds,

@@ -29,9 +29,8 @@ import time
 import warnings
 
 import datasets
-import numpy as np
 import torch
-from common import Clock, PeakRSS, preference_pairs, random_model
+from common import Clock, PeakRSS, only, preference_pairs, random_model
 
 from pluralign.backends.lora import LoRABackend
 from pluralign.core.data import Annotations
@@ -58,11 +57,12 @@ def run_pluralign(model: str, pairs: Annotations, top: int | None, steps: int, b
         backend = LoRABackend(cfg)
         with Clock() as ref:
             backend.prepare(pairs)
-        first = pairs[:batch]
-        backend.fit(1, first, np.ones(len(first)))  # the untimed warm-up step
+        # the untimed warm-up step on the first batch, then the timed steps on the rest, both
+        # on the prepared pairs (no second reference pass inside the timing)
+        backend.fit(1, pairs, only(len(pairs), slice(0, batch)))
         timed = Annotations(list(pairs)[batch: batch * steps])
         with Clock() as fit:
-            stats = backend.fit(0, timed, np.ones(len(timed)))
+            stats = backend.fit(0, pairs, only(len(pairs), slice(batch, batch * steps)))
     assert stats["steps"] == steps - 1
     out = {"seconds": fit.seconds, "reference_s": ref.seconds, "memory": mem.peak - mem.start,
            "tokens": response_tokens(timed, backend.tokenizer)}

@@ -48,3 +48,18 @@ def test_reading_positions_only_equals_the_full_top_layers():
     assert p_full.keys() == p_read.keys() and p_full
     for name in p_full:
         assert torch.allclose(p_full[name], p_read[name], atol=1e-5), name
+
+
+def test_every_layer_from_the_embeddings_equals_the_model_s_own_forward():
+    """The path a LoRA backend without trunk states takes (embeddings, every layer, the last
+    at read positions) against transformers' own forward of the whole decoder."""
+    from pluralign.lm.trunk import full_forward
+    model, _ = tiny_model(seed=3)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    batch = _batch(decoder.config.vocab_size)
+    at, slot = batch.read_positions()
+    with torch.no_grad():
+        own = response_logps(head, full_forward(decoder, batch)[0], batch)
+        ours = response_logps(head, top_forward(decoder, decoder.embed_tokens(batch.input_ids),
+                                                batch.attention_mask, 0, at), batch, slot)
+    assert own.abs().max() > 1 and torch.allclose(own, ours, atol=1e-5)

@@ -184,12 +184,16 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         return self.place.run(self._forward_logps, batch, states)
 
     def _forward_logps(self, batch: Batch, states: torch.Tensor | None) -> torch.Tensor:
-        """log pi(response) of `batch`: from cached trunk `states` when given, else the whole
-        forward."""
+        """log pi(response) of `batch`: from cached trunk `states` when given, else from the
+        token embeddings through every layer (the Llama family: the last layer at response
+        positions only), else the model's own forward."""
+        start = self.start_layer
         if states is None:
-            return response_logps(self.head, full_forward(self.decoder, batch)[0], batch)
+            if not supports_trunk(self.decoder):
+                return response_logps(self.head, full_forward(self.decoder, batch)[0], batch)
+            states, start = self.decoder.embed_tokens(batch.input_ids), 0  # every layer
         at, slot = batch.read_positions()  # the last layer runs on those positions only
-        hidden = top_forward(self.decoder, states, batch.attention_mask, self.start_layer, at)
+        hidden = top_forward(self.decoder, states, batch.attention_mask, start, at)
         return response_logps(self.head, hidden, batch, slot)
 
     @torch.no_grad()

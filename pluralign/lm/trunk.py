@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,8 +135,9 @@ def top_forward(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.
     for layer in layers:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary,
                        position_ids=position_ids)
-    if last is not None:
-        hidden = _layer_at(last, hidden, attention_mask, rotary, at)
+    if last is not None:  # called as the layer, so hooks around it (FSDP's gathering) run
+        with _forward_as(last, lambda h: _layer_at(last, h, attention_mask, rotary, at)):
+            hidden = last(hidden)
     elif at is not None:
         hidden = hidden.gather(1, at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     return decoder.norm(hidden)
@@ -146,6 +148,22 @@ def _reads_all_keys(decoder: nn.Module, length: int) -> bool:
     than the batch): then _layer_at's plain causal mask is the layer's own."""
     window = getattr(decoder.config, "sliding_window", None)
     return window is None or window >= length
+
+
+@contextmanager
+def _forward_as(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """`module` computes `forward` instead of its own while the block runs. Calling it then
+    still runs the hooks around its forward: FSDP gathers a layer's weights only there, so its
+    parts cannot be called one by one from outside."""
+    own = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 def _layer_at(layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,

@@ -34,8 +34,8 @@ def test_verdict_uses_the_share_of_annotators():
 
 
 def test_annotations_and_plain_lists_give_one_report():
-    """The columnar path (an Annotations: cached codes and padded rankings) counts as the
-    per-record one: annotators, rankings, repeats and shares, on a mixed dataset."""
+    """An Annotations (its cached codes), a list and a one-pass generator give one report,
+    whose counts are those of the records: annotators, rankings, shares, on a mixed dataset."""
     from pluralign.core.data import Annotations
     rng = np.random.default_rng(0)
     records = [_ann(f"h{rng.integers(12)}", int(rng.integers(2, 5)), 1 + int(rng.integers(2)))

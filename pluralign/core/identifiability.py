@@ -28,14 +28,12 @@ MIN_SHARE = 0.5
 RANKING_MIN_M = 3
 
 
-
 def assess(records: Iterable[Annotation]) -> dict[str, Any]:
     """Verdict, explanation and the shares it rests on, for a set of annotations."""
-    if not isinstance(records, Annotations):
-        records = list(records)
-    codes, n = _annotator_codes(records)
-    sizes = records.rankings().mask.sum(1).numpy() if isinstance(records, Annotations) else \
-        np.array([a.m for a in records], dtype=np.int64)
+    data = records if isinstance(records, Annotations) else Annotations(records)
+    codes, ids = data.annotator_codes()  # cached on an Annotations: EM asks for them anyway
+    n = len(ids)
+    sizes = np.fromiter((a.m for a in data), np.int64, len(data))
     rank = sizes >= RANKING_MIN_M
     per_annotator = np.bincount(codes, minlength=n)
     ranked = np.bincount(codes[rank], minlength=n) > 0
@@ -57,18 +55,6 @@ def assess(records: Iterable[Annotation]) -> dict[str, Any]:
         "share_annotators_with_2plus": round(share_repeated, 4),
         "min_share": MIN_SHARE,
     }
-
-
-def _annotator_codes(records: Iterable[Annotation]) -> tuple[np.ndarray, int]:
-    """Each record's annotator as an integer, and how many annotators (an Annotations has
-    them cached: EM asks for them anyway)."""
-    if isinstance(records, Annotations):
-        codes, ids = records.annotator_codes()
-        return codes, len(ids)
-    index: dict[str, int] = {}
-    codes = np.array([index.setdefault(a.annotator_id, len(index)) for a in records],
-                     dtype=np.int64)
-    return codes, len(index)
 
 
 def _explain(verdict: str, share_ranked: float, share_repeated: float) -> str:

@@ -191,9 +191,10 @@ def _layer_at(layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tens
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (the Llama family's rotate-half form)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    """Rotary position embedding of queries or keys alone (transformers' apply_rotary_pos_emb
+    takes both at one set of positions; the queries here sit at other positions)."""
+    from transformers.models.llama.modeling_llama import rotate_half
+    return x * cos + rotate_half(x) * sin
 
 
 def response_logps(head: nn.Module, hidden: torch.Tensor, batch: Batch,

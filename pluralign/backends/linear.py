@@ -13,7 +13,6 @@ human preferences).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import warnings
@@ -132,27 +131,22 @@ class LinearBackend(PolicyBackend):
         return self._designs[key]
 
     def _given(self, data: Annotations, rank: Rankings) -> Design:
-        if any(a.features is None for a in data):
-            missing = next(i for i, a in enumerate(data) if a.features is None)
-            raise ValueError(f"features='given' needs `features` on every annotation; "
-                             f"annotation {missing} has none (try onehot or embedding)")
+        values, _ = as_annotations(data).feature_values()  # candidates in row order
         n, m = rank.mask.shape
-        if bool(rank.mask.all()):  # every list full width: one flat pass, no row loop
-            each = itertools.chain.from_iterable(a.features for a in data)
-            phi = np.fromiter(each, np.dtype((np.float64, len(data[0].features[0]))),
-                              n * m).reshape(n, m, -1)
+        if bool(rank.mask.all()):  # every list full width: a view, no copy
+            phi = values.reshape(n, m, -1)
         else:
-            phi = np.zeros((n, m, len(data[0].features[0])))
-            for i, a in enumerate(data):
-                phi[i, : a.m] = a.features
+            phi = np.zeros((n, m, values.shape[1]))
+            phi[rank.mask.numpy()] = values  # row-major: each row's candidates in order
         if self.scale_ is None:
-            self.scale_ = given_scale(phi[rank.mask.numpy()])
+            self.scale_ = given_scale(values)
         elif phi.shape[2] != len(self.scale_[0]):
             raise ValueError(f"this data's features have width {phi.shape[2]}, but the "
                              f"linear policies were fitted on features of width "
                              f"{len(self.scale_[0])}: give data with the features the run "
                              "was trained on")
-        phi = (phi - self.scale_[0]) / self.scale_[1]
+        phi = phi - self.scale_[0]  # one temporary: 2 GB at 10^7 rows of 3 x 8 features
+        phi /= self.scale_[1]
         return Design(rank, uniform_log_ref(rank.mask), phi=torch.from_numpy(phi))
 
     def _onehot(self, data: Annotations, rank: Rankings) -> Design:

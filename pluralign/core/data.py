@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pluralign.core import columns
 from pluralign.core.io import write_json, write_with
 from pluralign.core.schema import integer, manifest_info, text
 
@@ -211,22 +212,54 @@ class Annotations(Sequence[Annotation]):
     """A canonical dataset: a list of annotations plus the manifest it was stored with.
 
     Treat it as immutable: backends memoise their work under its `memo_key`, and its
-    fingerprint is computed once."""
+    fingerprint is computed once. One made `from_table` holds the arrow table and builds
+    records only when something asks for them; what linear EM reads (codes, sizes, rankings,
+    given features) comes from the columns (pluralign.core.columns)."""
 
-    def __init__(self, records: Iterable[Annotation], manifest: dict[str, Any] | None = None):
-        self.records = list(records)
+    def __init__(self, records: Iterable[Annotation] = (),
+                 manifest: dict[str, Any] | None = None):
+        self._records: list[Annotation] | None = list(records)
+        self._table: pa.Table | None = None
         self.manifest = manifest or {}
         self.memo_key = f"annotations-{next(_MEMO_KEYS)}"
         self._fingerprint: str | None = None
         self._codes: tuple[np.ndarray, list[str]] | None = None
         self._rankings: Any = None
 
+    @classmethod
+    def from_table(cls, table: pa.Table, manifest: dict[str, Any] | None = None) -> Annotations:
+        """A dataset backed by a canonical arrow `table` (SCHEMA's columns), records built on
+        first access."""
+        data = cls((), manifest)
+        data._records, data._table = None, table
+        return data
+
+    @property
+    def records(self) -> list[Annotation]:
+        """The annotations as objects (built from the table on first access)."""
+        if self._records is None:
+            self._records = from_table(self._table)
+        return self._records
+
+    @property
+    def columnar(self) -> bool:
+        """Whether the columns are read from an arrow table (no records needed)."""
+        return self._table is not None
+
     def __len__(self) -> int:
-        return len(self.records)
+        return self._table.num_rows if self._records is None else len(self._records)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
+            if self._records is None:
+                return Annotations.from_table(self._table.take(np.arange(len(self))[i]),
+                                              self.manifest)
             return Annotations(self.records[i], self.manifest)
+        if self._records is None:  # one row, not all of them
+            n = len(self)
+            if not -n <= i < n:
+                raise IndexError(f"annotation {i} out of range for {n}")
+            return from_table(self._table.slice(i % n, 1))[0]
         return self.records[i]
 
     def __iter__(self) -> Iterator[Annotation]:
@@ -242,22 +275,36 @@ class Annotations(Sequence[Annotation]):
         """Integer code of each record's annotator, and the ids the codes index (computed
         once: EM asks at every run)."""
         if self._codes is None:
-            ids = list(dict.fromkeys(a.annotator_id for a in self.records))
-            index = {a: i for i, a in enumerate(ids)}
-            self._codes = (np.array([index[a.annotator_id] for a in self.records],
-                                    dtype=np.int64), ids)
+            self._codes = columns.codes(self._table) if self.columnar \
+                else columns.record_codes(self.records)
         return self._codes[0].copy(), list(self._codes[1])
+
+    def sizes(self) -> np.ndarray:
+        """Number of candidate responses of each annotation."""
+        return columns.sizes(self._table) if self.columnar \
+            else columns.record_sizes(self.records)
+
+    def feature_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate's `features`, rows in order ([candidates, D]), and the sizes;
+        raises columns.MissingFeatures naming the first annotation without them."""
+        return columns.feature_values(self._table) if self.columnar \
+            else columns.record_feature_values(self.records)
 
     def rankings(self) -> Any:
         """The padded rankings (`pluralign.core.rankings.Rankings`), built once: losses, E-steps and
         backends all read them, and building them walks every record."""
         if self._rankings is None:
             from pluralign.core.rankings import Rankings  # torch: imported only when computing
-            self._rankings = Rankings.from_annotations(self.records)
+            self._rankings = Rankings.from_columns(
+                *(columns.ranking_columns(self._table) if self.columnar
+                  else columns.record_ranking_columns(self.records)))
         return self._rankings
 
     def subset(self, indices: Iterable[int]) -> Annotations:
         """The records at `indices`, in that order."""
+        if self._records is None:
+            return Annotations.from_table(
+                self._table.take(np.fromiter(indices, np.int64)), self.manifest)
         return Annotations([self.records[i] for i in indices], self.manifest)
 
     def fingerprint(self) -> str:
@@ -371,7 +418,9 @@ def read_parquet(source: Any) -> Any:
 
 
 def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
-    """Load a canonical dataset folder; with `verify`, check row count and fingerprint."""
+    """Load a canonical dataset folder, backed by its arrow table; with `verify`, check row
+    count and fingerprint (the fingerprint builds the records; without it, linear EM never
+    does)."""
     d = Path(data_dir)
     manifest_path, table_path = d / MANIFEST_FILE, d / ANNOTATIONS_FILE
     for p in (table_path, manifest_path):
@@ -382,11 +431,10 @@ def load(data_dir: str | os.PathLike, verify: bool = True) -> Annotations:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
                          f"this pluralign reads {SCHEMA_VERSION}")
-    records = from_table(read_parquet(table_path))
-    data = Annotations(records, manifest)
+    data = Annotations.from_table(read_parquet(table_path), manifest)
     if verify:
-        if len(records) != manifest.get("rows"):
-            raise ValueError(f"{table_path}: {len(records)} rows, manifest says "
+        if len(data) != manifest.get("rows"):
+            raise ValueError(f"{table_path}: {len(data)} rows, manifest says "
                              f"{manifest.get('rows')}")
         if data.fingerprint() != manifest.get("fingerprint"):
             raise ValueError(f"{table_path}: content does not match the manifest fingerprint "

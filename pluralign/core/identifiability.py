@@ -33,7 +33,7 @@ def assess(records: Iterable[Annotation]) -> dict[str, Any]:
     data = records if isinstance(records, Annotations) else Annotations(records)
     codes, ids = data.annotator_codes()  # cached on an Annotations: EM asks for them anyway
     n = len(ids)
-    sizes = np.fromiter((a.m for a in data), np.int64, len(data))
+    sizes = data.sizes()
     rank = sizes >= RANKING_MIN_M
     per_annotator = np.bincount(codes, minlength=n)
     ranked = np.bincount(codes[rank], minlength=n) > 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from pluralign.core.columns import record_ranking_columns
 
 if TYPE_CHECKING:
     from pluralign.core.data import Annotation
@@ -27,18 +28,19 @@ class Rankings:
 
     @classmethod
     def from_annotations(cls, records: Sequence[Annotation]) -> Rankings:
-        """Pad the rankings and candidate masks of `records` (three flat passes over them, no
-        list per record: at 10^6 records those lists took seconds)."""
-        n = len(records)
-        sizes = np.fromiter((len(a.responses) for a in records), np.int64, n)
-        lengths = np.fromiter((len(a.ranking) for a in records), np.int64, n)
-        flat = np.fromiter(itertools.chain.from_iterable(a.ranking for a in records), np.int64,
-                           int(lengths.sum()))
+        """Pad the rankings and candidate masks of `records`."""
+        return cls.from_columns(*record_ranking_columns(records))
+
+    @classmethod
+    def from_columns(cls, sizes: np.ndarray, lengths: np.ndarray, flat: np.ndarray) -> Rankings:
+        """Pad from flat columns (pluralign.core.columns): each row's number of candidates, its
+        ranking's length, and every ranking's indices concatenated in row order."""
+        n = len(sizes)
         m_max = int(sizes.max()) if n else 2
         l_max = int(lengths.max()) if n else 1
         ranking = np.full((n, l_max), PAD, dtype=np.int64)
         ranking[np.arange(l_max) < lengths[:, None]] = flat  # row-major: each row's in order
-        mask = torch.arange(m_max) < torch.from_numpy(sizes)[:, None]
+        mask = torch.arange(m_max) < torch.from_numpy(np.ascontiguousarray(sizes))[:, None]
         return cls(torch.from_numpy(ranking), mask)
 
     def __len__(self) -> int:

@@ -29,7 +29,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import pluralign.backends.linear as linear
 import pluralign.backends.lora as lora
+import pluralign.em.checkpoint as checkpoint
+import pluralign.em.estep as estep
 import pluralign.em.estimator as em
+import pluralign.em.iterations as iterations
 import pluralign.lm.models as models
 import pluralign.lm.reference as reference
 from pluralign.core.data import load
@@ -60,9 +63,9 @@ def install() -> None:
     mark(lora.LoRABackend, "_micro_loss", "fit forward")
     mark(lora.LoRABackend, "_backward", "fit backward")
     mark(torch.optim.AdamW, "step", "fit optimizer")
-    mark(em, "annotation_loglik", "E-step")
-    mark(em, "e_step", "E-step")
-    mark(em, "save", "checkpoint I/O")
+    mark(estep, "annotation_loglik", "E-step")
+    mark(iterations, "e_step", "E-step")
+    mark(checkpoint, "save", "checkpoint I/O")
 
 
 def exclusive_times(events) -> dict[str, float]:

@@ -85,6 +85,10 @@ def test_pl_closed_form_objective_equals_autograd(mixed, features, monkeypatch):
     monkeypatch.setattr(linear_fit, "PAIR_CHUNK", 37)  # many chunks, the last one short
     f3, g3 = closed(theta, every)
     assert np.allclose(f3, f1, rtol=1e-12) and np.allclose(g3, g1, atol=1e-12)
+    # past the feature budget, chunks are gathered at each evaluation: the same numbers
+    monkeypatch.setattr(linear_fit, "FEATURE_BUDGET", 37 * 3 * 8 * 8)
+    f5, g5 = linear_fit._pl_loss(*parts, b.config.beta)(theta, every)
+    assert np.allclose(f5, f1, rtol=1e-12) and np.allclose(g5, g1, atol=1e-12)
     some = np.array([True, False, True])  # the types L-BFGS still moves: theirs are exact
     f4, g4 = closed(theta, some)
     assert np.allclose(f4[some], f1[some], rtol=1e-12) and np.allclose(g4[some], g1[some])

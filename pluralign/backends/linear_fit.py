@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 #: Pairs (row, type) per chunk of a PL-DPO evaluation: [M, 65536] float64 temporaries.
 PAIR_CHUNK = 1 << 16
+#: Bytes of dense features an M-step keeps gathered in ranking order (the rest are gathered
+#: at each evaluation): every type keeping all of 10^7 rows of 3 x 8 features would be 15 GB.
+FEATURE_BUDGET = 2 << 30
 #: (row, type) pairs per chunk of the E-step's table: [rows, M, K] float64 scores.
 E_STEP_CHUNK = 1 << 18
 
@@ -114,9 +117,10 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
     temporaries stay bounded. One-hot: a chunk's scores are one gather from theta, its
     gradient one scatter back. Dense features: each chunk's features are gathered once per
     fit in ranking order ([places, pairs, D]: pairs x M x D x 8 bytes, 1.5 GB for K = 8 types
-    each keeping all of 10^6 rows of 3 candidates x 8 features), so an evaluation reads them
-    twice, for active types only, in order; scoring all K types over all rows with one
-    theta @ phi^T and scattering gradients back took twice as long at 10^6 rows."""
+    each keeping all of 10^6 rows of 3 candidates x 8 features; past FEATURE_BUDGET gathered
+    at each evaluation), so an evaluation reads them twice, for active types only, in order;
+    scoring all K types over all rows with one theta @ phi^T and scattering gradients back
+    took twice as long at 10^6 rows."""
     order = rank.order()                                            # [pairs, M]
     real = rank.mask.gather(1, order)
     # [M, pairs] layouts, contiguous: each place's row is then one contiguous vector
@@ -133,7 +137,7 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
         n, m, width = sub.phi.shape
         flat = sub.phi.reshape(n * m, width)
         at = (torch.as_tensor(pos)[:, None] * m + order).T.contiguous()  # [M, pairs]: flat rows
-        feats = [flat[at[:w, c0:c1]].contiguous() for _, c0, c1, w in chunks]  # [w, c, D]
+        feats = _kept_features(flat, at, chunks)
 
     def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = torch.from_numpy(theta)
@@ -144,7 +148,8 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
                 continue
             part = (slice(0, w), slice(c0, c1))                     # places past w: padding
             if sub.col is None:
-                a = (feats[i] @ t[k]).mul_(beta)
+                x = feats[i] if feats[i] is not None else flat[at[part[0], c0:c1]]
+                a = (x @ t[k]).mul_(beta)
             else:
                 where = k * t.shape[1] + col[part]
                 a = t.reshape(-1)[where].mul_(beta)
@@ -156,11 +161,24 @@ def _pl_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.n
             if padded:
                 g.masked_fill_(pad[part], 0.0)
             if sub.col is None:
-                grad[k] += _long_vecmat(g.reshape(-1), feats[i].reshape(-1, t.shape[1]))
+                grad[k] += _long_vecmat(g.reshape(-1), x.reshape(-1, t.shape[1]))
             else:
                 grad.view(-1).index_add_(0, where.reshape(-1), g.reshape(-1))
         return f, grad.numpy()
     return fun
+
+
+def _kept_features(flat: torch.Tensor, at: torch.Tensor,
+                   chunks: list[tuple[int, int, int, int]]) -> list[torch.Tensor | None]:
+    """Each chunk's features gathered in ranking order ([w, c, D]), while they fit in
+    FEATURE_BUDGET bytes; None for the chunks past it, gathered again at each evaluation."""
+    out: list[torch.Tensor | None] = []
+    held = 0
+    for _, c0, c1, w in chunks:
+        size = w * (c1 - c0) * flat.shape[1] * flat.element_size()
+        held += size
+        out.append(flat[at[:w, c0:c1]].contiguous() if held <= FEATURE_BUDGET else None)
+    return out
 
 
 def _long_vecmat(v: torch.Tensor, x: torch.Tensor, block: int = 8192) -> torch.Tensor:

@@ -40,6 +40,21 @@ class PolicyBackend(ABC):
         """Weighted M-step for type k (weights per annotation; zero-weight rows cost nothing);
         returns training statistics."""
 
+    def reward_coefficients(self) -> tuple[float, float]:
+        """(a, b): the types rank candidates by a * s + b * log pi_0, as their loss implies
+        (pluralign.core.losses.reward_coefficients; beta * s for PL-DPO)."""
+        from pluralign.core.losses import reward_coefficients
+        config = getattr(self, "config", None)
+        return reward_coefficients(getattr(config, "loss", "pl_dpo"), self.beta,
+                                   getattr(config, "gamma", 1.0))
+
+    @property
+    def fits_likelihood(self) -> bool:
+        """Whether the M-step maximises the E-step's likelihood (PL-DPO), so that EM's
+        objective may not decrease; other losses (IPO, distill, PMLE, RKL) make EM a
+        generalised one whose log-likelihood can dip."""
+        return getattr(getattr(self, "config", None), "loss", "pl_dpo") == "pl_dpo"
+
     def ranking_loglik(self, data: Annotations) -> np.ndarray | None:
         """log P_k(ranking | beta * s_k) [n, K] of every annotation under every type, computed
         the backend's own way; None (the default), or a value that is not finite, lets the

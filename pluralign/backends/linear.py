@@ -29,6 +29,7 @@ from pluralign.backends.base import PolicyBackend, check_mixture, check_weights,
 from pluralign.core.data import Annotation, Annotations, as_annotations
 from pluralign.core.io import write_json, write_with
 from pluralign.core.lbfgs import minimize_blocks
+from pluralign.core.losses import TEACHER_LOSSES
 from pluralign.core.rankings import Rankings
 from pluralign.settings.backends import LinearConfig
 
@@ -100,6 +101,7 @@ class LinearBackend(PolicyBackend):
         self.config = cfg = config or LinearConfig(**overrides)
         self.n_types, self.beta = cfg.types, cfg.beta
         self.theta_: np.ndarray | None = None
+        self.teacher_: dict[int, np.ndarray] = {}  # distill, rkl: each type's teacher reward
         self.vocab_: dict[str, int] = {}
         self.scale_: tuple[np.ndarray, np.ndarray] | None = None
         self._designs: dict[str, Design] = {}
@@ -225,7 +227,8 @@ class LinearBackend(PolicyBackend):
         return s.numpy()
 
     def ranking_loglik(self, data: Annotations) -> np.ndarray:
-        return linear_fit.ranking_loglik(self.design(data), self.theta_, self.beta)
+        return linear_fit.ranking_loglik(self.design(data), self.theta_,
+                                         *self.reward_coefficients())
 
     def _reference_logps(self, data: Annotations) -> np.ndarray:
         d = self.design(data)
@@ -249,8 +252,10 @@ class LinearBackend(PolicyBackend):
         if not live:
             return infos
         ks = [int(types[j]) for j in live]
-        fun = linear_fit.objective(d, [kept[j] for j in live], [w[:, j] for j in live],
-                                   self.config, self._z)
+        rows, weights = [kept[j] for j in live], [w[:, j] for j in live]
+        teacher = self._fit_teacher(d, rows, weights, ks) if self.config.loss in \
+            TEACHER_LOSSES else None
+        fun = linear_fit.objective(d, rows, weights, self.config, self._z, teacher)
         res = minimize_blocks(fun, self.theta_[ks], gtol=self.config.tol,
                               max_iter=self.config.max_iter)
         self.theta_[ks] = res.x
@@ -259,6 +264,20 @@ class LinearBackend(PolicyBackend):
                             skipped=int((w[:, j] > 0).sum() - kept[j].size),
                             loss=float(res.f[i]), converged=bool(res.converged[i]))
         return infos
+
+    def _fit_teacher(self, d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
+                     ks: list[int]) -> np.ndarray:
+        """The teacher rewards R_hat_k = w_k . phi that distill and rkl fit to: each type's
+        weighted Plackett–Luce maximum likelihood on its own rows (PL-DPO at beta 1, the same
+        L2 prior), warm-started from its last fit."""
+        config = replace(self.config, loss="pl_dpo", beta=1.0)
+        start = np.stack([self.teacher_.get(k, np.zeros(self.theta_.shape[1])) for k in ks])
+        if start.shape[1] < self.theta_.shape[1]:  # one-hot columns grew since
+            start = np.pad(start, ((0, 0), (0, self.theta_.shape[1] - start.shape[1])))
+        res = minimize_blocks(linear_fit.objective(d, rows, weights, config, self._z), start,
+                              gtol=config.tol, max_iter=config.max_iter)
+        self.teacher_.update({k: res.x[i] for i, k in enumerate(ks)})
+        return res.x
 
     def sample(self, data: Annotations, k: int | None, n: int, seed: int) -> list[Annotation]:
         """Draw n candidates (with replacement) from policy k (None: the reference) restricted
@@ -293,6 +312,7 @@ class LinearBackend(PolicyBackend):
         """Type k back to the reference (theta_k = 0)."""
         if self.theta_ is not None:
             self.theta_[k] = 0.0
+        self.teacher_.pop(k, None)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

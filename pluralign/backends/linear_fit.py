@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 PAIR_CHUNK = 1 << 16
 #: Bytes of dense features an M-step keeps gathered in ranking order (the rest are gathered
 #: at each evaluation): every type keeping all of 10^7 rows of 3 x 8 features would be 15 GB.
-FEATURE_BUDGET = 2 << 30
+FEATURE_BUDGET = 4 << 30
 #: (row, type) pairs per chunk of the E-step's table: [rows, M, K] float64 scores.
 E_STEP_CHUNK = 1 << 18
 
@@ -57,9 +57,12 @@ def kept_rows(weights: np.ndarray, skip_mass: float) -> np.ndarray:
 
 
 def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
-              config: LinearConfig, scores: Scores) -> Objective:
+              config: LinearConfig, scores: Scores,
+              teacher: np.ndarray | None = None) -> Objective:
     """The blocks' objective for types with kept `rows` and full `weights` (one per type):
-    f_k = sum_{a kept} w_ak loss_a / W_k + lambda/2 |theta_k|^2 / W_k. Under torchrun each rank
+    f_k = sum_{a kept} w_ak loss_a / W_k + lambda/2 |theta_k|^2 / W_k; `teacher` [A, D]: each
+    type's reward weights, whose scores are the targets of distill and rkl. Under torchrun each
+    rank
     sums its share of every type's rows and the sums are all-reduced: every rank then takes the
     same L-BFGS steps and ends with the same theta."""
     width = d.rankings.mask.sum(1).numpy()
@@ -80,7 +83,7 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
     if config.loss == "pl_dpo":
         loss = _pl_loss(sub, pos, slot, rank, wt, len(rows), config.beta)
     else:
-        loss = _autograd_loss(sub, pos, slot, rank, wt, len(rows), config, scores)
+        loss = _autograd_loss(sub, pos, slot, rank, wt, len(rows), config, scores, teacher)
 
     def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f, g = loss(theta, active)
@@ -93,18 +96,23 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
 
 
 def _autograd_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.ndarray,
-                   n_types: int, config: LinearConfig, scores: Scores) -> Objective:
-    """Any registered loss, its gradient by autograd."""
+                   n_types: int, config: LinearConfig, scores: Scores,
+                   teacher: np.ndarray | None) -> Objective:
+    """Any registered loss, its gradient by autograd; the candidates' reference log-probs and
+    (distill, rkl) the teacher's rewards go with the scores."""
     loss_rows = get_loss(config.loss, per_row=True)
     pos_t, slot_t, wt_t = torch.as_tensor(pos), torch.as_tensor(slot), torch.as_tensor(wt)
+    extra = {"gamma": config.gamma, "ref_logps": sub.log_ref[pos_t]}
+    if teacher is not None:
+        extra["targets"] = scores(sub, torch.as_tensor(teacher))[pos_t, :, slot_t]
 
     def fun(theta: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = torch.tensor(theta, requires_grad=True)
-        # PL, IPO and distillation are invariant to a per-annotation constant, so the
-        # normaliser log Z of the logratios is not needed while fitting.
+        # Every loss here is invariant to a per-annotation constant in the log-ratios (PMLE
+        # and RKL renormalise over the candidates), so log Z is not needed while fitting.
         z = scores(sub, t)[pos_t, :, slot_t]                        # [pairs, M]
-        f = torch.zeros(n_types, dtype=t.dtype).index_add(0, slot_t,
-                                                          wt_t * loss_rows(z, rank, config.beta))
+        f = torch.zeros(n_types, dtype=t.dtype).index_add(
+            0, slot_t, wt_t * loss_rows(z, rank, config.beta, **extra))
         f.sum().backward()
         return f.detach().numpy(), t.grad.numpy()
     return fun
@@ -205,11 +213,12 @@ def _chunks(slot: np.ndarray, width: np.ndarray,
     return out
 
 
-def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:
-    """log P_k(ranking | beta * s_k) [n, K] for every row and type, a chunk of rows at a time.
-    Plackett–Luce ignores a per-row constant, so theta . phi stands in for the log-ratios
-    s_k = theta_k . phi - log Z_k: the E-step needs neither the normaliser nor the [n, M, K]
-    log-ratio array."""
+def ranking_loglik(d: Design, theta: np.ndarray, beta: float,
+                   ref_weight: float = 0.0) -> np.ndarray:
+    """log P_k(ranking | beta * s_k + ref_weight * log pi_0) [n, K] for every row and type, a
+    chunk of rows at a time. Plackett–Luce ignores a per-row constant, so theta . phi stands
+    in for the log-ratios s_k = theta_k . phi - log Z_k: the E-step needs neither the
+    normaliser nor the [n, M, K] log-ratio array."""
     t = torch.from_numpy(theta)
     n, k = len(d.rankings), t.shape[0]
     out = torch.empty(n, k, dtype=torch.float64)
@@ -217,6 +226,8 @@ def ranking_loglik(d: Design, theta: np.ndarray, beta: float) -> np.ndarray:
     for r0 in range(0, n, step):
         rows = slice(r0, min(r0 + step, n))
         z = t.T[d.col[rows].clamp(min=0)] if d.col is not None else d.phi[rows] @ t.T
-        out[rows] = rankings_loglik(beta * z, d.rankings.select(torch.arange(rows.start,
-                                                                             rows.stop)))
+        z = beta * z
+        if ref_weight:
+            z += ref_weight * d.log_ref[rows].unsqueeze(-1)
+        out[rows] = rankings_loglik(z, d.rankings.select(torch.arange(rows.start, rows.stop)))
     return out.numpy()

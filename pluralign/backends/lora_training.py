@@ -16,6 +16,7 @@ import torch
 from pluralign.backends.base import check_weights
 from pluralign.core import distributed
 from pluralign.core.data import Annotations
+from pluralign.core.losses import TEACHER_LOSSES
 from pluralign.core.progress import bar
 from pluralign.lm.reference import batches, by_length
 from pluralign.lm.sharded import sum_grads
@@ -44,6 +45,7 @@ class AdapterTraining:
         sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
         gen = torch.Generator().manual_seed(cfg.seed + 7919 * k + len(self.history_[k]))
+        targets = self.teacher_rewards(k, data, w) if cfg.loss in TEACHER_LOSSES else None
         w_mean = float(w[rows].mean())
         t0 = time.perf_counter()
         self.model.train()
@@ -54,7 +56,7 @@ class AdapterTraining:
                 micro = [order[i: i + cfg.batch_size] for i in range(0, order.size,
                                                                       cfg.batch_size)]
                 for j, mb in enumerate(micro):
-                    loss, n_tok, rest = self._micro_loss(prep, mb, w, w_mean)
+                    loss, n_tok, rest = self._micro_loss(prep, mb, w, w_mean, targets)
                     if not torch.isfinite(loss):  # every rank holds the whole loss: one verdict
                         raise FloatingPointError(
                             f"{name}: loss is {loss.item()} at step {stats['steps'] + 1}; lower "
@@ -87,11 +89,14 @@ class AdapterTraining:
         loss.backward()
         rest()
 
-    def _micro_loss(self, prep: Any, mb: np.ndarray, w: np.ndarray,
-                    w_mean: float) -> tuple[torch.Tensor, int, Callable[[], None]]:
+    def _micro_loss(self, prep: Any, mb: np.ndarray, w: np.ndarray, w_mean: float,
+                    targets: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, int, Callable[[], None]]:
         """Weighted loss of annotations `mb`, scaled so that micro-batches average to the
         weighted mean over all rows (an unbiased estimate, whatever the batch's weights); and
-        what completes its backward pass on this rank (see _shared_logps)."""
+        what completes its backward pass on this rank (see _shared_logps). PMLE and RKL also
+        read the candidates' reference log-probs, distill and RKL the teacher's `targets`
+        [n, M] (rows as the data's)."""
         index = prep.seqs.index[torch.as_tensor(mb)]
         ids = torch.unique(index[index >= 0]).tolist()
         logps, rest = self._shared_logps(prep, ids)
@@ -101,9 +106,16 @@ class AdapterTraining:
         device = s_seq.device
         valid = (index >= 0).to(device)
         gathered = s_seq[local[index.clamp(min=0)].to(device)]  # [B, M]; padding masked next
-        s = torch.where(valid, gathered, torch.zeros((), dtype=s_seq.dtype, device=device))
+        zero = torch.zeros((), dtype=s_seq.dtype, device=device)
+        s = torch.where(valid, gathered, zero)
+        ref = prep.ref.logps[index.clamp(min=0)].to(device, s.dtype)  # [B, M]: per sequence
+        extra: dict[str, Any] = {"gamma": self.config.gamma,
+                                 "ref_logps": torch.where(valid, ref, zero)}
+        if targets is not None:
+            extra["targets"] = targets[torch.as_tensor(mb)].to(device, s.dtype).nan_to_num(0.0)
         wt = torch.as_tensor(w[mb], dtype=s.dtype, device=device)
-        loss = self.loss_fn(s, prep.rankings.select(mb).to(s.device), self.beta, weights=wt)
+        loss = self.loss_fn(s, prep.rankings.select(mb).to(s.device), self.beta, weights=wt,
+                            **extra)
         return loss * (wt.sum() / (len(mb) * w_mean)), prep.seqs.n_tokens(ids), rest
 
     def _shared_logps(self, prep: Any,
@@ -136,10 +148,37 @@ class AdapterTraining:
         return leaf, rest
 
     def loss(self, k: int, data: Annotations, weights: np.ndarray) -> float:
-        """Type k's weighted loss on `data` (no training)."""
+        """Type k's weighted loss on `data` (no training; distill and rkl against the teacher
+        of type k's last fit)."""
         s = torch.as_tensor(self.logratios(data)[..., k])
         w = torch.as_tensor(check_weights(weights, len(data)))
-        return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w))
+        extra: dict[str, Any] = {"gamma": self.config.gamma,
+                                 "ref_logps": torch.as_tensor(self.reference_logps(data))}
+        if self.config.loss in TEACHER_LOSSES:
+            extra["targets"] = torch.as_tensor(self.teacher_rewards(k, data, None))
+        return float(self.loss_fn(s, self.prepare(data).rankings, self.beta, weights=w,
+                                  **extra))
+
+    def teacher_rewards(self, k: int, data: Annotations,
+                        weights: np.ndarray | None) -> torch.Tensor:
+        """R_hat_k per candidate [n, M] for distill and rkl: the linear backend's type-k reward
+        on this LM's embeddings (DESIGN §7), fitted by weighted Plackett–Luce on `weights`
+        (None: as last fitted). The embeddings come from the reference pass (with the linear
+        start, the same cached pass)."""
+        from pluralign.backends.linear import LinearBackend
+        cfg = self.config
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = LinearBackend(
+                types=self.n_types, features="embedding", model=cfg.model,
+                max_prompt_tokens=cfg.max_prompt_tokens,
+                max_response_tokens=cfg.max_response_tokens, token_budget=cfg.token_budget,
+                cache=cfg.cache, progress=cfg.progress)
+        if weights is not None:
+            self._teacher.fit(k, data, weights)
+        elif self._teacher.theta_ is None:
+            raise ValueError(f"loss {cfg.loss}: type {k} has no teacher reward yet; fit it first")
+        r_hat = self._teacher.beta * self._teacher.logratios(data)[..., k]
+        return torch.as_tensor(np.nan_to_num(r_hat))
 
     def iteration_seconds(self, data: Annotations) -> float | None:
         """Estimated seconds of one EM iteration on `data` (K fits over every row, K scoring
@@ -151,7 +190,8 @@ class AdapterTraining:
         self._activate(0)
         self.model.train()
         t0 = time.perf_counter()
-        loss, _, rest = self._micro_loss(prep, mb, np.ones(len(data)), 1.0)
+        targets = torch.zeros(prep.seqs.index.shape) if cfg.loss in TEACHER_LOSSES else None
+        loss, _, rest = self._micro_loss(prep, mb, np.ones(len(data)), 1.0, targets)
         self._backward(loss, rest)
         step = time.perf_counter() - t0
         self.model.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
-"""Preference losses on log-ratios s = log pi - log pi_ref (DESIGN §3, §4, §7).
+"""Preference losses on log-ratios s = log pi - log pi_ref (DESIGN §3, §4, §7): PL-DPO, IPO,
+preference distillation, preference MLE (PMLE) and reverse KL (RKL).
 
 Every loss takes `logratios[n, M]` (padding ignored), `Rankings`, `beta` and optional
 per-annotation `weights`, and returns the weighted mean over annotations normalised by the sum of
@@ -231,9 +232,78 @@ def distill_rows(logratios: torch.Tensor, rankings: Rankings, beta: float,
     return (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum(dim=1)
 
 
-LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_loss, "ipo": ipo_loss, "distill": distill_loss}
+def candidate_policies(logratios: torch.Tensor, rankings: Rankings,
+                       ref_logps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi and log pi_0 restricted to each annotation's candidates (log-softmax of
+    log pi_0 + s and of log pi_0 over the real candidates; padding at a large negative).
+    `ref_logps` None: pi_0 uniform over the candidates."""
+    floor = torch.finfo(logratios.dtype).min / 4
+    mask = rankings.mask
+    ref = torch.zeros_like(logratios) if ref_logps is None else \
+        ref_logps.to(logratios.dtype).masked_fill(~mask, 0.0)
+    log_pi = torch.log_softmax((ref + _clean(logratios, rankings)).masked_fill(~mask, floor), 1)
+    return log_pi, torch.log_softmax(ref.masked_fill(~mask, floor), 1)
+
+
+def _expect(log_p: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_a p(a) values(a) over the real candidates, per row."""
+    return (log_p.exp() * values).masked_fill(~mask, 0.0).sum(dim=1)
+
+
+def pmle_rows(logratios: torch.Tensor, rankings: Rankings, beta: float, gamma: float = 1.0,
+              ref_logps: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    """Preference MLE (Yun et al.; DESIGN §7) per annotation: -log PL(ranking | gamma log pi)
+    + beta KL(pi || pi_0), pi and pi_0 restricted to the annotation's candidates (exact there;
+    no samples). For m = 2: -log sigmoid(gamma log pi(a+)/pi(a-)) + beta KL. `beta` weighs the
+    KL; `gamma` is the preference temperature."""
+    log_pi, log_ref = candidate_policies(logratios, rankings, ref_logps)
+    fit = -plackett_luce_logprob(gamma * log_pi, rankings)
+    return fit + beta * _expect(log_pi, log_pi - log_ref, rankings.mask)
+
+
+def pmle_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
+              weights: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+    """Preference MLE, the weighted mean of pmle_rows."""
+    return weighted_mean(pmle_rows(logratios, rankings, beta, **kw), weights)
+
+
+def rkl_rows(logratios: torch.Tensor, rankings: Rankings, beta: float, gamma: float = 1.0,
+             ref_logps: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+             **_: object) -> torch.Tensor:
+    """Reverse KL (Yun et al.; DESIGN §7) per annotation, exact over its candidates:
+    -E_pi[R_hat] - gamma H(pi) + beta KL(pi || pi_0), with `targets` = R_hat per candidate.
+    Its minimiser is pi proportional to pi_0^(beta/(beta+gamma)) exp(R_hat/(beta+gamma))."""
+    if targets is None:
+        raise ValueError("the rkl loss needs `targets`: a reward R_hat per candidate")
+    log_pi, log_ref = candidate_policies(logratios, rankings, ref_logps)
+    r_hat = targets.to(logratios.dtype).masked_fill(~rankings.mask, 0.0)
+    return _expect(log_pi, -r_hat + gamma * log_pi + beta * (log_pi - log_ref), rankings.mask)
+
+
+def rkl_loss(logratios: torch.Tensor, rankings: Rankings, beta: float,
+             weights: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+    """Reverse KL, the weighted mean of rkl_rows."""
+    return weighted_mean(rkl_rows(logratios, rankings, beta, **kw), weights)
+
+
+LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_loss, "ipo": ipo_loss, "distill": distill_loss,
+                           "pmle": pmle_loss, "rkl": rkl_loss}
 #: The same losses per annotation, unweighted ([n]): for fits that sum them their own way.
-ROW_LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_rows, "ipo": ipo_rows, "distill": distill_rows}
+ROW_LOSSES: dict[str, Loss] = {"pl_dpo": pl_dpo_rows, "ipo": ipo_rows, "distill": distill_rows,
+                               "pmle": pmle_rows, "rkl": rkl_rows}
+#: Losses fitted to a teacher reward R_hat (`targets`) rather than to the rankings directly.
+TEACHER_LOSSES = ("distill", "rkl")
+
+
+def reward_coefficients(name: str, beta: float, gamma: float) -> tuple[float, float]:
+    """(a, b): a policy fitted with loss `name` ranks by the reward a * s + b * log pi_0 (the
+    E-step's Plackett–Luce scores). DPO-like losses: beta * s. PMLE: gamma * log pi. RKL: the
+    R_hat its optimum implies, (beta + gamma) log pi - beta log pi_0."""
+    if name == "pmle":
+        return gamma, gamma
+    if name == "rkl":
+        return beta + gamma, gamma
+    return beta, 0.0
 
 
 def get_loss(name: str, per_row: bool = False) -> Loss:

@@ -30,16 +30,28 @@ def rankings(data: Annotations) -> Rankings:
 
 
 # -- the E-step -----------------------------------------------------------------------------
-def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float) -> np.ndarray:
-    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K]. Padding may
-    be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
+def annotation_loglik(logratios: np.ndarray, rankings: Rankings, beta: float,
+                      ref_logps: np.ndarray | None = None, ref_weight: float = 0.0) -> np.ndarray:
+    """log P_k(tau_a | x_a) for every annotation and type: [n, M, K] -> [n, K], on rewards
+    beta * s (+ ref_weight * log pi_0 for PMLE and RKL types: losses.reward_coefficients).
+    Padding may be NaN; a non-finite score on a real candidate is an error (never read as 0)."""
     import torch
 
     from pluralign.backends.base import check_finite
     from pluralign.core.losses import rankings_loglik
     check_finite(logratios, None, "log-ratio", rankings.mask.numpy())
     scores = beta * torch.as_tensor(logratios, dtype=torch.float64)
+    if ref_weight and ref_logps is not None:
+        scores += ref_weight * torch.as_tensor(ref_logps, dtype=torch.float64).unsqueeze(-1)
     return rankings_loglik(scores, rankings).numpy()
+
+
+def type_loglik(backend: PolicyBackend, logratios: np.ndarray, data: Annotations) -> np.ndarray:
+    """annotation_loglik of `logratios` (the backend's types' columns) on the rewards the
+    backend's loss ranks by."""
+    a, b = backend.reward_coefficients()
+    ref = backend.reference_logps(data) if b else None
+    return annotation_loglik(logratios, rankings(data), a, ref, b)
 
 
 def reference_loglik(data: Annotations) -> float:
@@ -140,7 +152,7 @@ def loglik_table(backend: PolicyBackend, data: Annotations) -> tuple[np.ndarray,
         data, codes = _share(data, rows), codes[rows]
     per = backend.ranking_loglik(data)
     if per is None or not np.isfinite(per).all():  # the log-ratios' check names the candidate
-        per = annotation_loglik(backend.logratios(data), rankings(data), backend.beta)
+        per = type_loglik(backend, backend.logratios(data), data)
     table = annotator_loglik(per, codes, len(ids))
     if backend.row_sharded and distributed.world() > 1:
         import torch

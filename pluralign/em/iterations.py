@@ -3,7 +3,8 @@ with over-split types pruned or merged (pluralign.em.prune).
 
 - M-step: eta_k = mean_h gamma_hk; policy k = weighted PL-DPO fit with weights gamma_{h(a)k}.
 - Monitor: the observed log-likelihood sum_h log sum_k eta_k L_hk, minus the backend's
-  log-prior penalty; with exact M-steps (the linear backend) it never decreases.
+  log-prior penalty; with exact PL-DPO M-steps (the linear backend) it never decreases, and a
+  decrease warns. Other losses do not maximise that likelihood: a dip is logged, not warned.
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ class Iterations:
             if history and objective < history[-1] - 1e-6 * abs(history[-1]):
                 msg = (f"K={k}: the EM objective decreased at iteration {it + 1} "
                        f"({history[-1]:.6f} -> {objective:.6f})")
-                warns.append(msg)
-                warnings.warn(msg, MonotonicityWarning, stacklevel=2)
+                if backend.fits_likelihood:
+                    warns.append(msg)
+                    warnings.warn(msg, MonotonicityWarning, stacklevel=2)
+                else:  # the loss is not the likelihood: a dip is expected, not a bug
+                    log.info("%s; expected with loss %s", msg, backend.config.loss)
             converged = bool(history) and abs(objective - history[-1]) <= self.tol * max(
                 abs(history[-1]), 1e-12)
             history.append(objective)
@@ -156,7 +160,10 @@ class Iterations:
                    float(np.mean(skipped)) if skipped else 0.0, log_lik)
 
     def _announce(self, backend: PolicyBackend, data: Annotations, k: int, left: int) -> None:
-        """Before a long (LoRA) EM run: its estimated time per iteration and at most."""
+        """Before a long (LoRA) EM run: its estimated time per iteration and at most. The
+        estimate costs a timed micro-batch and scoring batch: skipped when nobody listens."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         each = backend.iteration_seconds(data)
         if each is None:  # a backend too quick to be worth announcing
             return

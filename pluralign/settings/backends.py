@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 from pluralign.settings.stages import FEATURES  # noqa: F401 (defined with the other choices)
 
 #: Names of the losses in `losses.LOSSES` (a test keeps the two in step).
-LOSS_NAMES = ("pl_dpo", "ipo", "distill")
+LOSS_NAMES = ("pl_dpo", "ipo", "distill", "pmle", "rkl")
+LOSS_HELP = ("loss name (losses.LOSSES): pl_dpo, ipo, distill (to a teacher reward), pmle "
+             "(preference MLE) or rkl (reverse KL to a teacher reward); README 'Objectives'")
+BETA_HELP = ("pl_dpo, ipo, distill: reward = beta * s; pmle, rkl: the weight of "
+             "KL(pi || pi_0)")
+GAMMA_HELP = ("pmle: the preference temperature (P(a > b) = sigmoid(gamma log pi(a)/pi(b))); "
+              "rkl: the weight of the entropy bonus; unused by the other losses")
 
 
-def _check_loss(name: str) -> None:
+def _check_loss(name: str, beta: float, gamma: float) -> None:
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss '{name}'; known: {', '.join(LOSS_NAMES)}")
+    if not beta > 0 or not gamma > 0:
+        raise ValueError(f"beta and gamma must be > 0, got beta={beta}, gamma={gamma}")
 
 
 @dataclass
@@ -24,12 +32,13 @@ class LinearConfig:
     """Settings of the linear backend."""
 
     types: int = field(default=2, metadata={"help": "number of type policies K"})
-    beta: float = field(default=1.0, metadata={"help": "reward = beta * s"})
+    beta: float = field(default=1.0, metadata={"help": BETA_HELP})
+    gamma: float = field(default=1.0, metadata={"help": GAMMA_HELP})
     features: str = field(default="given", metadata={"help": "given, onehot or embedding"})
     l2: float = field(default=1.0, metadata={
         "help": "L2 penalty lambda: type k minimises sum_a w_a loss_a + lambda/2 |theta_k|^2 "
                 "(a fixed Gaussian prior, so EM is monotone in loglik - penalty)"})
-    loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
+    loss: str = field(default="pl_dpo", metadata={"help": LOSS_HELP})
     tol: float = field(default=1e-8, metadata={"help": "L-BFGS gradient tolerance"})
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iteration limit"})
     skip_mass: float = field(default=1e-4, metadata={
@@ -54,7 +63,7 @@ class LinearConfig:
             raise ValueError("types >= 1, beta > 0 and l2 >= 0 are required")
         if not 0 <= self.skip_mass < 1:
             raise ValueError(f"skip_mass must be in [0, 1), got {self.skip_mass}")
-        _check_loss(self.loss)
+        _check_loss(self.loss, self.beta, self.gamma)
 
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,8 +78,9 @@ class LoRAConfig:
 
     model: str = field(default="builtin:tiny", metadata={"help": "model spec (models.py)"})
     types: int = field(default=2, metadata={"help": "number of type policies K"})
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature: reward = beta * s"})
-    loss: str = field(default="pl_dpo", metadata={"help": "loss name (losses.LOSSES)"})
+    beta: float = field(default=0.1, metadata={"help": BETA_HELP})
+    gamma: float = field(default=1.0, metadata={"help": GAMMA_HELP})
+    loss: str = field(default="pl_dpo", metadata={"help": LOSS_HELP})
     rank: int = field(default=8, metadata={"help": "LoRA rank r"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
@@ -128,7 +138,7 @@ class LoRAConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _check_loss(self.loss)
+        _check_loss(self.loss, self.beta, self.gamma)
         self.target_modules = tuple(self.target_modules)
         if self.sharding not in SHARDINGS:
             raise ValueError(f"sharding must be one of {SHARDINGS}, got {self.sharding!r}")

@@ -44,7 +44,7 @@ from pluralign.core import bootstrap, diagnostics
 from pluralign.core.data import Annotations, as_annotations
 from pluralign.core.labels import annotator_labels, label_columns, split_label_warnings
 from pluralign.em.ceiling import ceiling_warnings, compare, match_labels
-from pluralign.em.estep import annotation_loglik, annotator_loglik, e_step
+from pluralign.em.estep import annotator_loglik, e_step, type_loglik
 from pluralign.em.fitted import FittedRun, crossfit_posteriors, load_ceiling, load_run
 from pluralign.personalize.experiment import predictive_experiment
 from pluralign.runfolder.artifacts import EvaluationInfo, aggregate_info
@@ -82,7 +82,7 @@ def evaluate_run(run: FittedRun, data: Annotations, aggregated: dict[str, Any] |
     check_finite(logps, data, "policy log-prob")
     rank = as_annotations(data).rankings()
     codes, ids = data.annotator_codes()
-    per = annotation_loglik(s, rank, beta)
+    per = type_loglik(backend, s, data)
     gamma, _ = e_step(annotator_loglik(per, codes, len(ids)), run.priors)
     pred = gamma.argmax(axis=1)
     labels = annotator_labels(data)

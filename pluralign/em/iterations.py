@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pluralign.backends.base import PolicyBackend
-from pluralign.core import progress
+from pluralign.core import distributed, progress
 from pluralign.core.data import Annotations
 from pluralign.em import checkpoint, prune
 from pluralign.em.estep import e_step, loglik_table
@@ -161,8 +161,10 @@ class Iterations:
 
     def _announce(self, backend: PolicyBackend, data: Annotations, k: int, left: int) -> None:
         """Before a long (LoRA) EM run: its estimated time per iteration and at most. The
-        estimate costs a timed micro-batch and scoring batch: skipped when nobody listens."""
-        if not log.isEnabledFor(logging.INFO):
+        estimate costs a timed micro-batch and scoring batch: skipped when nobody listens in
+        one process (with several, every rank probes: the probe's passes are collective, and
+        only rank 0 logs)."""
+        if distributed.world() == 1 and not log.isEnabledFor(logging.INFO):
             return
         each = backend.iteration_seconds(data)
         if each is None:  # a backend too quick to be worth announcing

@@ -92,3 +92,13 @@ def test_memo_keys_are_per_object_and_the_heap_pause_nests():
             pass
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_jsonl_lines_hold_one_record_whatever_the_strings(tmp_path):
+    """U+0085, U+2028 and U+2029 end a line for str.splitlines (and JavaScript): written raw
+    inside a JSONL string they split one reject in two (found by tests/test_fuzz.py)."""
+    from pluralign.core.io import write_jsonl
+    rows = [{"raw": {"annotator_id": "\x85"}}, {"text": "a\u2028b\u2029c\x0bd é"}]
+    write_jsonl(tmp_path / "r.jsonl", rows)
+    lines = (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == rows

@@ -97,7 +97,7 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
 
 def _autograd_loss(sub: Design, pos: np.ndarray, slot: np.ndarray, rank: Any, wt: np.ndarray,
                    n_types: int, config: LinearConfig, scores: Scores,
-                   teacher: np.ndarray | None) -> Objective:
+                   teacher: np.ndarray | None = None) -> Objective:
     """Any registered loss, its gradient by autograd; the candidates' reference log-probs and
     (distill, rkl) the teacher's rewards go with the scores."""
     loss_rows = get_loss(config.loss, per_row=True)

@@ -159,10 +159,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
                + "\n")
 
 
+#: Characters that str.splitlines (and JavaScript, for U+2028/9) take for line ends and JSON
+#: leaves unescaped: inside a JSONL line they would split one record in two for such readers.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write one strict JSON object per line atomically."""
-    write_text(path, "".join(json.dumps(strict(r), ensure_ascii=False, allow_nan=False) + "\n"
-                             for r in rows))
+    """Write one strict JSON object per line atomically; line-breaking characters inside
+    strings are written as escapes, so every reader sees one record per line."""
+    write_text(path, "".join(json.dumps(strict(r), ensure_ascii=False, allow_nan=False)
+                             .translate(_LINE_BREAKS) + "\n" for r in rows))
 
 
 def strict(obj: Any) -> Any:

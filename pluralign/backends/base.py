@@ -44,16 +44,20 @@ class PolicyBackend(ABC):
         """(a, b): the types rank candidates by a * s + b * log pi_0, as their loss implies
         (pluralign.core.losses.reward_coefficients; beta * s for PL-DPO)."""
         from pluralign.core.losses import reward_coefficients
-        config = getattr(self, "config", None)
-        return reward_coefficients(getattr(config, "loss", "pl_dpo"), self.beta,
-                                   getattr(config, "gamma", 1.0))
+        return reward_coefficients(self.loss_name, self.beta,
+                                   getattr(getattr(self, "config", None), "gamma", 1.0))
+
+    @property
+    def loss_name(self) -> str:
+        """The M-step's loss (`config.loss`; PL-DPO for a backend without a config)."""
+        return getattr(getattr(self, "config", None), "loss", "pl_dpo")
 
     @property
     def fits_likelihood(self) -> bool:
         """Whether the M-step maximises the E-step's likelihood (PL-DPO), so that EM's
         objective may not decrease; other losses (IPO, distill, PMLE, RKL) make EM a
         generalised one whose log-likelihood can dip."""
-        return getattr(getattr(self, "config", None), "loss", "pl_dpo") == "pl_dpo"
+        return self.loss_name == "pl_dpo"
 
     def ranking_loglik(self, data: Annotations) -> np.ndarray | None:
         """log P_k(ranking | beta * s_k) [n, K] of every annotation under every type, computed

@@ -62,9 +62,8 @@ def objective(d: Design, rows: list[np.ndarray], weights: list[np.ndarray],
     """The blocks' objective for types with kept `rows` and full `weights` (one per type):
     f_k = sum_{a kept} w_ak loss_a / W_k + lambda/2 |theta_k|^2 / W_k; `teacher` [A, D]: each
     type's reward weights, whose scores are the targets of distill and rkl. Under torchrun each
-    rank
-    sums its share of every type's rows and the sums are all-reduced: every rank then takes the
-    same L-BFGS steps and ends with the same theta."""
+    rank sums its share of every type's rows and the sums are all-reduced: every rank then
+    takes the same L-BFGS steps and ends with the same theta."""
     width = d.rankings.mask.sum(1).numpy()
     # this rank's share of each type's rows, narrowest lists first (chunks of one width)
     mine = [r[distributed.rank()::distributed.world()] for r in rows]

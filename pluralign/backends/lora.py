@@ -123,6 +123,7 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         self.loss_fn = get_loss(cfg.loss)
         self.history_: dict[int, list[dict[str, Any]]] = {k: [] for k in range(cfg.types)}
         self._prepared: dict[str, Prepared] = {}
+        self._teacher: Any = None  # distill, rkl: the linear reward on embeddings (training)
 
     def _keep_whole(self, k: int | None = None) -> None:
         """Sharded model: adapter k's weights (every adapter's when None) gathered whole."""

@@ -112,7 +112,7 @@ class AdapterTraining:
         extra: dict[str, Any] = {"gamma": self.config.gamma,
                                  "ref_logps": torch.where(valid, ref, zero)}
         if targets is not None:
-            extra["targets"] = targets[torch.as_tensor(mb)].to(device, s.dtype).nan_to_num(0.0)
+            extra["targets"] = targets[torch.as_tensor(mb)].to(device, s.dtype)
         wt = torch.as_tensor(w[mb], dtype=s.dtype, device=device)
         loss = self.loss_fn(s, prep.rankings.select(mb).to(s.device), self.beta, weights=wt,
                             **extra)
@@ -167,7 +167,7 @@ class AdapterTraining:
         start, the same cached pass)."""
         from pluralign.backends.linear import LinearBackend
         cfg = self.config
-        if getattr(self, "_teacher", None) is None:
+        if self._teacher is None:
             self._teacher = LinearBackend(
                 types=self.n_types, features="embedding", model=cfg.model,
                 max_prompt_tokens=cfg.max_prompt_tokens,

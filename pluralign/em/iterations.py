@@ -137,7 +137,7 @@ class Iterations:
                     warns.append(msg)
                     warnings.warn(msg, MonotonicityWarning, stacklevel=2)
                 else:  # the loss is not the likelihood: a dip is expected, not a bug
-                    log.info("%s; expected with loss %s", msg, backend.config.loss)
+                    log.info("%s; expected with loss %s", msg, backend.loss_name)
             converged = bool(history) and abs(objective - history[-1]) <= self.tol * max(
                 abs(history[-1]), 1e-12)
             history.append(objective)

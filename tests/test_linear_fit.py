@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from pluralign.backends import linear_fit
 from pluralign.backends.linear import LinearBackend
 from pluralign.core import plackett_luce
 from pluralign.core.data import Annotations
-from pluralign.core.labels import adjusted_rand
+from pluralign.core.labels import adjusted_rand, normalized_mutual_info
 from pluralign.core.lbfgs import minimize_blocks
 from pluralign.em.estep import annotation_loglik
 from pluralign.settings.backends import LinearConfig
@@ -172,14 +172,18 @@ def test_ordered_pl_equals_autograds_plackett_luce():
     assert ordered_pl(a.clone(), placed, grad=False)[1] is None
 
 
-def test_adjusted_rand_equals_sklearn():
+def test_adjusted_rand_and_nmi_equal_sklearn():
     rng = np.random.default_rng(6)
     for n in (1, 2, 5, 50):
         for _ in range(100):
             a, b = rng.integers(0, rng.integers(1, 5), n), rng.integers(0, rng.integers(1, 5), n)
             if rng.random() < 0.2:
                 b = a.copy()
+            elif rng.random() < 0.2:
+                b = 7 - 2 * a  # the same partition under other names
             assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+            assert normalized_mutual_info(a, b) == pytest.approx(
+                normalized_mutual_info_score(a, b), abs=1e-12)
 
 
 @pytest.mark.parametrize("features", ["given", "onehot"])

@@ -41,20 +41,48 @@ def split_label_warnings(train: Annotations, held: Annotations) -> list[dict[str
             for w in diagnostics.split_warnings(labels, held_labels.get(col, {}), col)]
 
 
-def adjusted_rand(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Adjusted Rand index of two integer labelings (Hubert & Arabie), from their contingency
-    table: sklearn's adjusted_rand_score without its per-call validation, for bootstraps that
-    call it hundreds of times (a test keeps the two equal)."""
+def _contingency(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Counts of (true label, predicted label) pairs [labels, clusters]."""
     _, t = np.unique(truth, return_inverse=True)
     _, p = np.unique(pred, return_inverse=True)
-    table = np.bincount(t * (p.max() + 1) + p).astype(np.float64)
+    width = int(p.max()) + 1 if p.size else 0
+    rows = int(t.max()) + 1 if t.size else 0
+    return np.bincount(t * width + p, minlength=rows * width).reshape(rows, width).astype(
+        np.float64)
+
+
+def adjusted_rand(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings (Hubert & Arabie), from their contingency table:
+    sklearn's adjusted_rand_score without its per-call validation, for bootstraps that call
+    it hundreds of times (a test keeps the two equal)."""
+    table = _contingency(truth, pred)
+    n = table.sum()
     pairs = (table * (table - 1)).sum() / 2
-    rows = np.bincount(t).astype(np.float64)
-    cols = np.bincount(p).astype(np.float64)
+    rows, cols = table.sum(1), table.sum(0)
     a, b = (rows * (rows - 1)).sum() / 2, (cols * (cols - 1)).sum() / 2
-    n = len(t)
     expected = a * b / (n * (n - 1) / 2) if n > 1 else 0.0
     top = (a + b) / 2
     if top == expected:  # one cluster each, or every point alone: sklearn's convention
         return 1.0
     return float((pairs - expected) / (top - expected))
+
+
+def normalized_mutual_info(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Mutual information over the arithmetic mean of the two entropies: sklearn's
+    normalized_mutual_info_score (its default average, its conventions for one cluster) from
+    the contingency table, without the per-call validation (a test keeps the two equal)."""
+    table = _contingency(truth, pred)
+    if table.shape[0] == table.shape[1] <= 1:  # neither labeling splits the data: a match
+        return 1.0
+    n = table.sum()
+    rows, cols = table.sum(1), table.sum(0)
+    nz = table > 0
+    mi = float((table[nz] / n * np.log(table[nz] * n / np.outer(rows, cols)[nz])).sum())
+    if mi <= 0:  # (a single cluster on one side was handled above: 0 is no match at all)
+        return 0.0
+
+    def entropy(counts: np.ndarray) -> float:
+        q = counts[counts > 0] / n
+        return float(-(q * np.log(q)).sum())
+
+    return mi / ((entropy(rows) + entropy(cols)) / 2)

@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pluralign run pipelines/demo.yaml
 
-# pytest's exit status is kept in .pytest-exit so that .ci/run can tell "no tests" (5) apart.
+# One pytest-xdist worker per core, each test file on one worker (its module fixtures built
+# once), the slowest files first (tests/conftest.py). pytest's exit status is kept in
+# .pytest-exit so that .ci/run can tell "no tests" (5) apart.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder; rc=$$?; \
+		echo $$rc > .pytest-exit; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check pluralign tests benchmarks

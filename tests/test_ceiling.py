@@ -68,6 +68,7 @@ def test_compare_scores_both_against_the_labels_and_resamples_them_together():
     assert lo <= out["em"]["ari"] - 1.0 <= hi
 
 
+@pytest.mark.slow
 def test_run_reports_the_ceiling_beside_every_discovery_figure(tmp_path, cli):
     common = ["--types", "3", "--seed", "8", "--per-annotator", "6"]
     assert cli("simulate", "--out", tmp_path / "train", "--annotators", "90", *common)[0] == 0

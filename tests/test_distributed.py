@@ -20,6 +20,8 @@ from safetensors.numpy import load_file
 
 from pluralign.core.io import LOCK_FILE
 
+pytestmark = pytest.mark.slow  # every test here starts processes that load a model
+
 # "trunk": adapters in the top 2 layers, passes from cached trunk states; "full": adapters in
 # every layer, whole forwards, adapters re-initialised each iteration, two micro-batches a step,
 # base weights in bfloat16 beside float32 adapters (as on a GPU: FSDP gathers mixed dtypes)

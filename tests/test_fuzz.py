@@ -11,6 +11,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,6 +101,7 @@ def _encode(rows: list[dict], fmt: str, encoding: str, bom: bool, cut: int | Non
     return data[:cut] if cut is not None else data
 
 
+@pytest.mark.slow
 @FUZZ
 @given(rows=rows, fmt=st.sampled_from(["jsonl", "csv"]),
        encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]), bom=st.booleans(),

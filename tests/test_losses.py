@@ -108,6 +108,7 @@ def test_log_likelihood_equals_choix_on_synthetic_rankings():
     assert ours == pytest.approx(choix.utils.log_likelihood_rankings(data, params), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_minimising_pl_loss_recovers_choix_mle():
     n_items = 6
     rng = np.random.default_rng(1)

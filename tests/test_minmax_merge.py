@@ -64,6 +64,7 @@ def instances(draw):
     return logits, draw(st.sampled_from([0.1, 1.0, 2.0])), scale
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(instance=instances())
 def test_program_equals_grid_search_and_beats_every_mixture(instance):

@@ -56,6 +56,7 @@ def test_errors_say_what_to_do(monkeypatch, tmp_path):
         models.smollm2_gguf()
 
 
+@pytest.mark.slow
 def test_builtin_smollm2_converts_once_then_loads_from_the_cache(tmp_path, monkeypatch):
     try:
         models.smollm2_gguf()

@@ -182,6 +182,7 @@ def _seen_set(root, train, new):
     return root / "seen"
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_predictive_curves_and_the_report_draws_them(world, cli):
     """`evaluate --predictive-orders R` on held-out users and on seen users' held-out
     annotations: the curves in evaluation.json (every predictor, the oracle from the labels,

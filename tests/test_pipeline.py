@@ -99,6 +99,7 @@ def clean(population, tmp_path_factory):
     return cfg, _results(tmp / "run"), time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_result(population, clean, tmp_path):
     env = ENV
     _, want, total = clean
@@ -134,6 +135,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(population, clean, tmp_p
     assert got["report"] == want["report"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_from_redoes(clean, cli):
     cfg = clean[0]  # the uninterrupted run, re-run here
     run = cfg.parent / "run"

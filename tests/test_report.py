@@ -138,6 +138,7 @@ def test_report_md_escapes_data_strings():
     assert unescaped_pipes[0] == unescaped_pipes[2] == 3   # | a | b |: the row keeps 2 cells
 
 
+@pytest.mark.slow
 def test_evaluation_reuses_aggregation_scores_only_when_they_match(run, monkeypatch):
     """evaluate reads the log-probs aggregate saved (scores.npz) instead of scoring again, with
     the same result; scores of other data or another mixture are not used."""
@@ -211,6 +212,7 @@ def test_personalization_curve_equals_a_plain_loop():
         assert point["annotators"] == who and point["accuracy"] == pytest.approx(np.mean(hits))
 
 
+@pytest.mark.slow
 def test_lora_run_quotes_served_regrets_in_aggregate_and_report(tmp_path, cli):
     """A LoRA run (builtin:tiny): aggregate measures every deployable policy as served
     (decoded and scored exactly), the deploy sentence in the CLI, aggregate.json and the report

@@ -272,6 +272,7 @@ def test_14_assign_and_suggest_on_items_never_seen_warn(tmp_path, cli):
     assert rc == 0 and f"{unseen} of {len(records)} candidate queries" in err
 
 
+@pytest.mark.slow
 def test_12_the_synthetic_recipe_runs_with_one_command(tmp_path, cli):
     from pluralign.stages.pipeline import PipelineConfig
     recipe = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic-linear.yaml"
@@ -334,6 +335,7 @@ def test_3_a_fit_that_learns_nothing_says_so(feature_population, tmp_path, cli):
     assert "no_signal" in codes
 
 
+@pytest.mark.slow
 def test_1_a_very_wide_row_is_reported_limited_and_evaluated_in_bounded_memory(
         feature_population, tmp_path, cli):
     rng = np.random.default_rng(0)

@@ -75,6 +75,7 @@ def _kl(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
     return (np.exp(logp) * (logp - logq)).sum(axis=1)
 
 
+@pytest.mark.slow
 def test_served_regrets_match_exact_enumeration(tiny):
     b, data = tiny
     specs = {"type_0": 0, "type_1": 1, "base": None, "fair": MERGE}
@@ -135,6 +136,7 @@ def test_decoding_with_a_shared_trunk_draws_and_scores_as_the_whole_model(tiny):
     assert np.allclose(shared.logps.reshape(-1, 4), after, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tuning_picks_the_weights_that_serve_best_on_other_prompts(tiny):
     """The token-level merge's weights tuned on the served objective: of three candidates the
     one with the lowest exact worst-type regret on the tuning prompts, which are the held-out
@@ -158,6 +160,7 @@ def test_tuning_picks_the_weights_that_serve_best_on_other_prompts(tiny):
         assert seen["max_regret"] == pytest.approx(exact[name], rel=0.3)
 
 
+@pytest.mark.slow
 def test_a_split_posterior_is_served_better_by_its_mixture_than_by_its_argmax(tiny):
     """A user at posterior (0.55, 0.45): the token-level geometric mixture at their posterior
     (what `generate --annotator` decodes) has a lower expected regret sum_k gamma_k R_k than

@@ -216,22 +216,35 @@ class UserWeights:
         precision)."""
         w = (mean if start is None else start).copy()
 
-        def value(v: np.ndarray) -> float:
-            return user.loglik(v) - 0.5 * float((v - mean) @ prec @ (v - mean))
+        def at(v: np.ndarray) -> tuple[float, np.ndarray]:
+            """The objective at v and each stage's choice probabilities [T, M] there."""
+            if not len(user.x):
+                return -0.5 * float((v - mean) @ prec @ (v - mean)), np.zeros((0, 0))
+            r = np.where(user.left, user.x @ v, -np.inf)                  # [T, M]
+            lse = logsumexp(r, axis=1, keepdims=True)
+            value = float((user.chosen @ v - lse[:, 0]).sum()) - \
+                0.5 * float((v - mean) @ prec @ (v - mean))
+            return value, np.exp(r - lse)
 
-        current, second = value(w), np.zeros_like(prec)
+        # each point's probabilities come with its objective: an accepted step's are reused
+        current, p = at(w)
+        second = np.zeros_like(prec)
         for _ in range(self.max_iter):
-            r = np.where(user.left, user.x @ w, -np.inf)                  # [T, M]
-            p = np.exp(r - logsumexp(r, axis=1, keepdims=True)) if len(r) else r
-            avg = np.einsum("tm,tmk->tk", p, user.x)
-            grad = (user.chosen - avg).sum(axis=0) - prec @ (w - mean)
-            second = np.einsum("tm,tmk,tml->kl", p, user.x, user.x) - avg.T @ avg
+            if len(user.x):
+                avg = np.einsum("tm,tmk->tk", p, user.x)
+                grad = (user.chosen - avg).sum(axis=0) - prec @ (w - mean)
+                second = np.einsum("tm,tmk,tml->kl", p, user.x, user.x) - avg.T @ avg
+            else:
+                grad = -prec @ (w - mean)
             step = np.linalg.solve(second + prec, grad)
             size = 1.0  # backtracking: the objective never decreases
-            while size > 1e-8 and value(w + size * step) < current - 1e-12:
+            value, q = at(w + step)
+            while size > 1e-8 and value < current - 1e-12:
                 size /= 2
-            w = w + size * step
-            current = value(w)
+                value, q = at(w + size * step)
+            if value < current - 1e-12:  # no step helps: stay (as the halving loop's end)
+                break
+            w, current, p = w + size * step, value, q
             if np.abs(size * step).max() < self.tol:
                 break
         return w, second + prec

@@ -58,10 +58,16 @@ class _User:
     chosen: np.ndarray
 
     def loglik(self, w: np.ndarray) -> float:
+        return self.choices(w)[0]
+
+    def choices(self, w: np.ndarray) -> tuple[float, np.ndarray]:
+        """log L(w), and each stage's choice probabilities [T, M] at w (Newton's gradient
+        and Hessian are moments of them)."""
         if not len(self.x):
-            return 0.0
+            return 0.0, np.zeros(self.left.shape)
         r = np.where(self.left, self.x @ w, -np.inf)
-        return float((self.chosen @ w - logsumexp(r, axis=1)).sum())
+        lse = logsumexp(r, axis=1, keepdims=True)
+        return float((self.chosen @ w - lse[:, 0]).sum()), np.exp(r - lse)
 
 
 class UserWeights:
@@ -217,14 +223,9 @@ class UserWeights:
         w = (mean if start is None else start).copy()
 
         def at(v: np.ndarray) -> tuple[float, np.ndarray]:
-            """The objective at v and each stage's choice probabilities [T, M] there."""
-            if not len(user.x):
-                return -0.5 * float((v - mean) @ prec @ (v - mean)), np.zeros((0, 0))
-            r = np.where(user.left, user.x @ v, -np.inf)                  # [T, M]
-            lse = logsumexp(r, axis=1, keepdims=True)
-            value = float((user.chosen @ v - lse[:, 0]).sum()) - \
-                0.5 * float((v - mean) @ prec @ (v - mean))
-            return value, np.exp(r - lse)
+            """The log-posterior at v and each stage's choice probabilities there."""
+            loglik, p = user.choices(v)
+            return loglik - 0.5 * float((v - mean) @ prec @ (v - mean)), p
 
         # each point's probabilities come with its objective: an accepted step's are reused
         current, p = at(w)

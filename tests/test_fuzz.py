@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pluralign.settings.config import ConfigError
@@ -167,6 +167,8 @@ def test_random_csv_headers_are_read_or_refused_naming_the_column(tmp_path_facto
 @FUZZ
 @given(depth=st.integers(1, 3000), kind=st.sampled_from(["[", "{"]),
        dup=st.sampled_from([None, "top", "inner"]), on_error=st.sampled_from(["fail", "skip"]))
+@example(depth=63, kind="[", dup=None, on_error="fail")  # 64 levels: the most allowed
+@example(depth=64, kind="{", dup=None, on_error="fail")  # 65: one too many
 def test_nested_json_and_duplicate_keys_are_refused_naming_the_line(tmp_path_factory, cli, depth,
                                                                     kind, dup, on_error):
     d = tmp_path_factory.mktemp("nested")
@@ -182,7 +184,8 @@ def test_nested_json_and_duplicate_keys_are_refused_naming_the_line(tmp_path_fac
     path.write_text(good + "\n" + line + "\n")
     rc, out, err = cli("ingest", path, "--out", d / "out", "--on-error", on_error)
     assert rc in (0, 2) and "Traceback" not in err, err
-    levels = depth + 2 + (dup == "inner")  # the row, metadata, then the nesting
+    # arrays and objects: the row, then metadata's value and what it nests (its key is no level)
+    levels = 1 + depth + (dup == "inner")
     bad = dup is not None or levels > 64
     if on_error == "fail" and bad:
         assert rc == 2 and f"{path}, line 2" in err, err

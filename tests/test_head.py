@@ -41,6 +41,24 @@ def test_without_a_gradient_no_expectation_is_kept_and_values_agree():
                           atol=1e-6)
 
 
+def test_bf16_states_keep_float32_softmax_arithmetic_and_inputs_are_untouched():
+    """bf16 logits are upcast before the in-place max, exp and sum (never exponentiated in
+    bf16), and the walk writes only into its own buffers."""
+    torch.manual_seed(3)
+    head = nn.Linear(16, 700, bias=False).requires_grad_(False).to(torch.bfloat16)
+    head.weight.mul_(3)
+    h, targets = torch.randn(33, 16, dtype=torch.bfloat16), torch.randint(0, 700, (33,))
+    h0, w0 = h.clone(), head.weight.clone()
+    with torch.no_grad():
+        fused = target_logps(head, h, targets, 8, 128)
+        exact = torch.log_softmax(h.float() @ head.weight.float().T, -1)[torch.arange(33), targets]
+        in_bf16 = torch.log_softmax(h @ head.weight.T, -1)[torch.arange(33), targets].float()
+    assert fused.dtype == torch.float32
+    # only the products are rounded to bf16 (0.008 here); a bf16 softmax is off by 0.033
+    assert (fused - exact).abs().max() < 0.02 < (in_bf16 - exact).abs().max()
+    assert torch.equal(h, h0) and torch.equal(head.weight, w0)
+
+
 def test_a_trainable_or_biased_head_takes_the_plain_path():
     torch.manual_seed(2)
     for head in (nn.Linear(8, 50, bias=True), nn.Linear(8, 50, bias=False)):  # grads on weight

@@ -8,8 +8,10 @@ logsumexp (a running max and sum), and, when a gradient will be needed, also acc
 E_softmax[W] = sum_v p_v W_v in the same walk (rescaled as the max moves). Since the head's
 weights are frozen (LoRA never adapts it), d log p / dh = W_target - E_softmax[W] is then known
 after the forward: the backward is one multiply, and the FLOPs are those of the plain forward
-and backward (two [tokens, H] x [H, V] products). Measured on this 2-core CPU the step time is
-about the same as the plain head's; the gain is memory (a chunk instead of the whole tensor).
+and backward (two [tokens, H] x [H, V] products). The gain is memory (a chunk instead of the
+whole tensor) and, on a CPU, time: chunks small enough to stay in cache, worked in place, make
+the forward and backward of 480 tokens under SmolLM2's head 0.54-0.65 s against the plain
+computation's 0.91-1.05 s on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Tokens and vocabulary entries per chunk: [512, 8192] float32 logits are 16 MiB, large enough
-#: for efficient matmuls (smaller chunks were slower on this CPU) and a fraction of a GPU's
-#: memory.
+#: Tokens and vocabulary entries per chunk. On a CPU, [512, 2048] float32 logits (4 MiB) stay
+#: in cache between the product and the in-place max, exp and sum: with SmolLM2's head on a
+#: 2-core AVX2 machine a training micro-step took 9.9 s per 12 against 13.1 s for [512, 8192]
+#: chunks written into fresh tensors, and scoring sped up about as much. Elsewhere (a GPU)
+#: [512, 8192], 16 MiB, a fraction of its memory and large enough for its matmuls.
 TOKEN_CHUNK = 512
 VOCAB_CHUNK = 8192
+CPU_VOCAB_CHUNK = 2048
 
 
 class _FusedTargetLogp(torch.autograd.Function):
@@ -53,16 +58,24 @@ class _FusedTargetLogp(torch.autograd.Function):
 def _walk(h: torch.Tensor, weight: torch.Tensor, vocab_chunk: int,
           expect: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logsumexp of h W^T over the vocabulary [T], and (with `expect`) E_softmax[W] [T, H],
-    chunk by chunk with a running max."""
+    chunk by chunk with a running max. Each chunk's logits are written into one reused float32
+    buffer and turned into probabilities in place: a fresh [T, chunk] tensor per operation
+    cost this CPU about a quarter of the head's time (allocation and memory traffic)."""
     top = torch.full((h.shape[0],), -torch.inf, dtype=torch.float32, device=h.device)
     total = torch.zeros_like(top)
     acc = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if expect else None
+    buf: torch.Tensor | None = None
     for v0 in range(0, weight.shape[0], vocab_chunk):
         w = weight[v0:v0 + vocab_chunk]
-        logits = (h @ w.T).float()                                   # [T, chunk]
+        if h.dtype != torch.float32:
+            logits = (h @ w.T).float()                               # [T, chunk], a new tensor
+        else:
+            if buf is None or buf.shape[1] != w.shape[0]:
+                buf = torch.empty(h.shape[0], w.shape[0], dtype=torch.float32, device=h.device)
+            logits = torch.mm(h, w.T, out=buf)
         new_top = torch.maximum(top, logits.amax(1))
         shrink = torch.exp(top - new_top)
-        p = torch.exp(logits - new_top.unsqueeze(1))
+        p = logits.sub_(new_top.unsqueeze(1)).exp_()                 # in place: logits is ours
         total = total * shrink + p.sum(1)
         if expect:
             acc = acc * shrink.unsqueeze(1) + (p.to(w.dtype) @ w).float()
@@ -72,12 +85,14 @@ def _walk(h: torch.Tensor, weight: torch.Tensor, vocab_chunk: int,
 
 
 def target_logps(head: nn.Module, h: torch.Tensor, targets: torch.Tensor,
-                 token_chunk: int = TOKEN_CHUNK, vocab_chunk: int = VOCAB_CHUNK) -> torch.Tensor:
+                 token_chunk: int = TOKEN_CHUNK, vocab_chunk: int | None = None) -> torch.Tensor:
     """log p(targets | h) [T] in float32 for hidden states h [T, H] under `head`. Fused and
     chunked for a bias-free linear head whose weight is frozen (every LoRA model here); the
-    plain computation otherwise."""
+    plain computation otherwise. `vocab_chunk`: None for the device's default."""
     weight = getattr(head, "weight", None)
     if not isinstance(head, nn.Linear) or head.bias is not None or weight.requires_grad:
         logits = head(h).float()
         return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, -1)
+    if vocab_chunk is None:
+        vocab_chunk = CPU_VOCAB_CHUNK if h.device.type == "cpu" else VOCAB_CHUNK
     return _FusedTargetLogp.apply(h, weight, targets, token_chunk, vocab_chunk)

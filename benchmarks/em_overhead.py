@@ -29,7 +29,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-import pluralign.em.estimator as estimator
 from pluralign.backends.lora import LoRABackend
 from pluralign.core.data import load
 from pluralign.em.estimator import EMDPO
@@ -67,7 +66,7 @@ class Work:
 
     def split_baseline(self) -> None:
         """Count EMDPO's K = 1 baseline fit apart from its types."""
-        fit_k = estimator.EMDPO._fit_k
+        fit_k = EMDPO._fit_k
         work = self
 
         def counted(em, data, k, tag):
@@ -78,7 +77,7 @@ class Work:
                 if tag == "baseline":
                     work.baseline += work.total() - before
 
-        estimator.EMDPO._fit_k = counted
+        EMDPO._fit_k = counted
 
 
 def main() -> None:
@@ -91,7 +90,8 @@ def main() -> None:
                    help="also count each run's matmul FLOPs (slower; prints em_over_pooled_flops)")
     args = p.parse_args()
     work = Work(args.flops)
-    work.split_baseline()
+    if args.flops:
+        work.split_baseline()
     data = load(args.data)
     print(f"{len(data)} annotations, {len(data.annotator_ids)} annotators, model {args.model}, "
           f"K = {args.types}, demo settings {DEMO}")

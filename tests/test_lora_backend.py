@@ -213,7 +213,7 @@ def test_length_groups_give_the_padded_batch_s_log_probs_and_gradients(monkeypat
     results = []
     for split in (True, False):
         if not split:
-            monkeypatch.setattr(lora, "snug", lambda order, seqs: iter([list(order)]))
+            monkeypatch.setattr(lora, "snug", lambda order, seqs, **_: iter([list(order)]))
         backend.model.set_adapter(backend.adapter(0))
         backend.model.zero_grad()
         out = backend.policy_logps(prep, ids)
@@ -297,3 +297,23 @@ def test_reset_is_seeded_and_gives_the_reference_policy(data):
     backends[0].reset(1)
     again = _adapter_params(backends[0], 1)
     assert any(not torch.equal(again[n], a[n]) for n in a if "lora_A" in n)
+
+
+@pytest.mark.parametrize("top_layers", [2, None])
+def test_rows_shared_by_a_prompt_s_responses_change_no_value(data, top_layers):
+    """Packing a prompt's responses into one row (trunk.Batch) gives the scores and the
+    weighted loss's gradients of one sequence per row, from cached trunk states (top 2
+    layers) and from the embeddings (every layer); and it packs here (3 rows per 2-3
+    candidates)."""
+    from pluralign.lm.reference import make_batch
+    packed = LoRABackend(types=2, top_layers=top_layers, **SMALL)
+    plain = LoRABackend(types=2, top_layers=top_layers, **SMALL)
+    assert packed.pack and packed.trunk == (top_layers is not None)
+    plain.pack = False
+    for backend in (packed, plain):
+        _randomise(backend)
+    seqs = packed.prepare(data).seqs
+    rows = make_batch(seqs, list(range(len(seqs))), 0, pack=True).input_ids.shape[0]
+    assert rows == len({tuple(p) for p in seqs.prompts}) < len(seqs)
+    assert np.allclose(packed.logratios(data), plain.logratios(data), atol=1e-5, equal_nan=True)
+    _same_gradients(packed, plain, data, np.linspace(0.2, 1.0, len(data)), 1, atol=1e-5)

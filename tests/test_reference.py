@@ -59,7 +59,7 @@ def test_cache_is_reused_without_forward_passes(tiny, tmp_path):
     model, tok = tiny
     seqs = tokenize(_data(), tok, TokenSettings())
     calls = []
-    handle = model.get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    handle = model.get_decoder().layers[0].register_forward_hook(lambda *a: calls.append(1))
 
     def ref(**kw):
         before = len(calls)

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from pluralign.backends.base import PolicyBackend, check_mixture
 from pluralign.backends.generation import Decoding
@@ -50,6 +49,7 @@ from pluralign.lm.reference import (
 from pluralign.lm.sharded import Placement, local_device, resolve_dtype
 from pluralign.lm.trunk import (
     Batch,
+    can_pack,
     decoder_and_head,
     full_forward,
     response_logps,
@@ -118,6 +118,7 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         self._device = device
         self.model.eval()
         self.decoder, self.head = decoder_and_head(self.model)
+        self.pack = can_pack(self.decoder)  # responses to one prompt share a row (exact)
         self.place = Placement(self.model, self.decoder, device, cfg.sharding)
         self._keep_whole()
         self.loss_fn = get_loss(cfg.loss)
@@ -168,20 +169,19 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         where = {seq: j for j, seq in enumerate(i for g in groups for i in g)}
         return out[torch.tensor([where[i] for i in ids], device=out.device)]
 
-    @staticmethod
-    def _groups(prep: Prepared, ids: list[int]) -> list[list[int]]:
+    def _groups(self, prep: Prepared, ids: list[int]) -> list[list[int]]:
         """The length groups `ids` run in: snug groups, or `ids` as given when one suffices."""
-        groups = list(snug(by_length(prep.seqs, ids), prep.seqs))
+        groups = list(snug(by_length(prep.seqs, ids, self.pack), prep.seqs, pack=self.pack))
         return groups if len(groups) > 1 else [ids]
 
     def _group_logps(self, prep: Prepared, ids: list[int]) -> torch.Tensor:
         device = self._device
-        batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id).to(device)
+        batch = make_batch(prep.seqs, ids, self.tokenizer.pad_token_id, self.pack)
         states = None
         if self.trunk:
             dtype = next(self.model.parameters()).dtype
-            states = pad_sequence([prep.ref.trunk_states(i) for i in ids],
-                                  batch_first=True).to(device, dtype)
+            states = batch.pack_states([prep.ref.trunk_states(i) for i in ids]).to(device, dtype)
+        batch = batch.to(device)
         return self.place.run(self._forward_logps, batch, states)
 
     def _forward_logps(self, batch: Batch, states: torch.Tensor | None) -> torch.Tensor:
@@ -194,7 +194,7 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
                 return response_logps(self.head, full_forward(self.decoder, batch)[0], batch)
             states, start = self.decoder.embed_tokens(batch.input_ids), 0  # every layer
         at, slot = batch.read_positions()  # the last layer runs on those positions only
-        hidden = top_forward(self.decoder, states, batch.attention_mask, start, at)
+        hidden = top_forward(self.decoder, states, batch.attention_mask, start, at, batch)
         return response_logps(self.head, hidden, batch, slot)
 
     @torch.no_grad()
@@ -202,15 +202,15 @@ class LoRABackend(AdapterTraining, Decoding, PolicyBackend):
         prep = self.prepare(data)
         n_seq = len(prep.seqs)
         out = np.full((*prep.seqs.index.shape, self.n_types), np.nan)
-        groups = rank_batches(prep.seqs, self.config.token_budget)
+        groups = rank_batches(prep.seqs, self.config.token_budget, self.pack)
         self.model.eval()
         shown = bar(total=len(groups) * self.n_types, desc="scoring", unit="batch",
                     enabled=self.config.progress)
         for k in range(self.n_types):
             self._activate(k)
             s = torch.zeros(n_seq, dtype=torch.float64)
-            for ids, real in groups:
-                values = self.policy_logps(prep, ids).double().cpu()
+            for ids, real in groups:  # one forward each: under FSDP every rank runs as many
+                values = self._group_logps(prep, ids).double().cpu()
                 if real:
                     s[ids] = values
                 shown.update()

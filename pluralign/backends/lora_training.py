@@ -125,7 +125,9 @@ class AdapterTraining:
         of the same length groups one process would run (so every value is bit for bit the
         one-process value), the values are summed over ranks into a leaf that every rank's
         loss uses whole, and the function carries the leaf's gradient into this rank's
-        groups; summing parameter gradients over ranks then gives the one-process gradient."""
+        groups; summing parameter gradients over ranks then gives the one-process gradient
+        (bit for bit with one group per micro-batch; with several, to rounding: the groups'
+        gradients are summed in another order)."""
         if distributed.world() == 1:
             return self.policy_logps(prep, ids), lambda: None
         where = {i: j for j, i in enumerate(ids)}
@@ -196,7 +198,8 @@ class AdapterTraining:
         step = time.perf_counter() - t0
         self.model.zero_grad(set_to_none=True)
         self.model.eval()
-        groups = list(batches(by_length(prep.seqs), prep.seqs, cfg.token_budget))
+        groups = list(batches(by_length(prep.seqs, pack=self.pack), prep.seqs, cfg.token_budget,
+                              self.pack))
         t0 = time.perf_counter()
         with torch.no_grad():
             self.policy_logps(prep, groups[0])

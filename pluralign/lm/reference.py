@@ -23,8 +23,16 @@ from pluralign.core import distributed
 from pluralign.core.data import Annotation, Annotations
 from pluralign.core.io import write_with
 from pluralign.core.progress import bar
+from pluralign.lm import trunk
 from pluralign.lm.models import cache_dir
-from pluralign.lm.trunk import Batch, decoder_and_head, full_forward, response_logps, response_means
+from pluralign.lm.trunk import (
+    Batch,
+    can_pack,
+    decoder_and_head,
+    full_forward,
+    response_logps,
+    response_means,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +159,36 @@ def base_model_only(model: nn.Module):
         else contextlib.nullcontext()
 
 
-def batches(order: list[int], seqs: Sequences, token_budget: int) -> Iterator[list[int]]:
-    """Consecutive groups of sequence ids whose padded size stays within `token_budget`."""
-    group: list[int] = []
-    longest = 0
+def units(order: list[int], seqs: Sequences, pack: bool = False) -> Iterator[tuple[list[int], int]]:
+    """The rows `order` makes, with their tokens: one sequence each, or with `pack` the runs of
+    consecutive sequences with one prompt, cut as Batch.build packs them (trunk.PACK_TOKENS)."""
+    run: list[int] = []
+    size = 0
     for i in order:
-        n = len(seqs.prompts[i]) + len(seqs.responses[i])
-        if group and max(longest, n) * (len(group) + 1) > token_budget:
+        p, r = seqs.prompts[i], len(seqs.responses[i])
+        if run and (not pack or seqs.prompts[run[0]] != p or size + r > trunk.PACK_TOKENS):
+            yield run, size
+            run = []
+        if not run:
+            size = len(p)
+        run.append(i)
+        size += r
+    if run:
+        yield run, size
+
+
+def batches(order: list[int], seqs: Sequences, token_budget: int,
+            pack: bool = False) -> Iterator[list[int]]:
+    """Consecutive groups of sequence ids whose padded size stays within `token_budget` (rows
+    as `units` makes them, never split)."""
+    group: list[int] = []
+    longest = rows = 0
+    for unit, n in units(order, seqs, pack):
+        if group and max(longest, n) * (rows + 1) > token_budget:
             yield group
-            group, longest = [], 0
-        group.append(i)
-        longest = max(longest, n)
+            group, longest, rows = [], 0, 0
+        group += unit
+        longest, rows = max(longest, n), rows + 1
     if group:
         yield group
 
@@ -170,31 +197,39 @@ def batches(order: list[int], seqs: Sequences, token_budget: int) -> Iterator[li
 PAD_SLACK = 1.25
 
 
-def snug(order: list[int], seqs: Sequences, slack: float = PAD_SLACK) -> Iterator[list[int]]:
-    """Consecutive groups of length-sorted sequence ids, each padded to at most `slack` times
-    its real tokens: one micro-batch of mixed lengths costs its real tokens, not
-    count x longest (on HH pairs, padding was half of a batch)."""
+def snug(order: list[int], seqs: Sequences, slack: float = PAD_SLACK,
+         pack: bool = False) -> Iterator[list[int]]:
+    """Consecutive groups of length-sorted sequence ids (rows as `units` makes them), each
+    padded to at most `slack` times its real tokens: one micro-batch of mixed lengths costs
+    its real tokens, not count x longest (on HH pairs, padding was half of a batch)."""
     group: list[int] = []
-    longest = real = 0
-    for i in order:
-        n = len(seqs.prompts[i]) + len(seqs.responses[i])
-        if group and max(longest, n) * (len(group) + 1) > slack * (real + n):
+    longest = real = rows = 0
+    for unit, n in units(order, seqs, pack):
+        if group and max(longest, n) * (rows + 1) > slack * (real + n):
             yield group
-            group, longest, real = [], 0, 0
-        group.append(i)
-        longest, real = max(longest, n), real + n
+            group, longest, real, rows = [], 0, 0, 0
+        group += unit
+        longest, real, rows = max(longest, n), real + n, rows + 1
     if group:
         yield group
 
 
-def by_length(seqs: Sequences, ids: list[int] | None = None) -> list[int]:
-    """Sequence ids sorted by length, longest first (less padding per batch)."""
+def by_length(seqs: Sequences, ids: list[int] | None = None, pack: bool = False) -> list[int]:
+    """Sequence ids sorted by the length of their rows, longest first (less padding per
+    batch); with `pack`, the sequences of one prompt together, as `units` packs them."""
     ids = list(range(len(seqs))) if ids is None else ids
-    return sorted(ids, key=lambda i: -(len(seqs.prompts[i]) + len(seqs.responses[i])))
+    if not pack:
+        return sorted(ids, key=lambda i: -(len(seqs.prompts[i]) + len(seqs.responses[i])))
+    same: dict[tuple[int, ...], list[int]] = {}
+    for i in ids:
+        same.setdefault(tuple(seqs.prompts[i]), []).append(i)
+    rows = [row for group in same.values() for row in units(group, seqs, True)]
+    return [i for row, _ in sorted(rows, key=lambda row: -row[1]) for i in row]
 
 
-def make_batch(seqs: Sequences, ids: list[int], pad_id: int) -> Batch:
-    return Batch.build([seqs.prompts[i] for i in ids], [seqs.responses[i] for i in ids], pad_id)
+def make_batch(seqs: Sequences, ids: list[int], pad_id: int, pack: bool = False) -> Batch:
+    return Batch.build([seqs.prompts[i] for i in ids], [seqs.responses[i] for i in ids], pad_id,
+                       pack)
 
 
 def fingerprint(model_id: str, seqs: Sequences, trunk_dtype: str) -> str:
@@ -213,11 +248,12 @@ def _covers(state: dict, trunk_layer: int | None, embeddings: bool) -> bool:
         trunk_layer is None or state.get("trunk_layer") == trunk_layer)
 
 
-def rank_batches(seqs: Sequences, token_budget: int) -> list[tuple[list[int], bool]]:
+def rank_batches(seqs: Sequences, token_budget: int,
+                 pack: bool = False) -> list[tuple[list[int], bool]]:
     """This rank's share of the length-sorted batches of `seqs` (all of them with one
     process), padded to equal counts over ranks (distributed.lockstep: True marks a real
-    batch, False a one-sequence padding pass)."""
-    every = list(batches(by_length(seqs), seqs, token_budget))
+    batch, False a one-sequence padding pass); `pack`: prompts shared within rows."""
+    every = list(batches(by_length(seqs, pack=pack), seqs, token_budget, pack))
     return distributed.lockstep(every, every[0][:1] if every else [])
 
 
@@ -270,10 +306,11 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
     embs = torch.zeros(n, model.config.hidden_size) if embeddings else None
     trunk_parts: dict[int, torch.Tensor] = {}
     dtype = getattr(torch, trunk_dtype)
-    mine = rank_batches(seqs, token_budget)
+    pack = can_pack(decoder)
+    mine = rank_batches(seqs, token_budget, pack)
     with base_model_only(model):
         for ids, real in bar(mine, desc="reference pass", unit="batch", enabled=progress):
-            batch = make_batch(seqs, ids, pad_id).to(device)
+            batch = make_batch(seqs, ids, pad_id, pack).to(device)
             captured, lp, means = run(_forward, decoder, head, batch, trunk_layer,
                                       embs is not None)
             if not real:  # a padding pass (distributed.lockstep)
@@ -282,8 +319,8 @@ def compute_reference(model: nn.Module, model_id: str, seqs: Sequences, pad_id: 
             if means is not None:
                 embs[ids] = means.cpu()
             if captured is not None:
-                for b, i in enumerate(ids):
-                    trunk_parts[i] = captured[b, : int(batch.lengths[b])].to(dtype).cpu()
+                for i, states in zip(ids, batch.unpack_states(captured), strict=True):
+                    trunk_parts[i] = states.to(dtype).cpu()
     if distributed.world() > 1:  # each rank computed its batches: every rank gets all
         trunk_parts = _gather_pass(logps, embs, trunk_parts)
     ref = Reference(logps, embs)

@@ -23,13 +23,13 @@ from pluralign.core import distributed
 from pluralign.core.data import Annotation, Annotations
 from pluralign.core.io import write_with
 from pluralign.core.progress import bar
-from pluralign.lm import trunk
 from pluralign.lm.models import cache_dir
 from pluralign.lm.trunk import (
     Batch,
     can_pack,
     decoder_and_head,
     full_forward,
+    pack_rows,
     response_logps,
     response_means,
 )
@@ -159,22 +159,11 @@ def base_model_only(model: nn.Module):
         else contextlib.nullcontext()
 
 
-def units(order: list[int], seqs: Sequences, pack: bool = False) -> Iterator[tuple[list[int], int]]:
-    """The rows `order` makes, with their tokens: one sequence each, or with `pack` the runs of
-    consecutive sequences with one prompt, cut as Batch.build packs them (trunk.PACK_TOKENS)."""
-    run: list[int] = []
-    size = 0
-    for i in order:
-        p, r = seqs.prompts[i], len(seqs.responses[i])
-        if run and (not pack or seqs.prompts[run[0]] != p or size + r > trunk.PACK_TOKENS):
-            yield run, size
-            run = []
-        if not run:
-            size = len(p)
-        run.append(i)
-        size += r
-    if run:
-        yield run, size
+def units(order: list[int], seqs: Sequences, pack: bool = False) -> list[tuple[list[int], int]]:
+    """The rows Batch.build makes of `order` (trunk.pack_rows), with their tokens."""
+    rows = pack_rows([seqs.prompts[i] for i in order], [seqs.responses[i] for i in order], pack)
+    return [([order[j] for j in row], len(seqs.prompts[order[row[0]]])
+             + sum(len(seqs.responses[order[j]]) for j in row)) for row in rows]
 
 
 def batches(order: list[int], seqs: Sequences, token_budget: int,
@@ -216,15 +205,9 @@ def snug(order: list[int], seqs: Sequences, slack: float = PAD_SLACK,
 
 def by_length(seqs: Sequences, ids: list[int] | None = None, pack: bool = False) -> list[int]:
     """Sequence ids sorted by the length of their rows, longest first (less padding per
-    batch); with `pack`, the sequences of one prompt together, as `units` packs them."""
+    batch); with `pack`, the sequences sharing a row together."""
     ids = list(range(len(seqs))) if ids is None else ids
-    if not pack:
-        return sorted(ids, key=lambda i: -(len(seqs.prompts[i]) + len(seqs.responses[i])))
-    same: dict[tuple[int, ...], list[int]] = {}
-    for i in ids:
-        same.setdefault(tuple(seqs.prompts[i]), []).append(i)
-    rows = [row for group in same.values() for row in units(group, seqs, True)]
-    return [i for row, _ in sorted(rows, key=lambda row: -row[1]) for i in row]
+    return [i for row, _ in sorted(units(ids, seqs, pack), key=lambda row: -row[1]) for i in row]
 
 
 def make_batch(seqs: Sequences, ids: list[int], pad_id: int, pack: bool = False) -> Batch:

@@ -54,7 +54,7 @@ PACK_TOKENS = 1024
 class Batch:
     """Right-padded token rows of prompt+response sequences, with where the responses are.
 
-    Unpacked, each row is one sequence. Packed (DESIGN §5's shared prompts), a row holds one
+    Unpacked, each row is one sequence. Packed (shared prompts), a row holds one
     prompt once and then several of its responses, each at the positions it would have alone
     (position ids restart after the prompt) and attending to the prompt and to itself only
     (`segments`): the values are those of the sequences run one per row, and the prompt's
@@ -82,7 +82,7 @@ class Batch:
               pack: bool = False) -> Batch:
         """Concatenate prompt and response ids per row and pad on the right. With `pack`,
         sequences with the same prompt share a row (up to PACK_TOKENS tokens)."""
-        rows_of = _pack_rows(prompts, responses) if pack else [[i] for i in range(len(prompts))]
+        rows_of = pack_rows(prompts, responses, pack)
         lengths = [len(prompts[r[0]]) + sum(len(responses[i]) for i in r) for r in rows_of]
         ids = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -161,9 +161,13 @@ class Batch:
                         for f, v in moved.items()})
 
 
-def _pack_rows(prompts: list[list[int]], responses: list[list[int]]) -> list[list[int]]:
-    """Sequence indices per packed row: those with the same prompt, in their order, until a
-    row would pass PACK_TOKENS (a longer single sequence gets a row of its own)."""
+def pack_rows(prompts: list[list[int]], responses: list[list[int]],
+              pack: bool = True) -> list[list[int]]:
+    """Sequence indices per row, rows in order of their first sequence: one each, or with
+    `pack` those with the same prompt, in their order, until a row would pass PACK_TOKENS
+    (a longer single sequence gets a row of its own)."""
+    if not pack:
+        return [[i] for i in range(len(prompts))]
     open_rows: dict[tuple[int, ...], int] = {}
     rows: list[list[int]] = []
     sizes: list[int] = []

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
+from tokenizers.processors import TemplateProcessing
 
 from pluralign.core.data import Annotation
 from pluralign.lm.models import load_model
-from pluralign.lm.reference import TokenSettings, compute_reference, prompt_text, tokenize
+from pluralign.lm.reference import (
+    TokenSettings,
+    compute_reference,
+    prompt_ids,
+    prompt_text,
+    tokenize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +38,33 @@ def test_distinct_sequences_are_tokenised_once(tiny):
     assert len(seqs) == 4
     assert seqs.index.tolist() == [[0, 1, 2], [2, 3, -1], [0, 2, -1]]
     assert seqs.responses[3][-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_batched_tokenisation_equals_one_text_at_a_time(tiny, template):
+    tok = copy.deepcopy(tiny[1])  # one that adds <s> when asked to add special tokens, which
+    tok.backend_tokenizer.post_processor = TemplateProcessing(  # only untemplated prompts are
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    if not template:
+        tok.chat_template = None  # prompts as plain text
+    data = _data() + [Annotation("h4", "Tell me more, please.", ["", "Hi", "Hello there!"],
+                                 [2, 0, 1]),
+                      Annotation("h5", [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Why?"}], ["Hi", ""], [0])]
+    seqs = tokenize(data, tok, TokenSettings(40, 3))
+    oracle = {}
+    for a in data:  # the oracle: the tokenizer called on one text at a time
+        prompt = prompt_ids(a.prompt, tok, None)
+        for r in a.responses:
+            full = tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            oracle.setdefault((tuple(prompt[-40:]), r), (prompt[-40:], full[:3], len(full)))
+    assert len(seqs) == len(oracle)
+    got = list(zip(seqs.prompts, seqs.responses, seqs.response_lengths, strict=True))
+    assert got == list(oracle.values())  # the same sequences in the order of appearance
+    assert 0 < seqs.truncated_prompts == sum(
+        len(prompt_ids(p, tok, None)) > 40
+        for p in {json.dumps(a.prompt, sort_keys=True): a.prompt for a in data}.values())
+    assert seqs.truncated_responses == sum(n > 3 for *_, n in oracle.values())
 
 
 def test_truncation_keeps_prompt_end_and_response_start(tiny):

@@ -102,30 +102,37 @@ def prompt_ids(prompt: str | list[dict[str, str]], tokenizer,
 
 def tokenize(data: Annotations | list[Annotation], tokenizer,
              settings: TokenSettings) -> Sequences:
-    """Token ids of each distinct (prompt, response), truncated per `settings`."""
-    ids_of: dict[str, list[int]] = {}
+    """Token ids of each distinct (prompt, response), truncated per `settings`. Distinct prompts
+    and responses go to the tokenizer in one batched call each: one call per text cost about
+    0.5 ms apiece, 0.45 s for the demo's 848 texts and minutes at 10^5 annotations."""
+    prompt_of: dict[str, Any] = {}  # distinct prompts (their JSON) in order of appearance
+    said: dict[str, None] = {}      # distinct response texts, in order
+    for a in data:
+        prompt_of.setdefault(json.dumps(a.prompt, sort_keys=True), a.prompt)
+        said.update(dict.fromkeys(a.responses))
+    prompt_ids_of = dict(zip(prompt_of, _prompt_ids(list(prompt_of.values()), tokenizer),
+                             strict=True))
+    words = _batch_ids(tokenizer, list(said), add_special_tokens=False)
+    response_ids_of = {text: ids + [tokenizer.eos_token_id] for text, ids in zip(said, words,
+                                                                                 strict=True)}
+    cut_p = sum(len(ids) > settings.max_prompt_tokens for ids in prompt_ids_of.values())
+    prompt_ids_of = {k: ids[-settings.max_prompt_tokens:] for k, ids in prompt_ids_of.items()}
     seq_of: dict[tuple[tuple[int, ...], str], int] = {}  # keyed on what the model sees
     prompts, responses, lengths = [], [], []
     m_max = max((a.m for a in data), default=2)
     index = torch.full((len(data), m_max), -1, dtype=torch.long)
-    cut_p = cut_r = 0
+    cut_r = 0
     for n, a in enumerate(data):
-        key = json.dumps(a.prompt, sort_keys=True)
-        if key not in ids_of:
-            ids = prompt_ids(a.prompt, tokenizer, None)
-            if len(ids) > settings.max_prompt_tokens:
-                ids, cut_p = ids[-settings.max_prompt_tokens:], cut_p + 1
-            ids_of[key] = ids
-        tokens = tuple(ids_of[key])
+        prompt = prompt_ids_of[json.dumps(a.prompt, sort_keys=True)]
+        tokens = tuple(prompt)
         for j, response in enumerate(a.responses):
             if (tokens, response) not in seq_of:
-                ids = tokenizer(response, add_special_tokens=False).input_ids
-                ids = ids + [tokenizer.eos_token_id]
+                ids = response_ids_of[response]
                 lengths.append(len(ids))
                 if len(ids) > settings.max_response_tokens:
                     ids, cut_r = ids[: settings.max_response_tokens], cut_r + 1
                 seq_of[tokens, response] = len(prompts)
-                prompts.append(ids_of[key])
+                prompts.append(prompt)
                 responses.append(ids)
             index[n, j] = seq_of[tokens, response]
     if cut_p or cut_r:
@@ -133,6 +140,27 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
                     "first %d tokens", cut_p, settings.max_prompt_tokens, cut_r,
                     settings.max_response_tokens)
     return Sequences(prompts, responses, index, cut_p, cut_r, lengths)
+
+
+def _prompt_ids(prompts: list[Any], tokenizer) -> list[list[int]]:
+    """Token ids of each prompt as the model sees it (prompt_ids, batched)."""
+    rendered = [prompt_text(p, tokenizer) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    for templated in (True, False):
+        at = [i for i, (_, t) in enumerate(rendered) if t == templated]
+        ids = _batch_ids(tokenizer, [rendered[i][0] for i in at],
+                         add_special_tokens=not templated)
+        for i, row in zip(at, ids, strict=True):
+            out[i] = row
+    return out
+
+
+def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of each text, in one tokenizer call."""
+    if not texts:
+        return []
+    return [list(ids) for ids in
+            tokenizer(texts, add_special_tokens=add_special_tokens).input_ids]
 
 
 @dataclass

@@ -127,7 +127,7 @@ def tokenize(data: Annotations | list[Annotation], tokenizer,
         tokens = tuple(prompt)
         for j, response in enumerate(a.responses):
             if (tokens, response) not in seq_of:
-                ids = response_ids_of[response]
+                ids = list(response_ids_of[response])  # its own list, as before
                 lengths.append(len(ids))
                 if len(ids) > settings.max_response_tokens:
                     ids, cut_r = ids[: settings.max_response_tokens], cut_r + 1

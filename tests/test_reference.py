@@ -14,7 +14,6 @@ from pluralign.lm.models import load_model
 from pluralign.lm.reference import (
     TokenSettings,
     compute_reference,
-    prompt_ids,
     prompt_text,
     tokenize,
 )
@@ -53,8 +52,12 @@ def test_batched_tokenisation_equals_one_text_at_a_time(tiny, template):
                                         {"role": "user", "content": "Why?"}], ["Hi", ""], [0])]
     seqs = tokenize(data, tok, TokenSettings(40, 3))
     oracle = {}
-    for a in data:  # the oracle: the tokenizer called on one text at a time
-        prompt = prompt_ids(a.prompt, tok, None)
+    def one_prompt(p):  # the oracle: the tokenizer called on one text at a time
+        text, templated = prompt_text(p, tok)
+        return tok(text, add_special_tokens=not templated).input_ids
+
+    for a in data:
+        prompt = one_prompt(a.prompt)
         for r in a.responses:
             full = tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id]
             oracle.setdefault((tuple(prompt[-40:]), r), (prompt[-40:], full[:3], len(full)))
@@ -62,7 +65,7 @@ def test_batched_tokenisation_equals_one_text_at_a_time(tiny, template):
     got = list(zip(seqs.prompts, seqs.responses, seqs.response_lengths, strict=True))
     assert got == list(oracle.values())  # the same sequences in the order of appearance
     assert 0 < seqs.truncated_prompts == sum(
-        len(prompt_ids(p, tok, None)) > 40
+        len(one_prompt(p)) > 40
         for p in {json.dumps(a.prompt, sort_keys=True): a.prompt for a in data}.values())
     assert seqs.truncated_responses == sum(n > 3 for *_, n in oracle.values())
 
